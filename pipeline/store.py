@@ -1,0 +1,387 @@
+"""The feature store: the contract between stage 1 (``pipeline``) and stage 2 (``heads``).
+
+Layout on disk (a Zarr v3 hierarchy plus parquet index fragments)::
+
+    <store root>/                    Zarr group; attrs {"longvid_store": {"schema_version": 1}}
+      <feature set name>/            Zarr group, one per (dataset, backbone, plan, preprocessing,
+        zarr.json                    weights); attrs: schema_version, fingerprint, spec (the full
+                                     extraction config), token_kind, dim, dtype, created_at
+        parts/<part id>/             Zarr group written by exactly one writer, published by rename
+          tokens     (T, D) or (T, N, D)   float16 by default
+          start_sec  (T,) float32          token start, seconds from the start of the video
+          end_sec    (T,) float32          token end, seconds
+          scene_idx  (T,) int32            scene a token belongs to (-1 where there are no scenes)
+        index/<video key>.parquet    one row per video, written last (atomic replace)
+
+Why this shape:
+- writers never share a Zarr shard: every writer publishes its own part under a fresh name
+  (zarr-python cannot merge partial shard writes from two processes);
+- a part becomes visible only by an atomic rename, and a video counts as stored only once its
+  index fragment names that part, so a crash at any point leaves nothing half-visible;
+- ragged sequences: each video's tokens are a contiguous slice (``offset``, ``num_tokens``) of
+  one part, fetched without touching any other video's data.
+
+Feature-set names carry a fingerprint of the spec: a different config never overwrites an
+existing feature set, it makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+# Columns of an index row; extra per-video facts (fps, duration, ...) live in `info_json`.
+INDEX_SCHEMA = {
+    "video_id": pl.Utf8,
+    "status": pl.Utf8,
+    "error": pl.Utf8,
+    "num_tokens": pl.Int64,
+    "part": pl.Utf8,
+    "offset": pl.Int64,
+    "duration_sec": pl.Float64,
+    "updated_at": pl.Float64,
+    "info_json": pl.Utf8,
+}
+_TOKEN_CHUNK = 1024  # tokens per Zarr chunk along T: ~1 MiB at D=512 float16
+
+
+def fingerprint(spec: dict) -> str:
+    """SHA-256 (hex) of ``spec`` as canonical JSON; identifies a feature set's config."""
+    payload = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def video_key(video_id: str) -> str:
+    """A file-name-safe, collision-free key for ``video_id`` (ids may contain ``/``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[:80]
+    return f"{slug}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    """One video's tokens as stored.
+
+    Attributes:
+        video_id: Catalog id.
+        tokens: (T, D) pooled or (T, N, D) patch tokens, stored dtype.
+        start_sec: (T,) token start times in seconds.
+        end_sec: (T,) token end times in seconds.
+        scene_idx: (T,) scene index per token, -1 where the plan has no scenes.
+    """
+
+    video_id: str
+    tokens: np.ndarray
+    start_sec: np.ndarray
+    end_sec: np.ndarray
+    scene_idx: np.ndarray
+
+
+class FeatureSet:
+    """One feature set inside a store: write parts, read videos, list the index.
+
+    Obtain through :meth:`FeatureStore.create` or :meth:`FeatureStore.open`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.name = self.path.name
+        self._attrs: dict | None = None
+
+    @property
+    def attrs(self) -> dict:
+        """The group's attributes (spec, fingerprint, token kind, dim, dtype, ...)."""
+        if self._attrs is None:
+            meta = json.loads((self.path / "zarr.json").read_text())
+            self._attrs = meta.get("attributes", {})
+        return self._attrs
+
+    @property
+    def spec(self) -> dict:
+        """The extraction config that made this feature set."""
+        return self.attrs["spec"]
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({self.name!r})"
+
+    # ---------------------------------------------------------------- writing
+
+    def write_video(
+        self,
+        video_id: str,
+        tokens: np.ndarray,
+        *,
+        start_sec: np.ndarray,
+        end_sec: np.ndarray,
+        scene_idx: np.ndarray | None = None,
+        duration_sec: float | None = None,
+        info: dict | None = None,
+    ) -> str:
+        """Store one video's tokens as a new part and publish it in the index.
+
+        Args:
+            video_id: Catalog id.
+            tokens: (T, D) or (T, N, D); cast to the feature set's dtype.
+            start_sec: (T,) token start times, seconds.
+            end_sec: (T,) token end times, seconds.
+            scene_idx: (T,) scene index per token; ``None`` stores -1.
+            duration_sec: Video duration, seconds.
+            info: Extra JSON-serialisable facts recorded in the index row (fps, num_frames...).
+
+        Returns:
+            The part id.
+
+        Raises:
+            ValueError: shapes disagree with each other or with the feature set's ``dim``.
+        """
+        import zarr
+
+        num_tokens = len(tokens)
+        if not (len(start_sec) == len(end_sec) == num_tokens):
+            raise ValueError(
+                f"{video_id}: {num_tokens} tokens but {len(start_sec)} start_sec and "
+                f"{len(end_sec)} end_sec values"
+            )
+        if tokens.ndim < 2 or tokens.shape[-1] != self.attrs["dim"]:
+            raise ValueError(
+                f"{video_id}: tokens of shape {tokens.shape} do not end in the feature set's "
+                f"dim {self.attrs['dim']}"
+            )
+        if scene_idx is None:
+            scene_idx = np.full(num_tokens, -1, dtype=np.int32)
+        part_id = f"{video_key(video_id)}-{uuid.uuid4().hex[:8]}"
+        tmp = self.path / "parts" / f".tmp-{part_id}"
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        dtype = np.dtype(self.attrs["dtype"])
+        data = np.ascontiguousarray(tokens, dtype=dtype)
+        chunk_t = max(1, min(num_tokens, _TOKEN_CHUNK))
+        group.create_array("tokens", data=data, chunks=(chunk_t, *data.shape[1:]))
+        for name, values, dt in (
+            ("start_sec", start_sec, np.float32),
+            ("end_sec", end_sec, np.float32),
+            ("scene_idx", scene_idx, np.int32),
+        ):
+            group.create_array(name, data=np.asarray(values, dtype=dt), chunks=(chunk_t,))
+        os.rename(tmp, self.path / "parts" / part_id)  # publish the part atomically
+        self._write_index_row(
+            video_id,
+            status="ok",
+            num_tokens=num_tokens,
+            part=part_id,
+            offset=0,
+            duration_sec=duration_sec,
+            info=info,
+        )
+        return part_id
+
+    def write_status(
+        self,
+        video_id: str,
+        status: str,
+        error: str,
+        *,
+        duration_sec: float | None = None,
+        info: dict | None = None,
+    ) -> None:
+        """Record a video that has no tokens: ``failed`` (with the reason) or ``skipped``."""
+        if status not in ("failed", "skipped"):
+            raise ValueError(f"write_status takes 'failed' or 'skipped', not {status!r}")
+        self._write_index_row(
+            video_id, status=status, error=error, duration_sec=duration_sec, info=info
+        )
+
+    def _write_index_row(self, video_id: str, *, status: str, **fields) -> None:
+        info = fields.pop("info", None)
+        row = {key: None for key in INDEX_SCHEMA}
+        row.update(fields)
+        row.update(
+            video_id=video_id,
+            status=status,
+            updated_at=time.time(),
+            info_json=json.dumps(info or {}, default=str),
+        )
+        frame = pl.DataFrame([row], schema=INDEX_SCHEMA)
+        final = self.path / "index" / f"{video_key(video_id)}.parquet"
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
+        frame.write_parquet(tmp)
+        os.replace(tmp, final)  # the row appears whole or not at all
+
+    # ---------------------------------------------------------------- reading
+
+    def index(self) -> pl.DataFrame:
+        """Every recorded video: one row each, columns of ``INDEX_SCHEMA``."""
+        files = sorted((self.path / "index").glob("[!.]*.parquet"))
+        if not files:
+            return pl.DataFrame(schema=INDEX_SCHEMA)
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical").sort("video_id")
+
+    def ok_ids(self) -> set[str]:
+        """Ids of the videos stored successfully."""
+        index = self.index()
+        return set(index.filter(pl.col("status") == "ok")["video_id"].to_list())
+
+    def read(self, video_id: str, *, row: dict | None = None) -> VideoFeatures:
+        """One video's tokens and timestamps.
+
+        Raises:
+            KeyError: the video is not stored in this feature set (or its extraction failed).
+        """
+        import zarr
+
+        if row is None:
+            path = self.path / "index" / f"{video_key(video_id)}.parquet"
+            if not path.exists():
+                raise KeyError(f"video {video_id!r} is not in feature set {self.name}")
+            row = pl.read_parquet(path).row(0, named=True)
+        if row["status"] != "ok":
+            raise KeyError(
+                f"video {video_id!r} has status {row['status']!r} in feature set {self.name}: "
+                f"{row['error']}"
+            )
+        group = zarr.open_group(store=str(self.path / "parts" / row["part"]), mode="r")
+        lo, hi = row["offset"], row["offset"] + row["num_tokens"]
+        return VideoFeatures(
+            video_id=video_id,
+            tokens=group["tokens"][lo:hi],
+            start_sec=group["start_sec"][lo:hi],
+            end_sec=group["end_sec"][lo:hi],
+            scene_idx=group["scene_idx"][lo:hi],
+        )
+
+    def read_many(self, video_ids: list[str]) -> dict[str, VideoFeatures]:
+        """Tokens of several videos, reading the index once.
+
+        Raises:
+            KeyError: a video is missing or not ``ok``; the message names it.
+        """
+        index = self.index()
+        rows = {r["video_id"]: r for r in index.iter_rows(named=True)}
+        out = {}
+        for video_id in video_ids:
+            if video_id not in rows:
+                raise KeyError(f"video {video_id!r} is not in feature set {self.name}")
+            out[video_id] = self.read(video_id, row=rows[video_id])
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes on disk under this feature set."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+class FeatureStore:
+    """A directory of feature sets.
+
+    Args:
+        root: Store directory; created on first write.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.root)!r})"
+
+    def _ensure_root(self) -> None:
+        import zarr
+
+        if not (self.root / "zarr.json").exists():
+            group = zarr.open_group(store=str(self.root), mode="a", zarr_format=3)
+            group.attrs["longvid_store"] = {"schema_version": SCHEMA_VERSION}
+
+    def create(self, name: str, *, spec: dict, token_kind: str, dim: int, dtype: str) -> FeatureSet:
+        """Open the feature set ``name``, creating it with these attributes if new.
+
+        Args:
+            name: Feature-set name; should embed the fingerprint of ``spec``.
+            spec: Full extraction config (JSON-serialisable).
+            token_kind: ``pooled`` or ``patch``.
+            dim: Feature dimension D.
+            dtype: Stored dtype, ``float16`` or ``float32``.
+
+        Raises:
+            ValueError: a feature set of that name exists with a different fingerprint.
+        """
+        import zarr
+
+        self._ensure_root()
+        path = self.root / name
+        fp = fingerprint(spec)
+        if (path / "zarr.json").exists():
+            existing = FeatureSet(path)
+            if existing.attrs.get("fingerprint") != fp:
+                raise ValueError(
+                    f"feature set {name} in {self.root} was made by a different config "
+                    f"(fingerprint {existing.attrs.get('fingerprint', '?')[:12]} != {fp[:12]}); "
+                    "choose another store or name"
+                )
+            return existing
+        # Build the group under a temporary name, then rename: a half-made feature set is
+        # never visible.
+        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}-{name}"
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        group.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": fp,
+                "spec": spec,
+                "token_kind": token_kind,
+                "dim": int(dim),
+                "dtype": dtype,
+                "created_at": time.time(),
+            }
+        )
+        group.create_group("parts")
+        (tmp / "index").mkdir()
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # Another writer created it first: use theirs if it matches.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return self.create(name, spec=spec, token_kind=token_kind, dim=dim, dtype=dtype)
+        return FeatureSet(path)
+
+    def open(self, name: str) -> FeatureSet:
+        """The existing feature set ``name``.
+
+        Raises:
+            KeyError: no such feature set; the message lists those present.
+        """
+        path = self.root / name
+        if not (path / "zarr.json").exists():
+            names = [fs.name for fs in self.feature_sets()]
+            raise KeyError(
+                f"no feature set {name!r} in store {self.root}; present: {', '.join(names) or 'none'}"
+            )
+        return FeatureSet(path)
+
+    def feature_sets(self) -> list[FeatureSet]:
+        """All feature sets in the store, sorted by name."""
+        if not self.root.is_dir():
+            return []
+        return [
+            FeatureSet(p)
+            for p in sorted(self.root.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").exists()
+        ]
+
+    def find(
+        self, *, dataset: str | None = None, backbone: str | None = None, plan: str | None = None
+    ) -> list[FeatureSet]:
+        """Feature sets whose spec matches every given field."""
+        wanted = {"dataset": dataset, "backbone": backbone, "plan": plan}
+        return [
+            fs
+            for fs in self.feature_sets()
+            if all(v is None or fs.spec.get(k) == v for k, v in wanted.items())
+        ]
