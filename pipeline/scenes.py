@@ -1,0 +1,84 @@
+"""Scene (shot) detection with PySceneDetect, fed frame by frame from our single decode.
+
+PySceneDetect's detectors consume BGR frames one at a time and report cut positions (possibly
+for earlier frames, e.g. the adaptive detector's look-ahead window). We drive them directly
+rather than through ``SceneManager`` so that the same decoded frames also feed the sampler:
+the video is never decoded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Detector key → (class name in scenedetect, name of its threshold keyword).
+DETECTORS: dict[str, tuple[str, str]] = {
+    "content": ("ContentDetector", "threshold"),
+    "adaptive": ("AdaptiveDetector", "adaptive_threshold"),
+    "threshold": ("ThresholdDetector", "threshold"),
+    "histogram": ("HistogramDetector", "threshold"),
+    "hash": ("HashDetector", "threshold"),
+}
+
+
+@dataclass(frozen=True)
+class SceneDetectConfig:
+    """How cuts are found.
+
+    Attributes:
+        detector: One of :data:`DETECTORS` (PySceneDetect's detectors): ``content`` for hard
+            cuts (HSV + edge difference), ``adaptive`` (rolling-average content), ``threshold``
+            (fades to black), ``histogram``, ``hash``.
+        threshold: Detector threshold; ``None`` keeps PySceneDetect's default.
+        min_scene_len: Minimum scene length in frames (PySceneDetect's ``min_scene_len``).
+    """
+
+    detector: str = "content"
+    threshold: float | None = None
+    min_scene_len: int = 15
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ValueError(
+                f"unknown scene detector {self.detector!r}; valid: {', '.join(DETECTORS)}"
+            )
+
+
+class SceneSegmenter:
+    """Online cut detection: push frames in order, get back the frame indices where scenes start.
+
+    Args:
+        config: Detector choice and threshold.
+        fps: Frame rate of the video, frames/s (PySceneDetect's timecodes need it).
+    """
+
+    def __init__(self, config: SceneDetectConfig, fps: float):
+        import scenedetect
+
+        cls_name, threshold_kw = DETECTORS[config.detector]
+        kwargs: dict = {"min_scene_len": config.min_scene_len}
+        if config.threshold is not None:
+            kwargs[threshold_kw] = config.threshold
+        self._detector = getattr(scenedetect, cls_name)(**kwargs)
+        self._fps = float(fps)  # PySceneDetect rejects an int frame rate
+        self._last_idx = -1
+
+    def _timecode(self, frame_idx: int):
+        from scenedetect import FrameTimecode
+
+        return FrameTimecode(frame_idx, fps=self._fps)
+
+    def push(self, frame_idx: int, rgb: np.ndarray) -> list[int]:
+        """Feed the next frame (H, W, 3) uint8 RGB; returns first-frame indices of new scenes."""
+        bgr = np.ascontiguousarray(rgb[..., ::-1])  # PySceneDetect expects OpenCV's BGR order
+        self._last_idx = frame_idx
+        cuts = self._detector.process_frame(self._timecode(frame_idx), bgr)
+        return [c.frame_num for c in cuts if c.frame_num > 0]
+
+    def finish(self) -> list[int]:
+        """Flush cuts the detector held back until the end of the video."""
+        if self._last_idx < 0:
+            return []
+        cuts = self._detector.post_process(self._timecode(self._last_idx))
+        return [c.frame_num for c in cuts if c.frame_num > 0]

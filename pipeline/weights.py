@@ -1,0 +1,173 @@
+"""Resolving ``--weights none|default|PATH`` for a backbone.
+
+``default`` goes through torchvision's own mechanism (the torch hub cache, ``TORCH_HOME``);
+offline, the error says where to put the file. ``none`` is a seeded random init, so two
+workers (or two runs) build identical networks. Resolution happens once on the driver before
+any worker starts, so a missing file fails the run at once instead of once per video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class WeightsError(Exception):
+    """Weights cannot be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Where a backbone's weights come from.
+
+    Attributes:
+        kind: ``none``, ``default`` or ``path``.
+        backbone: Backbone name.
+        seed: Random-init seed (``none``).
+        tag: Pretrained weights name, e.g. ``IMAGENET1K_V1`` (``default``).
+        path: State-dict file (``default``: the hub cache file; ``path``: the user's file).
+        sha256: Content hash of ``path`` (``path`` kind), so fingerprints follow the bytes.
+    """
+
+    kind: str
+    backbone: str
+    seed: int = 0
+    tag: str = ""
+    path: str = ""
+    sha256: str = ""
+
+    def identity(self) -> dict:
+        """What identifies these weights in a feature-set fingerprint (no local paths)."""
+        if self.kind == "none":
+            return {"kind": "none", "seed": self.seed}
+        if self.kind == "default":
+            return {"kind": "default", "tag": self.tag}
+        return {"kind": "path", "sha256": self.sha256, "file": Path(self.path).name}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_weights_option(values: list[str], backbones: list[str]) -> dict[str, str]:
+    """Per-backbone weights from repeated ``--weights`` values.
+
+    ``none``/``default``/``PATH`` applies to every backbone; ``NAME=SPEC`` to one.
+
+    Raises:
+        ValueError: ``NAME=`` names a backbone not in this run, or a bare PATH is given for
+            several backbones.
+    """
+    out = {name: "none" for name in backbones}
+    bare = [v for v in values if "=" not in v]
+    for value in bare:
+        if value not in ("none", "default") and len(backbones) > 1:
+            raise ValueError(
+                f"--weights {value}: a weights file fits one backbone; write "
+                f"--weights BACKBONE={value} (backbones in this run: {', '.join(backbones)})"
+            )
+        out.update({name: value for name in backbones})
+    for value in values:
+        if "=" in value:
+            name, spec = value.split("=", 1)
+            if name not in out:
+                raise ValueError(
+                    f"--weights {value}: {name!r} is not a backbone of this run "
+                    f"({', '.join(backbones)})"
+                )
+            out[name] = spec
+    return out
+
+
+def resolve_weights(weights: str, spec, *, seed: int = 0) -> WeightsRef:
+    """Check that ``weights`` can be loaded for the backbone ``spec`` and say from where.
+
+    Args:
+        weights: ``none``, ``default`` or a file path.
+        spec: The backbone's :class:`~pipeline.backbones.BackboneSpec`.
+        seed: Random-init seed for ``none``.
+
+    Raises:
+        WeightsError: the file does not exist, or ``default`` weights are neither cached nor
+            downloadable; the message gives the cache path to fill and the alternatives.
+    """
+    if weights == "none":
+        return WeightsRef(kind="none", backbone=spec.name, seed=seed)
+    if weights == "default":
+        path = _default_weights_file(spec)
+        return WeightsRef(kind="default", backbone=spec.name, tag=spec.weights_tag, path=str(path))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"--weights {weights}: no such file for backbone {spec.name}; give a state-dict "
+            "file (.pth), 'default' for the pretrained weights, or 'none' for a random init"
+        )
+    return WeightsRef(kind="path", backbone=spec.name, path=str(path), sha256=_sha256(path))
+
+
+def _weights_enum(spec):
+    from pipeline.backbones.torchvision_models import R2PLUS1D_18, RESNET18
+
+    if spec.name == RESNET18.name:
+        from torchvision.models import ResNet18_Weights as enum
+    elif spec.name == R2PLUS1D_18.name:
+        from torchvision.models.video import R2Plus1D_18_Weights as enum
+    else:
+        raise WeightsError(f"backbone {spec.name} has no torchvision weights")
+    return enum[spec.weights_tag]
+
+
+def _default_weights_file(spec) -> Path:
+    """The hub-cache file of the backbone's pretrained weights, downloading it if possible."""
+    import torch
+
+    url = _weights_enum(spec).url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+    except Exception as err:  # urllib raises URLError, socket errors, HTTP errors: all mean "offline"
+        raise WeightsError(
+            f"cannot download the {spec.weights_tag} weights of {spec.name} from {url} "
+            f"({type(err).__name__}: {err}). This machine may be offline. Either copy that file "
+            f"to {target} (set TORCH_HOME to use another cache), pass --weights "
+            f"{spec.name}=/path/to/{os.path.basename(url)}, or use --weights none for a "
+            "seeded random init."
+        ) from err
+    return target
+
+
+def build_with_weights(build, enum, ref: WeightsRef):
+    """Build a torchvision model and load ``ref``'s weights into it.
+
+    Args:
+        build: torchvision builder, e.g. ``torchvision.models.resnet18``.
+        enum: The builder's weights enum member (gives the architecture's class count).
+        ref: Resolved weights.
+
+    Raises:
+        WeightsError: the state dict does not fit the architecture.
+    """
+    import torch
+
+    num_classes = len(enum.meta["categories"])
+    if ref.kind == "none":
+        torch.manual_seed(ref.seed)  # same seed → identical networks on every worker
+        return build(weights=None, num_classes=num_classes)
+    model = build(weights=None, num_classes=num_classes)
+    state = torch.load(ref.path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsError(f"{ref.path} does not fit {ref.backbone}: {err}") from err
+    return model

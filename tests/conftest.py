@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny videos made on the fly, the small demo dataset, a local Ray."""
+
+from __future__ import annotations
+
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def write_video(path: Path, frames: np.ndarray, *, fps: int = 25, faststart: bool = False) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 at crf 10 (visually lossless)."""
+    import av
+
+    options = {"crf": "10", "preset": "ultrafast"}
+    container = av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else {})
+    stream = container.add_stream("libx264", rate=fps, options=options)
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt = "yuv420p"
+    for rgb in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def block_frames(colours: list[tuple[int, int, int]], frames_per_block: int, size=(64, 96)) -> np.ndarray:
+    """Frames of solid colour blocks with a moving stripe: a hard cut at every block boundary.
+
+    Returns:
+        (len(colours) * frames_per_block, H, W, 3) uint8.
+    """
+    h, w = size
+    out = []
+    for colour in colours:
+        for t in range(frames_per_block):
+            img = np.empty((h, w, 3), np.uint8)
+            img[:] = colour
+            img[:, (2 * t) % w : (2 * t) % w + 4] = 255 - np.array(colour, np.uint8)
+            out.append(img)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="session")
+def bad_videos(tmp_path_factory) -> dict[str, Path]:
+    """One file per failure kind: missing, empty, not a video, no video stream, truncated."""
+    root = tmp_path_factory.mktemp("bad")
+    good = write_video(root / "good.mp4", block_frames([(200, 30, 30), (30, 30, 200)], 20))
+    faststart = write_video(
+        root / "full.mp4", block_frames([(200, 30, 30), (30, 200, 30)], 40), faststart=True
+    )
+    data = faststart.read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("not a video\n")
+    with wave.open(str(root / "audio_only.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(8000, np.int16).tobytes())
+    return {
+        "good": good,
+        "missing": root / "missing.mp4",
+        "empty": root / "empty.mp4",
+        "text": root / "text.mp4",
+        "audio_only": root / "audio_only.wav",
+        "truncated": root / "truncated.mp4",
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_small(tmp_path_factory):
+    """The small demo catalog (8 real-footage videos), built once per test session."""
+    from catalogs import get_catalog
+
+    root = tmp_path_factory.mktemp("demo_small")
+    return get_catalog("demo", root=root, variant="small")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local 2-CPU Ray shared by every test that extracts (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
