@@ -1,0 +1,87 @@
+"""``--weights none|default|PATH``: seeded init, offline errors, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.backbones import backbone_spec, create_backbone, list_backbones
+from pipeline.weights import WeightsError, parse_weights_option, resolve_weights
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_random_init_is_seeded(name):
+    spec = backbone_spec(name)
+    shape = (2, 96, 128, 3) if spec.input_kind == "frame" else (1, 4, 96, 128, 3)
+    frames = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    a = create_backbone(name, weights="none", seed=0)(frames)
+    b = create_backbone(name, weights="none", seed=0)(frames)
+    c = create_backbone(name, weights="none", seed=1)(frames)
+    assert a.shape == (shape[0], spec.dim)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_default_weights_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("default", backbone_spec("resnet18"))
+    message = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "--weights none" in message
+
+
+def test_weights_from_a_file_load_and_are_fingerprinted_by_content(tmp_path):
+    import torch
+    import torchvision
+
+    torch.manual_seed(3)
+    model = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), path)
+    ref = resolve_weights(str(path), backbone_spec("resnet18"))
+    assert ref.identity()["kind"] == "path" and len(ref.identity()["sha256"]) == 64
+    frames = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
+    backbone = create_backbone("resnet18", weights=str(path))
+    model.fc = torch.nn.Identity()
+    model.eval()
+    with torch.no_grad():
+        expected = model(backbone.transform(torch.from_numpy(frames).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(backbone(frames), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        resolve_weights(str(tmp_path / "nope.pth"), backbone_spec("resnet18"))
+    bad = tmp_path / "bad.pth"
+    import torch
+
+    torch.save({"weight": torch.zeros(1)}, bad)
+    with pytest.raises(WeightsError, match="does not fit resnet18"):
+        create_backbone("resnet18", weights=str(bad))
+
+
+def test_weights_option_per_backbone():
+    both = ["resnet18", "r2plus1d_18"]
+    assert parse_weights_option(["none"], both) == {"resnet18": "none", "r2plus1d_18": "none"}
+    assert parse_weights_option(["default", "resnet18=/w.pth"], both) == {
+        "resnet18": "/w.pth",
+        "r2plus1d_18": "default",
+    }
+    with pytest.raises(ValueError, match="BACKBONE="):
+        parse_weights_option(["/w.pth"], both)
+    with pytest.raises(ValueError, match="not a backbone"):
+        parse_weights_option(["vit=/w.pth"], both)
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(KeyError, match="resnet18"):
+        backbone_spec("resnet1000")
