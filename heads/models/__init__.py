@@ -1,0 +1,140 @@
+"""Temporal heads: a registry in the timm style.
+
+``@register_head("name")`` on an ``nn.Module`` class, ``create_head(name, in_dim=...,
+num_outputs=..., **kwargs)`` to build one, ``list_heads()`` for the keys (exactly the
+``heads train --head`` values).
+
+The interface every head follows:
+
+- class attribute ``streams``: names of its input streams, in ``forward`` order (``("tokens",)``
+  for a single-stream head, ``("spatial", "temporal")`` for STAN). A head whose class attribute
+  ``variadic_streams`` is true accepts any number of streams (one per entry of ``in_dim``).
+- ``__init__(*, in_dim, num_outputs, **kwargs)``: ``in_dim`` is D (an int) or one D_i per stream.
+- ``forward(x_0, mask_0, x_1, mask_1, ...)``: per stream ``x_i`` (B, T_i, D_i) float and ``mask_i``
+  (B, T_i) bool, True at real tokens and False at padding; returns (B, K) logits or (B, 1)
+  regression outputs. Padded positions never change the output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Sequence
+from typing import Callable
+
+_REGISTRY: dict[str, type] = {}
+# Modules that register heads; imported on first use so `import heads.models` does not pull torch.
+_MODULES = ("heads.models.mean", "heads.models.stan")
+
+
+def register_head(name: str) -> Callable[[type], type]:
+    """Class decorator registering a head under ``name`` (the ``--head`` value).
+
+    Raises:
+        ValueError: another class is already registered under ``name``.
+    """
+
+    def wrap(cls: type) -> type:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"head {name!r} is registered twice ({existing} and {cls})")
+        if not getattr(cls, "streams", None):
+            raise ValueError(f"head {name!r}: class {cls.__name__} needs a `streams` attribute")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(module)
+
+
+def list_heads(pattern: str = "*") -> list[str]:
+    """Registered head names matching the shell-style ``pattern``, sorted."""
+    _load_all()
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_head_class(name: str) -> type:
+    """The class registered as ``name``.
+
+    Raises:
+        KeyError: unknown name; the message lists the registered ones.
+    """
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def stream_dims(name: str, in_dim: int | Sequence[int], num_streams: int) -> tuple[int, ...]:
+    """``in_dim`` as one int per stream, checked against the stream count a head expects.
+
+    Args:
+        name: Head name, for the error message.
+        in_dim: D for every stream, or one D_i per stream.
+        num_streams: Number of streams the head was built for.
+
+    Raises:
+        ValueError: ``in_dim`` has the wrong number of entries or a non-positive entry.
+    """
+    dims = (in_dim,) * num_streams if isinstance(in_dim, int) else tuple(int(d) for d in in_dim)
+    if len(dims) != num_streams:
+        raise ValueError(
+            f"head {name!r} takes {num_streams} stream(s) but in_dim has {len(dims)}: {dims}"
+        )
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"head {name!r}: in_dim must be positive, got {dims}")
+    return dims
+
+
+def num_streams_for(name: str, num_features: int) -> int:
+    """How many streams head ``name`` takes when given ``num_features`` feature sets.
+
+    Raises:
+        KeyError: unknown head.
+        ValueError: the head takes a fixed number of streams different from ``num_features``.
+    """
+    cls = get_head_class(name)
+    if getattr(cls, "variadic_streams", False):
+        if num_features < 1:
+            raise ValueError(f"head {name!r} needs at least one feature set")
+        return num_features
+    expected = len(cls.streams)
+    if num_features != expected:
+        raise ValueError(
+            f"head {name!r} takes {expected} feature set(s) (streams: {', '.join(cls.streams)}), "
+            f"got {num_features}; pass --features once per stream, in that order"
+        )
+    return expected
+
+
+def create_head(name: str, *, in_dim: int | Sequence[int], num_outputs: int, **kwargs):
+    """Build the head registered as ``name``.
+
+    Args:
+        name: Registry key, e.g. ``stan`` or ``mean``.
+        in_dim: Feature dim D, or one D_i per stream (multi-stream heads).
+        num_outputs: K classes, or 1 for regression.
+        **kwargs: Head-specific keyword arguments (``d_model``, ``dropout``, ...).
+
+    Returns:
+        The ``nn.Module``.
+
+    Raises:
+        KeyError: unknown name; the message lists the valid names.
+    """
+    cls = get_head_class(name)
+    return cls(in_dim=in_dim, num_outputs=num_outputs, **kwargs)
+
+
+__all__ = [
+    "create_head",
+    "get_head_class",
+    "list_heads",
+    "num_streams_for",
+    "register_head",
+    "stream_dims",
+]

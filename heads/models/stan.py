@@ -1,0 +1,214 @@
+"""STAN: the Spatio-Temporal Attention Network, a two-stream transformer over scene tokens.
+
+Source: E. Fish, J. Weinbren, A. Gilbert, "Two-Stream Transformer Architecture for Long Form
+Video Understanding", BMVC 2022 (arXiv:2208.01753), §3. One token per scene in each stream: the
+spatial stream holds 2D-backbone features of each scene's centre frame (``resnet18``), the temporal
+stream 3D-backbone features of frames sampled over the scene (``r2plus1d_18``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from heads.models import register_head, stream_dims
+
+
+def sinusoidal_encoding(
+    num_positions: int, dim: int, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Fixed sinusoidal positional encoding (Vaswani et al., NeurIPS 2017, §3.5).
+
+    ``PE[pos, 2i] = sin(pos / 10000^(2i/dim))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/dim))``.
+
+    Args:
+        num_positions: Number of positions P (0 .. P-1).
+        dim: Encoding width; odd widths drop the last cosine column.
+
+    Returns:
+        (P, dim) encodings.
+    """
+    position = torch.arange(num_positions, device=device, dtype=torch.float64)
+    position = position.unsqueeze(1)  # (P, 1)
+    even_idx = torch.arange(0, dim, 2, device=device, dtype=torch.float64)  # (ceil(dim/2),)
+    angle = position * torch.exp(-math.log(10000.0) * even_idx / dim)  # (P, ceil(dim/2))
+    pe = torch.zeros(num_positions, dim, device=device, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return pe.to(dtype)
+
+
+class ContextGating(nn.Module):
+    """Context gating, ``y = x ⊙ σ(W x + b)`` (Miech et al., "Learnable pooling with context
+    gating for video classification", 2017, §3.2): the gated non-linearity of STAN's classifier.
+
+    Args:
+        dim: Width D of the input and output.
+
+    Forward:
+        (..., D) → (..., D).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.gate(x))
+
+
+class StreamEncoder(nn.Module):
+    """One STAN stream: linear projection, learned CLS token, transformer encoder (STAN §3).
+
+    Args:
+        in_dim: Feature dim D_i of the stream's tokens.
+        d_model: Transformer width.
+        num_heads: Attention heads per layer.
+        ff_dim: Width of each layer's feed-forward block.
+        num_layers: Transformer encoder layers.
+        dropout: Dropout in the encoder layers and on the input sequence.
+    """
+
+    def __init__(
+        self, *, in_dim: int, d_model: int, num_heads: int, ff_dim: int, num_layers: int,
+        dropout: float,
+    ):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        # Pre-norm layers train stably without a learning-rate warm-up tuned per dataset.
+        layer = nn.TransformerEncoderLayer(
+            d_model, num_heads, ff_dim, dropout, activation="gelu", batch_first=True,
+            norm_first=True,
+        )
+        # A final LayerNorm because pre-norm layers leave their output un-normalised; nested
+        # tensors off since they do not apply to pre-norm layers anyway.
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        """CLS output of the stream.
+
+        Args:
+            x: (B, T, D_i) tokens.
+            mask: (B, T) bool, True at real tokens.
+            pe: (>= T + 1, d_model) positional encodings; row 0 goes to the CLS token.
+
+        Returns:
+            (B, d_model).
+        """
+        batch, num_tokens = mask.shape
+        # Zero padding before the projection so that NaN/inf padding cannot reach the attention
+        # values (masked keys get weight 0, and 0 * NaN is NaN).
+        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        tokens = self.proj(x)  # (B, T, d_model)
+        cls = self.cls_token.expand(batch, -1, -1)  # (B, 1, d_model)
+        seq = torch.cat([cls, tokens], dim=1) + pe[: num_tokens + 1]  # (B, 1 + T, d_model)
+        # src_key_padding_mask is True where attention must *ignore* a key; the CLS is real.
+        cls_real = torch.ones(batch, 1, dtype=torch.bool, device=mask.device)  # (B, 1)
+        ignore = ~torch.cat([cls_real, mask], dim=1)  # (B, 1 + T)
+        out = self.encoder(self.dropout(seq), src_key_padding_mask=ignore)  # (B, 1 + T, d_model)
+        return out[:, 0]  # (B, d_model)
+
+
+@register_head("stan")
+class STAN(nn.Module):
+    """Spatio-Temporal Attention Network (Fish et al., BMVC 2022, §3).
+
+    Per stream s ∈ {spatial, temporal}: tokens (B, T_s, D_s) → Linear to d_model → prepend a
+    learned CLS token → add the *shared* sinusoidal positional encoding (Vaswani et al. 2017 §3.5;
+    the same code for scene t in both streams, so position means scene index) → 2 transformer
+    encoder layers → z_s, z_t = the CLS outputs, (B, d_model) each. Fusion (STAN §3)::
+
+        z = LayerNorm(q(z_s) + λ · q(z_t)),   λ = ``fusion_weight`` = 0.6
+
+    with q one *shared* one-hidden-layer MLP (Linear → GELU → Linear). Then a three-layer MLP
+    classifier whose hidden layers use the gated non-linearity context gating
+    (``y = x ⊙ σ(W x + b)``, Miech et al. 2017): Linear → CG → Dropout → Linear → CG → Dropout →
+    Linear.
+
+    Args:
+        in_dim: (D_spatial, D_temporal), or one D for both streams.
+        num_outputs: K classes, or 1 for regression.
+        d_model: Transformer width.
+        num_heads: Attention heads per layer.
+        ff_dim: Feed-forward width of each encoder layer.
+        num_layers: Encoder layers per stream (2 in the paper).
+        dropout: Dropout in the encoders and the classifier.
+        fusion_weight: λ, the weight of the temporal stream in the fusion.
+        q_hidden_dim: Hidden width of q; defaults to d_model.
+        classifier_hidden_dim: Hidden width of the classifier; defaults to d_model.
+
+    Forward:
+        ``forward(x_spatial, mask_spatial, x_temporal, mask_temporal)`` with x (B, T_s, D_s),
+        (B, T_t, D_t) and bool masks (B, T_s), (B, T_t), True at real tokens; T_s and T_t may
+        differ. Returns (B, K).
+    """
+
+    streams: tuple[str, ...] = ("spatial", "temporal")
+
+    def __init__(
+        self,
+        *,
+        in_dim: int | Sequence[int],
+        num_outputs: int,
+        d_model: int = 512,
+        num_heads: int = 8,
+        ff_dim: int = 2048,
+        num_layers: int = 2,
+        dropout: float = 0.1,
+        fusion_weight: float = 0.6,
+        q_hidden_dim: int | None = None,
+        classifier_hidden_dim: int | None = None,
+    ):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"stan: d_model {d_model} is not divisible by num_heads {num_heads}")
+        dims = stream_dims("stan", in_dim, len(self.streams))
+        self.d_model = d_model
+        self.fusion_weight = float(fusion_weight)
+        self.spatial = StreamEncoder(
+            in_dim=dims[0], d_model=d_model, num_heads=num_heads, ff_dim=ff_dim,
+            num_layers=num_layers, dropout=dropout,
+        )
+        self.temporal = StreamEncoder(
+            in_dim=dims[1], d_model=d_model, num_heads=num_heads, ff_dim=ff_dim,
+            num_layers=num_layers, dropout=dropout,
+        )
+        q_hidden_dim = q_hidden_dim or d_model
+        self.q = nn.Sequential(
+            nn.Linear(d_model, q_hidden_dim), nn.GELU(), nn.Linear(q_hidden_dim, d_model)
+        )
+        self.fusion_norm = nn.LayerNorm(d_model)
+        hidden = classifier_hidden_dim or d_model
+        self.classifier = nn.Sequential(
+            nn.Linear(d_model, hidden),
+            ContextGating(hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            ContextGating(hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_outputs),
+        )
+
+    def forward(
+        self,
+        x_spatial: torch.Tensor,
+        mask_spatial: torch.Tensor,
+        x_temporal: torch.Tensor,
+        mask_temporal: torch.Tensor,
+    ) -> torch.Tensor:
+        num_positions = max(x_spatial.shape[1], x_temporal.shape[1]) + 1  # + 1 for the CLS
+        pe = sinusoidal_encoding(
+            num_positions, self.d_model, device=x_spatial.device, dtype=x_spatial.dtype
+        )  # (1 + max(T_s, T_t), d_model), shared by both streams
+        z_s = self.spatial(x_spatial, mask_spatial, pe)  # (B, d_model)
+        z_t = self.temporal(x_temporal, mask_temporal, pe)  # (B, d_model)
+        z = self.fusion_norm(self.q(z_s) + self.fusion_weight * self.q(z_t))  # (B, d_model)
+        return self.classifier(z)  # (B, K)

@@ -1,0 +1,340 @@
+"""``heads train``: fit a temporal head on cached features, evaluate it, write a run directory.
+
+A recipe read top to bottom: build (catalog, feature sets, in-memory data) → setup (seed,
+standardisation, model, optimiser) → train (AdamW, linear warm-up + cosine decay, gradient
+clipping, best-on-val selection with early stopping) → evaluate the best checkpoint on every
+split next to the majority baseline → write ``runs/<UTC time>-<head>-<task>/`` (``config.json``,
+``checkpoint.pt``, ``metrics.json``; see :mod:`heads.runs`, whose ``load_head`` rebuilds the model).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from catalogs.base import SPLITS, Catalog
+from heads.data import FeatureDataset, Standardizer, collate, load_task_data, resolve_feature_sets
+from heads.metrics import PRIMARY_METRIC, compute_metrics, majority_baseline
+from heads.models import create_head, num_streams_for
+from heads.runs import format_table, write_run
+
+# Backbones a head reads when --features is not given: STAN's streams are the 2D (spatial) and
+# 3D (temporal) scene features of its paper; single-feature heads take the 2D one.
+DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {"stan": ("resnet18", "r2plus1d_18")}
+FALLBACK_FEATURES: tuple[str, ...] = ("resnet18",)
+
+
+def default_features(head: str) -> tuple[str, ...]:
+    """The ``--features`` used for ``head`` when none are given."""
+    return DEFAULT_FEATURES.get(head, FALLBACK_FEATURES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines a training run; stored in the run directory and the checkpoint."""
+
+    task: str  # task of the catalog to learn (`--task`); its kind picks loss and metrics
+    dataset: str = "demo"  # catalog key (`catalogs.get_catalog`); features must be from it
+    data_root: str | None = None  # catalog root; None means data/<dataset>
+    # Catalog-specific factory options, as for `pipeline extract` (e.g. {"variant": "small"} for
+    # the demo, {"labels": "labels.csv"} for a folder); must match what the features came from.
+    catalog_options: dict = field(default_factory=dict)
+    head: str = "stan"  # registry key of the head (`heads list`)
+    features: tuple[str, ...] = ()  # one backbone or feature-set name per stream; () = head default
+    plan: str = "scene"  # sampling plan of the features (STAN: one token per scene)
+    store: str = "store"  # feature store root written by `pipeline extract`
+    runs_dir: str = "runs"  # parent of the run directories
+    epochs: int = 50  # upper bound; early stopping usually ends sooner on small datasets
+    batch_size: int = 16  # videos per step; LVU-sized datasets have only hundreds of videos
+    lr: float = 3e-4  # peak AdamW learning rate after warm-up
+    weight_decay: float = 0.01  # AdamW decay on weight matrices only (not biases / norms)
+    warmup_epochs: int = 2  # linear warm-up keeps early transformer updates from diverging
+    grad_clip: float = 1.0  # max global gradient norm
+    patience: int = 10  # stop after this many epochs without val improvement; 0 = never
+    seed: int = 0  # seeds init, dropout and shuffling: same seed, same run
+    device: str = "cpu"  # `cpu`, `cuda` or `auto`; light heads train fine on CPU
+    head_kwargs: dict = field(default_factory=dict)  # passed to create_head (`--head-kwarg`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        checks = {
+            "--epochs": (self.epochs >= 1, "at least 1", self.epochs),
+            "--batch-size": (self.batch_size >= 1, "at least 1", self.batch_size),
+            "--lr": (self.lr > 0, "positive", self.lr),
+            "--weight-decay": (self.weight_decay >= 0, "non-negative", self.weight_decay),
+            "--warmup-epochs": (self.warmup_epochs >= 0, "non-negative", self.warmup_epochs),
+            "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
+            "--patience": (self.patience >= 0, "non-negative", self.patience),
+        }
+        for flag, (ok, wanted, value) in checks.items():
+            if not ok:
+                raise ValueError(f"{flag} must be {wanted}, got {value}")
+        reserved = {"in_dim", "num_outputs"} & set(self.head_kwargs)
+        if reserved:
+            raise ValueError(
+                f"--head-kwarg cannot set {', '.join(sorted(reserved))}: they come from the "
+                "feature sets and the task"
+            )
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the defaults that depend on other fields filled in."""
+    return replace(
+        config,
+        data_root=config.data_root or f"data/{config.dataset}",
+        features=config.features or default_features(config.head),
+    )
+
+
+def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device) -> np.ndarray:
+    """Head outputs for every batch of ``loader``, (N, K) or (N, 1) float32, in loader order."""
+    model.eval()
+    outputs = [model(*(t.to(device) for t in inputs)).float().cpu() for inputs, _ in loader]
+    return torch.cat(outputs).numpy()
+
+
+def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> dict:
+    """Train ``config.head`` on ``config.task`` and evaluate it on every split.
+
+    Args:
+        config: The run's configuration.
+        catalog: The dataset; built with ``catalogs.get_catalog(config.dataset,
+            root=config.data_root)`` when not given.
+        log: Where progress lines and the final table go.
+
+    Returns:
+        The content of ``metrics.json`` plus ``run_dir`` (str).
+
+    Raises:
+        KeyError: unknown dataset, task or head (the message lists the valid names).
+        ValueError: feature sets missing or ambiguous, the head's stream count does not match
+            ``--features``, bad ``--head-kwarg``, or no usable train video.
+    """
+    from tqdm.auto import tqdm
+
+    # ------------------------------------------------------------------ build
+    config = resolve_config(config)
+    if catalog is None:
+        from catalogs import get_catalog
+
+        try:
+            catalog = get_catalog(config.dataset, root=config.data_root, **config.catalog_options)
+        except TypeError as err:
+            raise ValueError(
+                f"catalog {config.dataset!r} rejected its options ({err}); check --catalog-option"
+            ) from err
+    num_streams_for(config.head, len(config.features))  # fail before reading any tokens
+    # `pipeline extract` records the catalog's name as the spec's `dataset`, and its variant (if
+    # any) as `dataset_variant`: that breaks ties between extractions of two demo variants.
+    variant = catalog.meta.get("variant")
+    feature_sets = resolve_feature_sets(
+        config.store, catalog.name, config.features, config.plan,
+        prefer={"dataset_variant": variant} if variant is not None else None,
+    )
+    data = load_task_data(catalog, config.task, feature_sets, log=log)
+    task, kind = data.task, data.task.kind
+    metric_name, higher_is_better = PRIMARY_METRIC[kind]
+
+    # ------------------------------------------------------------------ setup
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    standardizer = Standardizer.fit(data.tokens["train"])
+    target_norm = None
+    if kind == "regression":
+        # Regress standardised targets so the output layer's scale does not depend on the units.
+        train_y = data.targets["train"]
+        target_norm = (float(train_y.mean()), float(max(train_y.std(), 1e-6)))
+    datasets = {
+        split: FeatureDataset(
+            [standardizer.apply(v) for v in data.tokens[split]],
+            data.targets[split]
+            if target_norm is None
+            else ((data.targets[split] - target_norm[0]) / target_norm[1]).astype(np.float32),
+        )
+        for split in SPLITS
+    }
+    loader_args = {"batch_size": config.batch_size, "collate_fn": collate}
+    train_loader = torch.utils.data.DataLoader(
+        datasets["train"], shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+        **loader_args,
+    )
+    eval_loaders = {s: torch.utils.data.DataLoader(datasets[s], **loader_args) for s in SPLITS}
+
+    in_dim = [int(fs.attrs["dim"]) for fs in feature_sets]
+    head_args = {"in_dim": in_dim, "num_outputs": task.num_outputs, **config.head_kwargs}
+    try:
+        model = create_head(config.head, **head_args).to(device)
+    except TypeError as err:
+        raise ValueError(
+            f"head {config.head!r} rejected its arguments ({err}); check --head-kwarg"
+        ) from err
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: _lr_factor(
+            step,
+            warmup_steps=config.warmup_epochs * steps_per_epoch,
+            total_steps=config.epochs * steps_per_epoch,
+        ),
+    )
+    loss_fn = {
+        "classification": nn.CrossEntropyLoss(),
+        "multilabel": nn.BCEWithLogitsLoss(),
+        "regression": nn.MSELoss(),
+    }[kind]
+
+    def evaluate(split: str) -> tuple[np.ndarray, float]:
+        """Outputs in target units (N, K) or (N, 1), and the mean training loss, on ``split``."""
+        outputs = predict(model, eval_loaders[split], device)
+        loss = loss_fn(torch.from_numpy(outputs), datasets[split].targets).item()
+        if target_norm is not None:
+            outputs = outputs * target_norm[1] + target_norm[0]
+        return outputs, loss
+
+    # Select on the val metric; without a usable val split (none, or no positive label at all)
+    # fall back to the train loss so that a run still ends with a definite checkpoint.
+    val_baseline = majority_baseline(data.targets["train"], data.targets["val"], kind)
+    select_on_val = math.isfinite(val_baseline.get(metric_name, float("nan")))
+    if not select_on_val:
+        log(f"no usable val split for {metric_name}: selecting the checkpoint on train loss")
+
+    # ------------------------------------------------------------------ train
+    best_score, best_epoch, best_state, epochs_since_best = None, 0, None, 0
+    history = []
+    progress = tqdm(range(1, config.epochs + 1), desc=f"{config.head}/{task.name}", disable=None)
+    try:
+        for epoch in progress:
+            model.train()
+            total_loss = 0.0
+            for inputs, targets in train_loader:
+                outputs = model(*(t.to(device) for t in inputs))
+                loss = loss_fn(outputs, targets.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(targets)
+            train_loss = total_loss / len(datasets["train"])
+            record = {"epoch": epoch, "train_loss": train_loss}
+            if select_on_val:
+                val_outputs, val_loss = evaluate("val")
+                val = compute_metrics(kind, val_outputs, data.targets["val"])
+                record[f"val_{metric_name}"], record["val_loss"] = val[metric_name], val_loss
+                # Small val splits saturate (top-1 = 1 after a few epochs): break ties on val loss.
+                score = (val[metric_name] if higher_is_better else -val[metric_name], -val_loss)
+            else:
+                score = (-train_loss,)
+            improved = best_score is None or score > best_score
+            history.append(record)
+            progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+            if improved:
+                best_score, best_epoch, epochs_since_best = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                epochs_since_best += 1
+                if config.patience and epochs_since_best >= config.patience:
+                    break
+
+        # -------------------------------------------------------------- evaluate
+        model.load_state_dict(best_state)
+        results = {
+            "task": task.name,
+            "kind": kind,
+            "head": config.head,
+            "selection": {
+                "metric": f"val_{metric_name}" if select_on_val else "train_loss",
+                "best_epoch": best_epoch,
+                "best_value": history[best_epoch - 1].get(
+                    f"val_{metric_name}" if select_on_val else "train_loss"
+                ),
+                "num_epochs_run": len(history),
+            },
+            "num_videos": {s: len(datasets[s]) for s in SPLITS},
+            "num_dropped": data.num_dropped,
+            "metrics": {},
+            "baseline": {},
+            "history": history,
+        }
+        for split in SPLITS:
+            has_videos = len(datasets[split]) > 0
+            results["metrics"][split] = (
+                compute_metrics(kind, evaluate(split)[0], data.targets[split]) if has_videos else {}
+            )
+            results["baseline"][split] = majority_baseline(
+                data.targets["train"], data.targets[split], kind
+            )
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+    # ------------------------------------------------------------------ write
+    feature_info = [
+        {
+            "name": fs.name,
+            "backbone": fs.spec.get("backbone"),
+            "plan": fs.spec.get("plan"),
+            "dim": int(fs.attrs["dim"]),
+            "fingerprint": fs.attrs.get("fingerprint"),
+        }
+        for fs in feature_sets
+    ]
+    task_info = {"name": task.name, "kind": kind, "classes": list(task.classes)}
+    config_dict = asdict(config)
+    run_dir = write_run(
+        config.runs_dir,
+        head=config.head,
+        task=task.name,
+        config={
+            "config": config_dict,
+            "catalog": catalog.name,
+            "task": task_info,
+            "feature_sets": feature_info,
+        },
+        checkpoint={
+            "head": config.head,
+            "head_args": head_args,
+            "model": {k: v.cpu() for k, v in best_state.items()},
+            "standardizer": standardizer.state_dict(),
+            "target_norm": list(target_norm) if target_norm else None,
+            "config": config_dict,
+            "task": task_info,
+            "feature_sets": feature_info,
+            "best_epoch": best_epoch,
+        },
+        metrics=results,
+    )
+    log(format_table(results))
+    log(f"run written to {run_dir}")
+    return {**results, "run_dir": str(run_dir)}
