@@ -34,7 +34,7 @@ import polars as pl
 from catalogs import register_catalog
 from catalogs.base import SPLITS, Catalog, Task
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: splits stratified by most_screen_time
 FPS = 25
 WIDTH_PX, HEIGHT_PX = 320, 180
 CLASSES: tuple[str, ...] = ("bigbuckbunny", "bikes", "carphone")
@@ -175,10 +175,17 @@ def plan_demo(*, variant: str = "default", seed: int = 0) -> list[VideoPlan]:
     rng = np.random.default_rng([seed, _SPLIT_STREAM])
     dominants = rng.permutation(np.arange(num) % len(CLASSES))
     num_val = num_test = max(1, round(0.2 * num))
-    splits = ["train"] * (num - num_val - num_test) + ["val"] * num_val + ["test"] * num_test
-    order = rng.permutation(num)
+    counts = {"train": num - num_val - num_test, "val": num_val, "test": num_test}
+    # Stratified by class: spread each split evenly along a list sorted by dominant class, so
+    # every split has the classes in about the same proportions (a split whose majority class
+    # differs from train's makes the majority baseline meaningless).
+    pattern = [s for _, s in sorted(((i + 0.5) / n, s) for s, n in counts.items() for i in range(n))]
+    by_class = np.lexsort((rng.random(num), dominants))  # class-major, random within a class
+    splits = [""] * num
+    for position, video in enumerate(by_class):
+        splits[video] = pattern[position]
     return [
-        _plan_video(np.random.default_rng(seed + i), f"demo_{i:03d}", splits[order[i]],
+        _plan_video(np.random.default_rng(seed + i), f"demo_{i:03d}", splits[i],
                     CLASSES[dominants[i]], spec)
         for i in range(num)
     ]

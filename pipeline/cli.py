@@ -31,6 +31,7 @@ def extract(
     weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    precision: str = typer.Option("auto", help="Backbone arithmetic: fp32, bf16, or auto (bf16 where the hardware runs it natively)."),
     detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
     min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
@@ -47,7 +48,8 @@ def extract(
     try:
         config = ExtractConfig(
             dataset=dataset, data_root=data_root, backbones=tuple(backbone), plan=plan,
-            store=store, weights=tuple(weights), seed=seed, dtype=dtype, detector=detector,
+            store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
+            detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
             catalog_options={"variant": variant} if variant else {},

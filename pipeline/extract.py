@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.backbones import PRECISIONS
 from pipeline.sampling import ScenePlanConfig
 from pipeline.scenes import SceneDetectConfig
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
@@ -42,6 +43,8 @@ class ExtractConfig:
     seed: int = 0
     # Stored token dtype; float16 halves the store with no loss that matters for heads.
     dtype: str = "float16"
+    # Backbone arithmetic: fp32, bf16 (autocast) or auto (bf16 where the hardware has it).
+    precision: str = "auto"
     # Scene detection (PySceneDetect detector, threshold, min scene length in frames).
     detector: str = "content"
     threshold: float | None = None
@@ -64,6 +67,10 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
             raise ValueError(f"unknown plan {self.plan!r}; valid: {', '.join(PLANS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: valid values are {', '.join(DTYPES)}")
         if not self.backbones:
@@ -89,7 +96,9 @@ class ExtractSummary:
         return self.num_frames / self.wall_sec if self.wall_sec else 0.0
 
 
-def feature_set_spec(config: ExtractConfig, catalog, backbone: str, weights_identity: dict) -> dict:
+def feature_set_spec(
+    config: ExtractConfig, catalog, backbone: str, weights_identity: dict, precision: str
+) -> dict:
     """The identity of one feature set: everything that changes its tokens (fingerprinted)."""
     from pipeline.backbones import backbone_spec
 
@@ -100,6 +109,7 @@ def feature_set_spec(config: ExtractConfig, catalog, backbone: str, weights_iden
         "backbone": backbone,
         "backbone_spec": backbone_spec(backbone).to_dict(),
         "weights": weights_identity,
+        "precision": precision,
         "plan": config.plan,
         "plan_config": {
             **asdict(ScenePlanConfig(frames_per_clip=config.frames_per_clip)),
@@ -136,7 +146,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         pipeline.weights.WeightsError: weights cannot be loaded (raised before any work).
     """
     from catalogs import get_catalog
-    from pipeline.backbones import backbone_spec
+    from pipeline.backbones import backbone_spec, resolve_precision
     from pipeline.weights import parse_weights_option, resolve_weights
     from pipeline.worker import FeatureSetJob
 
@@ -148,15 +158,16 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         videos = videos.head(config.limit)
     store = FeatureStore(config.store)
     per_backbone = parse_weights_option(list(config.weights), list(config.backbones))
+    precision = resolve_precision(config.precision)
     jobs, feature_sets = [], []
     for backbone in config.backbones:
         spec_ = backbone_spec(backbone)
         ref = resolve_weights(per_backbone[backbone], spec_, seed=config.seed)
-        spec = feature_set_spec(config, catalog, backbone, ref.identity())
+        spec = feature_set_spec(config, catalog, backbone, ref.identity(), precision)
         name = feature_set_name(spec)
         fs = store.create(name, spec=spec, token_kind="pooled", dim=spec_.dim, dtype=config.dtype)
         feature_sets.append(fs)
-        jobs.append(FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed))
+        jobs.append(FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision))
 
     done = {fs.name: fs.ok_ids() for fs in feature_sets}
     todo = []  # (video_id, path, [feature sets still missing it])

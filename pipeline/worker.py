@@ -28,12 +28,14 @@ class FeatureSetJob:
         backbone: Backbone registry key.
         weights: ``none``, ``default`` or a file path (already resolved on the driver).
         seed: Random-init seed for ``none``.
+        precision: ``fp32`` or ``bf16`` (resolved, never ``auto``).
     """
 
     feature_set: str
     backbone: str
     weights: str
     seed: int
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,11 @@ class VideoExtractor:
         self.jobs = {job.feature_set: job for job in jobs}
         self.backbones = {
             job.feature_set: create_backbone(
-                job.backbone, weights=job.weights, seed=job.seed, device=device
+                job.backbone,
+                weights=job.weights,
+                seed=job.seed,
+                device=device,
+                precision=job.precision,
             )
             for job in jobs
         }

@@ -85,3 +85,14 @@ def test_weights_option_per_backbone():
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(KeyError, match="resnet18"):
         backbone_spec("resnet1000")
+
+
+def test_bf16_features_stay_close_to_fp32():
+    frames = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
+    fp32 = create_backbone("resnet18", precision="fp32")(frames)
+    bf16 = create_backbone("resnet18", precision="bf16")(frames)
+    assert bf16.dtype == np.float32
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.99
+    with pytest.raises(ValueError, match="fp32"):
+        create_backbone("resnet18", precision="fp8")

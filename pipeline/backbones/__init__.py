@@ -91,7 +91,30 @@ def backbone_spec(name: str) -> BackboneSpec:
     return _SPECS[name]
 
 
-def create_backbone(name: str, *, weights: str = "none", seed: int = 0, device: str = "cpu"):
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` → ``bf16`` where the hardware runs it natively (CUDA, or a CPU with AVX-512
+    BF16/AMX, where R(2+1)D runs ~3× faster than in fp32), else ``fp32``.
+
+    Raises:
+        ValueError: not one of :data:`PRECISIONS`.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: valid values are {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def create_backbone(
+    name: str, *, weights: str = "none", seed: int = 0, device: str = "cpu", precision: str = "fp32"
+):
     """Build backbone ``name`` with its weights, in eval mode.
 
     Args:
@@ -100,6 +123,7 @@ def create_backbone(name: str, *, weights: str = "none", seed: int = 0, device: 
             from the torch hub cache or downloaded) or a path to a state-dict file.
         seed: Seed of the random init when ``weights`` is ``none``.
         device: Torch device.
+        precision: ``fp32``, or ``bf16`` (autocast: matmuls and convolutions in bfloat16).
 
     Raises:
         KeyError: unknown backbone.
@@ -109,7 +133,9 @@ def create_backbone(name: str, *, weights: str = "none", seed: int = 0, device: 
 
     spec = backbone_spec(name)
     ref = resolve_weights(weights, spec, seed=seed)
-    return _BUILDERS[name](ref, device=device)
+    backbone = _BUILDERS[name](ref, device=device)
+    backbone.precision = resolve_precision(precision, device)
+    return backbone
 
 
 class Backbone:
@@ -135,6 +161,7 @@ class Backbone:
             p.requires_grad_(False)
         self.transform = transform
         self.weights_identity = weights_identity
+        self.precision = "fp32"  # set by create_backbone
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Features of a batch.
@@ -148,7 +175,10 @@ class Backbone:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        with torch.inference_mode():
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
+        with torch.inference_mode(), autocast:
             if self.spec.input_kind == "frame":
                 x = x.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
                 x = self.transform(x).contiguous(memory_format=torch.channels_last)
