@@ -106,6 +106,9 @@ def feature_set_spec(
         "schema_version": SCHEMA_VERSION,
         "dataset": catalog.name,
         "dataset_variant": catalog.meta.get("variant"),
+        # A rebuilt catalog (e.g. a new demo builder version) reuses video ids for other
+        # pixels: its build config is part of the identity.
+        "dataset_config": catalog.meta.get("config"),
         "backbone": backbone,
         "backbone_spec": backbone_spec(backbone).to_dict(),
         "weights": weights_identity,

@@ -111,23 +111,11 @@ def resolve_weights(weights: str, spec, *, seed: int = 0) -> WeightsRef:
     return WeightsRef(kind="path", backbone=spec.name, path=str(path), sha256=_sha256(path))
 
 
-def _weights_enum(spec):
-    from pipeline.backbones.torchvision_models import R2PLUS1D_18, RESNET18
-
-    if spec.name == RESNET18.name:
-        from torchvision.models import ResNet18_Weights as enum
-    elif spec.name == R2PLUS1D_18.name:
-        from torchvision.models.video import R2Plus1D_18_Weights as enum
-    else:
-        raise WeightsError(f"backbone {spec.name} has no torchvision weights")
-    return enum[spec.weights_tag]
-
-
 def _default_weights_file(spec) -> Path:
     """The hub-cache file of the backbone's pretrained weights, downloading it if possible."""
     import torch
 
-    url = _weights_enum(spec).url
+    url = spec.weights().url
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if target.is_file():
         return target

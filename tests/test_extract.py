@@ -131,3 +131,26 @@ def test_cli_exits_non_zero_and_names_failures(bad_videos, tmp_path, ray_local):
     assert "empty.mp4: file is empty" in result.output
     listing = CliRunner().invoke(app, ["ls", "--store", str(tmp_path / "store")])
     assert listing.exit_code == 0 and "resnet18" in listing.output and "failed=3" in listing.output
+
+
+def test_heads_train_runs_on_the_extracted_store(extracted, demo_small, tmp_path):
+    """Both stages wired together: the STAN head trains on what `pipeline extract` wrote."""
+    import json
+
+    from heads.cli import app as heads_app
+
+    config, _ = extracted
+    result = CliRunner().invoke(
+        heads_app,
+        ["train", "--dataset", "demo", "--data-root", str(demo_small.root), "--variant", "small",
+         "--head", "stan", "--task", "most_screen_time", "--store", config.store,
+         "--runs-dir", str(tmp_path), "--epochs", "2", "--head-kwarg", "d_model=32",
+         "--head-kwarg", "ff_dim=64", "--head-kwarg", "num_heads=2"],
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"train", "val", "test"}
+    assert metrics["num_videos"] == {"train": 4, "val": 2, "test": 2}
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert any("r2plus1d_18" in name for name in json.dumps(saved).split('"'))

@@ -34,6 +34,8 @@ class BackboneSpec:
         dim: Output feature dimension D.
         num_frames: Frames per clip the weights were trained with (1 for frame backbones).
         weights_tag: Name of the pretrained weights (torchvision enum member).
+        weights_enum: Import path of the weights enum, e.g.
+            ``torchvision.models.ResNet18_Weights`` (gives URL, transforms, class count).
         pretrained_on: Dataset of the pretrained weights.
         source: Where the architecture comes from (paper / library).
     """
@@ -47,12 +49,18 @@ class BackboneSpec:
     dim: int
     num_frames: int
     weights_tag: str
+    weights_enum: str
     pretrained_on: str
     source: str
 
     def to_dict(self) -> dict:
         """JSON-friendly form, stored in feature-set attributes."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    def weights(self):
+        """The torchvision weights enum member of the pretrained weights."""
+        module, _, name = self.weights_enum.rpartition(".")
+        return getattr(importlib.import_module(module), name)[self.weights_tag]
 
 
 def register_backbone(spec: BackboneSpec) -> Callable[[Callable], Callable]:

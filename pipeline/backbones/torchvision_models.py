@@ -19,6 +19,7 @@ RESNET18 = BackboneSpec(
     dim=512,
     num_frames=1,
     weights_tag="IMAGENET1K_V1",
+    weights_enum="torchvision.models.ResNet18_Weights",
     pretrained_on="ImageNet-1k",
     source="He et al. 2016, Deep Residual Learning (torchvision.models.resnet18)",
 )
@@ -33,31 +34,32 @@ R2PLUS1D_18 = BackboneSpec(
     dim=512,
     num_frames=16,
     weights_tag="KINETICS400_V1",
+    weights_enum="torchvision.models.video.R2Plus1D_18_Weights",
     pretrained_on="Kinetics-400",
     source="Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions "
     "(torchvision.models.video.r2plus1d_18)",
 )
 
 
+def _pooled(spec: BackboneSpec, build, ref: WeightsRef, device: str) -> Backbone:
+    """A torchvision classifier with its head replaced by the identity: (B, D) pooled features."""
+    import torch
+
+    enum = spec.weights()
+    model = build_with_weights(build, enum, ref)
+    model.fc = torch.nn.Identity()  # pooled penultimate features instead of class logits
+    return Backbone(spec, model, enum.transforms(), ref.identity(), device=device)
+
+
 @register_backbone(RESNET18)
 def resnet18(ref: WeightsRef, *, device: str = "cpu") -> Backbone:
-    import torch
-    from torchvision.models import ResNet18_Weights
-    from torchvision.models import resnet18 as build
+    from torchvision.models import resnet18
 
-    enum = ResNet18_Weights[RESNET18.weights_tag]
-    model = build_with_weights(build, enum, ref)
-    model.fc = torch.nn.Identity()  # (B, 512) pooled features instead of ImageNet logits
-    return Backbone(RESNET18, model, enum.transforms(), ref.identity(), device=device)
+    return _pooled(RESNET18, resnet18, ref, device)
 
 
 @register_backbone(R2PLUS1D_18)
 def r2plus1d_18(ref: WeightsRef, *, device: str = "cpu") -> Backbone:
-    import torch
-    from torchvision.models.video import R2Plus1D_18_Weights
-    from torchvision.models.video import r2plus1d_18 as build
+    from torchvision.models.video import r2plus1d_18
 
-    enum = R2Plus1D_18_Weights[R2PLUS1D_18.weights_tag]
-    model = build_with_weights(build, enum, ref)
-    model.fc = torch.nn.Identity()  # (B, 512) pooled features instead of Kinetics logits
-    return Backbone(R2PLUS1D_18, model, enum.transforms(), ref.identity(), device=device)
+    return _pooled(R2PLUS1D_18, r2plus1d_18, ref, device)
