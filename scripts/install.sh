@@ -8,8 +8,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # torch is pinned to the PyPI build that matches torchvision (see constraints.txt).
-.venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+if ! .venv/bin/python -m pip install --disable-pip-version-check \
+        -c constraints.txt -e ".[test]" > .venv/install.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/install.log | tail -40
+    echo "install failed; full log in .venv/install.log" >&2
+    exit 1
+fi
 .venv/bin/python -c "import torch, torchvision, ray, zarr, scenedetect, av; \
 from torchvision.ops import nms; print('longvid installed: torch', torch.__version__, \
 'torchvision', torchvision.__version__)"
