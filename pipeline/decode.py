@@ -70,7 +70,9 @@ def _open(path: str | Path):
     try:
         container = av.open(path)
     except av.error.FFmpegError as err:
-        raise VideoError(f"{path}: cannot open container ({err})") from err
+        raise VideoError(
+            f"{path}: cannot open container: truncated, corrupt or not a video ({err})"
+        ) from err
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path}: no video stream (streams: {[s.type for s in container.streams]})")
@@ -168,7 +170,8 @@ class VideoReader:
                 self.num_decoded += 1
         except av.error.FFmpegError as err:
             raise VideoError(
-                f"{self.path}: decoding failed after {self.num_decoded} frames ({err})"
+                f"{self.path}: truncated or corrupt: decoding failed after "
+                f"{self.num_decoded} frames ({err})"
             ) from err
         finally:
             self._container.close()

@@ -134,21 +134,20 @@ class VideoExtractor:
         sampler = ScenePlanSampler(self.plan_config, fps)
         pending: list[Scene] = []
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
-        scenes: list[Scene] = []
+        # Only scene metadata outlives a batch, never the sampled pixels: memory stays bounded
+        # by the batch and the scene buffer, whatever the video's length.
+        scenes: list[tuple[int, int, float, float]] = []  # (scene_idx, start_frame, start, end)
         backbone_sec = 0.0
         for frame in reader:
             pending += sampler.push(frame, segmenter.push(frame.frame_idx, frame.rgb))
             if len(pending) >= self.batch_size:
                 backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-                scenes += pending
+                scenes += [(s.scene_idx, s.start_frame, s.start_sec, s.end_sec) for s in pending]
                 pending = []
         pending += sampler.finish(segmenter.finish())
         backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-        scenes += pending
-        # Scene metadata only: the sampled pixels are no longer needed.
-        start_sec = np.array([s.start_sec for s in scenes], dtype=np.float32)
-        end_sec = np.array([s.end_sec for s in scenes], dtype=np.float32)
-        scene_idx = np.array([s.scene_idx for s in scenes], dtype=np.int32)
+        scenes += [(s.scene_idx, s.start_frame, s.start_sec, s.end_sec) for s in pending]
+        scene_idx, start_frame, start_sec, end_sec = (np.array(col) for col in zip(*scenes))
         duration_sec = reader.num_decoded / fps
         info = {
             "fps": fps,
@@ -156,15 +155,15 @@ class VideoExtractor:
             "num_scenes": len(scenes),
             "width_px": reader.info.width_px,
             "height_px": reader.info.height_px,
-            "cut_frames": [s.start_frame for s in scenes[1:]],
+            "cut_frames": start_frame[1:].tolist(),
         }
         for name in feature_sets:
             self.feature_sets[name].write_video(
                 video_id,
                 np.concatenate(tokens[name]),
-                start_sec=start_sec,
-                end_sec=end_sec,
-                scene_idx=scene_idx,
+                start_sec=start_sec.astype(np.float32),
+                end_sec=end_sec.astype(np.float32),
+                scene_idx=scene_idx.astype(np.int32),
                 duration_sec=duration_sec,
                 info=info,
             )

@@ -56,7 +56,8 @@ def bad_videos(tmp_path_factory) -> dict[str, Path]:
         root / "full.mp4", block_frames([(200, 30, 30), (30, 200, 30)], 40), faststart=True
     )
     data = faststart.read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    # named so that no check can pass on the file name alone
+    (root / "cut_short.mp4").write_bytes(data[: len(data) // 3])
     (root / "empty.mp4").write_bytes(b"")
     (root / "text.mp4").write_text("not a video\n")
     with wave.open(str(root / "audio_only.wav"), "wb") as w:
@@ -70,7 +71,7 @@ def bad_videos(tmp_path_factory) -> dict[str, Path]:
         "empty": root / "empty.mp4",
         "text": root / "text.mp4",
         "audio_only": root / "audio_only.wav",
-        "truncated": root / "truncated.mp4",
+        "truncated": root / "cut_short.mp4",
     }
 
 

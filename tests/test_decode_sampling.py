@@ -34,9 +34,9 @@ def test_working_size_only_downscales():
     [
         ("missing", "file not found"),
         ("empty", "empty (0 bytes)"),
-        ("text", "cannot open container"),
+        ("text", "cannot open container: truncated, corrupt or not a video"),
         ("audio_only", "no video stream"),
-        ("truncated", "truncated"),
+        ("truncated", "truncated or corrupt"),
     ],
 )
 def test_bad_files_raise_video_error_naming_the_file(bad_videos, kind, reason):
