@@ -24,7 +24,16 @@ from typing import Callable
 
 _REGISTRY: dict[str, type] = {}
 # Modules that register heads; imported on first use so `import heads.models` does not pull torch.
-_MODULES = ("heads.models.mean", "heads.models.stan")
+_MODULES = (
+    "heads.models.mean",
+    "heads.models.stan",
+    "heads.models.lstm",
+    "heads.models.temporal_transformer",
+    "heads.models.longformer",
+    "heads.models.vis4mer",
+    "heads.models.lst",
+    "heads.models.stat",
+)
 
 
 def register_head(name: str) -> Callable[[type], type]:
