@@ -26,7 +26,12 @@ def extract(
     data_root: str = typer.Option("data/demo", help="Catalog directory; the demo is built here if missing."),
     variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
     backbone: list[str] = typer.Option(["resnet18", "r2plus1d_18"], help="Backbone(s); repeat the flag. One decode feeds them all."),
-    plan: str = typer.Option("scene", help="Sampling plan."),
+    plan: str = typer.Option("scene", help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips."),
+    tokens: str = typer.Option("pooled", help="Token kind: pooled (T, D), or patch (T, N, D) for ViTs."),
+    num_frames: int = typer.Option(16, help="uniform plan: tokens per video."),
+    fps: float = typer.Option(1.0, help="fps plan: tokens per second."),
+    full_num_frames: int = typer.Option(250, help="full plan: tokens per video."),
+    clip_len_sec: float = typer.Option(2.0, help="clips plan: clip window length, seconds."),
     store: str = typer.Option("store", help="Feature store directory."),
     weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
     seed: int = typer.Option(0, help="Seed of random-init weights."),
@@ -35,10 +40,10 @@ def extract(
     detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
     min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
-    frames_per_clip: int = typer.Option(12, help="Frames per scene for clip backbones (STAN: 12)."),
+    frames_per_clip: Optional[int] = typer.Option(None, help="Frames per token for clip backbones (default: 12 for scene, as in STAN; else the backbone's own)."),
     batch_size: int = typer.Option(32, help="Frames per backbone batch."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; omit to start Ray locally."),
-    num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU)."),
+    num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
@@ -48,6 +53,8 @@ def extract(
     try:
         config = ExtractConfig(
             dataset=dataset, data_root=data_root, backbones=tuple(backbone), plan=plan,
+            tokens=tokens, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
+            clip_len_sec=clip_len_sec,
             store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
             detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, frames_per_clip=frames_per_clip,
@@ -74,21 +81,24 @@ def extract(
 
 @app.command("ls")
 def ls(store: str = typer.Option("store", help="Feature store directory.")) -> None:
-    """List the feature sets in a store with their token counts, dtype and size on disk."""
+    """List the feature sets in a store: token shape, dtype, videos, tokens and size on disk."""
     from pipeline.store import FeatureStore
 
     sets = FeatureStore(store).feature_sets()
     if not sets:
         typer.echo(f"no feature sets in {store}")
         return
+    typer.echo(f"{'feature set':52s} {'token':>12s} {'dtype':>7s} {'ok':>5s} {'failed':>6s} "
+               f"{'tokens':>8s} {'MiB':>8s}")
     for fs in sets:
         index = fs.index()
         ok = index.filter(index["status"] == "ok")
-        failed = index.height - ok.height
+        shape = fs.spec.get("token_shape", [fs.attrs["dim"]])
+        token = ("T×" + "×".join(str(n) for n in shape))
         typer.echo(
-            f"{fs.name}  {fs.attrs['token_kind']} D={fs.attrs['dim']} {fs.attrs['dtype']}  "
-            f"videos ok={ok.height} failed={failed} tokens={int(ok['num_tokens'].sum() or 0)}  "
-            f"{fs.size_bytes() / 2**20:.1f} MiB"
+            f"{fs.name:52s} {token:>12s} {fs.attrs['dtype']:>7s} {ok.height:5d} "
+            f"{index.height - ok.height:6d} {int(ok['num_tokens'].sum() or 0):8d} "
+            f"{fs.size_bytes() / 2**20:8.1f}"
         )
 
 
@@ -118,7 +128,64 @@ def backbones() -> None:
     for name in list_backbones():
         s = backbone_spec(name)
         frames = f"{s.num_frames}-frame clips" if s.input_kind == "clip" else "frames"
-        typer.echo(f"{name:14s} {frames} at {s.size_px} px -> D={s.dim}  ({s.weights_tag}, {s.pretrained_on})")
+        shapes = ", ".join(
+            f"{kind} {'×'.join(str(n) for n in s.token_shape(kind))}" for kind in s.token_kinds
+        )
+        typer.echo(f"{name:14s} {frames:15s} at {s.size_px} px -> {shapes:28s} "
+                   f"({s.weights_tag}, {s.pretrained_on})")
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="Directory of <video_id>.npy files, or one .h5/.hdf5 file."),
+    dataset: str = typer.Option(..., help="Catalog name recorded in the feature set."),
+    backbone: str = typer.Option(..., help="Backbone that made the features, e.g. vit_l16."),
+    plan: str = typer.Option(..., help="Sampling plan that made them, e.g. fps."),
+    fps: Optional[float] = typer.Option(None, help="Tokens per second, for videos without stored timestamps."),
+    token_kind: Optional[str] = typer.Option(None, help="pooled (T, D) or patch (T, N, D); default: the first video's."),
+    dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    name: Optional[str] = typer.Option(None, help="Feature-set name (default: <dataset>__<backbone>__<plan>__<fingerprint>)."),
+    video_id: list[str] = typer.Option([], help="Import only these ids (repeatable)."),
+    store: str = typer.Option("store", help="Feature store directory."),
+) -> None:
+    """Import per-video feature dumps (.npy directory or HDF5) as a feature set; re-run resumes."""
+    from pipeline.interop import import_features
+
+    try:
+        summary = import_features(store, source, dataset=dataset, backbone=backbone, plan=plan,
+                                  name=name, fps=fps, token_kind=token_kind, dtype=dtype,
+                                  video_ids=video_id or None)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(str(err).strip("'\""))
+        return
+    typer.echo(f"{summary.num_videos} videos: {summary.num_ok} imported, {summary.num_skipped} "
+               f"already stored, {summary.num_failed} failed in {summary.wall_sec:.1f} s\n"
+               f"  feature set {summary.feature_set}")
+    if summary.failed:
+        typer.secho(f"{summary.num_failed} video(s) failed (recorded in the store index):",
+                    fg="red", err=True)
+        for vid, error in sorted(summary.failed.items()):
+            typer.secho(f"  {vid}: {error}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("export")
+def export(
+    feature_set: str = typer.Argument(..., help="Feature-set name (see `pipeline ls`)."),
+    out: str = typer.Argument(..., help="Output .h5 file or directory (must not exist)."),
+    format: str = typer.Option("h5", "--format", help="h5 or npy."),
+    video_id: list[str] = typer.Option([], help="Export only these ids (repeatable)."),
+    store: str = typer.Option("store", help="Feature store directory."),
+) -> None:
+    """Export a feature set's ok videos to HDF5 (one group per video) or .npy files."""
+    from pipeline.interop import export_features
+
+    try:
+        path = export_features(store, feature_set, out, format=format, video_ids=video_id or None)
+    except (ValueError, KeyError, FileExistsError) as err:
+        _fail(str(err).strip("'\""))
+        return
+    typer.echo(f"wrote {path}")
 
 
 @demo_app.command("build")

@@ -15,12 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.backbones import PRECISIONS
-from pipeline.sampling import ScenePlanConfig
+from pipeline.backbones import PRECISIONS, TOKEN_KINDS
+from pipeline.sampling import PLANS, PlanConfig
 from pipeline.scenes import SceneDetectConfig
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
 
-PLANS = ("scene",)
 DTYPES = ("float16", "float32")
 
 
@@ -33,8 +32,18 @@ class ExtractConfig:
     data_root: str = "data/demo"
     # Backbones sharing one decode of each video; one feature set each.
     backbones: tuple[str, ...] = ("resnet18", "r2plus1d_18")
-    # Sampling plan (STAN's per-scene plan is the one implemented so far).
+    # Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips.
     plan: str = "scene"
+    # Plan knobs: uniform tokens per video, fps tokens per second, full tokens per video,
+    # clip window length (s), frames per clip for clip backbones (None: 12 for scene, else
+    # the backbone's own clip length).
+    num_frames: int = 16
+    fps: float = 1.0
+    full_num_frames: int = 250
+    clip_len_sec: float = 2.0
+    frames_per_clip: int | None = None
+    # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
+    tokens: str = "pooled"
     # Store directory.
     store: str = "store"
     # --weights values: none | default | PATH | BACKBONE=SPEC.
@@ -49,15 +58,13 @@ class ExtractConfig:
     detector: str = "content"
     threshold: float | None = None
     min_scene_len: int = 15
-    # Frames per scene for clip backbones (STAN §3: 12).
-    frames_per_clip: int = 12
     # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
     short_side_px: int = 256
     # Frames per backbone batch.
     batch_size: int = 32
     # Ray cluster address; None starts Ray locally.
     address: str | None = None
-    # Parallel extractors; None = one per CPU Ray offers.
+    # Parallel extractors; None = one per CPU Ray offers; 0 = in this process, no Ray.
     num_workers: int | None = None
     # Process only the first N videos of the catalog (smoke runs).
     limit: int | None = None
@@ -65,8 +72,9 @@ class ExtractConfig:
     catalog_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.plan not in PLANS:
-            raise ValueError(f"unknown plan {self.plan!r}; valid: {', '.join(PLANS)}")
+        if self.tokens not in TOKEN_KINDS:
+            raise ValueError(f"--tokens {self.tokens!r}: valid values are {', '.join(TOKEN_KINDS)}")
+        self.plan_config()  # validates the plan and its knobs
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"--precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"
@@ -76,6 +84,21 @@ class ExtractConfig:
         if not self.backbones:
             raise ValueError("give at least one --backbone")
         SceneDetectConfig(self.detector, self.threshold, self.min_scene_len)  # validates
+
+
+    def plan_config(self) -> PlanConfig:
+        """The sampling plan with this run's knobs."""
+        frames_per_clip = self.frames_per_clip
+        if frames_per_clip is None and self.plan == "scene":
+            frames_per_clip = 12  # STAN §3: 12 frames per scene for the 3D stream
+        return PlanConfig(
+            name=self.plan,
+            num_frames=self.num_frames,
+            fps=self.fps,
+            full_num_frames=self.full_num_frames,
+            clip_len_sec=self.clip_len_sec,
+            frames_per_clip=frames_per_clip,
+        )
 
 
 @dataclass
@@ -102,6 +125,8 @@ def feature_set_spec(
     """The identity of one feature set: everything that changes its tokens (fingerprinted)."""
     from pipeline.backbones import backbone_spec
 
+    spec_ = backbone_spec(backbone)
+    plan = config.plan_config()
     return {
         "schema_version": SCHEMA_VERSION,
         "dataset": catalog.name,
@@ -110,25 +135,25 @@ def feature_set_spec(
         # pixels: its build config is part of the identity.
         "dataset_config": catalog.meta.get("config"),
         "backbone": backbone,
-        "backbone_spec": backbone_spec(backbone).to_dict(),
+        "backbone_spec": spec_.to_dict(),
         "weights": weights_identity,
         "precision": precision,
         "plan": config.plan,
-        "plan_config": {
-            **asdict(ScenePlanConfig(frames_per_clip=config.frames_per_clip)),
-            "short_side_px": config.short_side_px,
-        },
+        "plan_config": {**plan.identity(), "short_side_px": config.short_side_px},
+        "clip_frames": spec_.clip_frames(plan.frames_per_clip),
         "scene_detection": asdict(
             SceneDetectConfig(config.detector, config.threshold, config.min_scene_len)
         ),
-        "token_kind": "pooled",
+        "token_kind": config.tokens,
+        "token_shape": list(spec_.token_shape(config.tokens)),
         "dtype": config.dtype,
     }
 
 
 def feature_set_name(spec: dict) -> str:
-    """``<dataset>__<backbone>__<plan>__<fingerprint[:10]>``."""
-    return f"{spec['dataset']}__{spec['backbone']}__{spec['plan']}__{fingerprint(spec)[:10]}"
+    """``<dataset>__<backbone>[-patch]__<plan>__<fingerprint[:10]>``."""
+    kind = "-patch" if spec["token_kind"] == "patch" else ""
+    return f"{spec['dataset']}__{spec['backbone']}{kind}__{spec['plan']}__{fingerprint(spec)[:10]}"
 
 
 def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -> ExtractSummary:
@@ -168,9 +193,13 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         ref = resolve_weights(per_backbone[backbone], spec_, seed=config.seed)
         spec = feature_set_spec(config, catalog, backbone, ref.identity(), precision)
         name = feature_set_name(spec)
-        fs = store.create(name, spec=spec, token_kind="pooled", dim=spec_.dim, dtype=config.dtype)
+        fs = store.create(
+            name, spec=spec, token_kind=config.tokens, dim=spec_.dim, dtype=config.dtype
+        )
         feature_sets.append(fs)
-        jobs.append(FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision))
+        jobs.append(
+            FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision, config.tokens)
+        )
 
     done = {fs.name: fs.ok_ids() for fs in feature_sets}
     todo = []  # (video_id, path, [feature sets still missing it])
@@ -183,7 +212,9 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         num_videos=len(videos),
         num_skipped=len(videos) - len(todo),
     )
-    if todo:
+    if todo and config.num_workers == 0:
+        _run_here(config, jobs, todo, summary, progress=progress)
+    elif todo:
         _run_on_ray(config, jobs, todo, summary, progress=progress)
     summary.wall_sec = time.perf_counter() - t0
     _record_run(feature_sets, config, summary)
@@ -193,9 +224,8 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
 def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) -> None:
     """Keep one extractor per worker busy until every video in ``todo`` is done or failed."""
     import ray
-    from tqdm import tqdm
 
-    from pipeline.worker import VideoExtractor
+    from pipeline.worker import VideoExtractor, VideoResult
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -208,12 +238,7 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
         num_workers = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         num_workers = min(num_workers, len(todo))
         actor_cls = ray.remote(num_cpus=1, max_restarts=0)(VideoExtractor)
-        kwargs = dict(
-            scene_config=SceneDetectConfig(config.detector, config.threshold, config.min_scene_len),
-            plan_config=ScenePlanConfig(frames_per_clip=config.frames_per_clip),
-            short_side_px=config.short_side_px,
-            batch_size=config.batch_size,
-        )
+        kwargs = _extractor_kwargs(config)
         store_root = str(Path(config.store).resolve())
 
         def new_actor():
@@ -230,9 +255,7 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
 
         for actor in actors:
             submit(actor)
-        bar = tqdm(total=len(todo), unit="video", desc="extract", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True)
-        t_start = time.perf_counter()
+        progress_bar = _Progress(summary, len(todo), enabled=progress)
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             ref = ready[0]
@@ -242,34 +265,76 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                 # The worker process died (e.g. OOM-killed or a decoder segfault): record the
                 # video, start a fresh extractor and go on.
-                _record_crash(config.store, names, video_id, path, err)
-                summary.num_failed += 1
-                summary.failed[video_id] = f"{path}: worker crashed ({type(err).__name__})"
+                message = _record_crash(config.store, names, path, video_id, err)
+                progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
             else:
-                summary.num_frames += result.num_frames
-                if result.status == "ok":
-                    summary.num_ok += 1
-                else:
-                    summary.num_failed += 1
-                    summary.failed[video_id] = result.error
+                progress_bar.record(result)
             submit(actor)
-            bar.update(1)
-            elapsed = time.perf_counter() - t_start
-            bar.set_postfix(ok=summary.num_ok, failed=summary.num_failed,
-                            fps=f"{summary.num_frames / elapsed:.0f}")
-        bar.close()
+        progress_bar.close()
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _record_crash(store_root: str, names: list[str], video_id: str, path: str, err) -> None:
+def _record_crash(store_root: str, names: list[str], path: str, video_id: str, err) -> str:
+    message = f"{path}: worker crashed while extracting ({type(err).__name__})"
     store = FeatureStore(store_root)
     for name in names:
-        store.open(name).write_status(
-            video_id, "failed", f"{path}: worker crashed while extracting ({type(err).__name__})"
-        )
+        store.open(name).write_status(video_id, "failed", message)
+    return message
+
+
+def _extractor_kwargs(config: ExtractConfig) -> dict:
+    """Keyword arguments of :class:`~pipeline.worker.VideoExtractor` for this run."""
+    return dict(
+        scene_config=SceneDetectConfig(config.detector, config.threshold, config.min_scene_len),
+        plan_config=config.plan_config(),
+        short_side_px=config.short_side_px,
+        batch_size=config.batch_size,
+    )
+
+
+def _run_here(config, jobs, todo, summary: ExtractSummary, *, progress: bool) -> None:
+    """Extract in this process, one video after another (``num_workers=0``: debugging,
+    profiling, tests)."""
+    from pipeline.worker import VideoExtractor
+
+    extractor = VideoExtractor(
+        str(Path(config.store).resolve()), jobs, num_threads=None, **_extractor_kwargs(config)
+    )
+    progress_bar = _Progress(summary, len(todo), enabled=progress)
+    for video_id, path, names in todo:
+        progress_bar.record(extractor.process(video_id, path, names))
+    progress_bar.close()
+
+
+class _Progress:
+    """Progress bar of videos done and failed and frames/s, feeding the summary's counts."""
+
+    def __init__(self, summary: ExtractSummary, total: int, *, enabled: bool):
+        from tqdm import tqdm
+
+        self.summary = summary
+        self.t_start = time.perf_counter()
+        self.bar = tqdm(total=total, unit="video", desc="extract", disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def record(self, result) -> None:
+        summary = self.summary
+        summary.num_frames += result.num_frames
+        if result.status == "ok":
+            summary.num_ok += 1
+        else:
+            summary.num_failed += 1
+            summary.failed[result.video_id] = result.error
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.t_start
+        self.bar.set_postfix(ok=summary.num_ok, failed=summary.num_failed,
+                             fps=f"{summary.num_frames / elapsed:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _record_run(feature_sets, config: ExtractConfig, summary: ExtractSummary) -> None:

@@ -115,7 +115,7 @@ def _default_weights_file(spec) -> Path:
     """The hub-cache file of the backbone's pretrained weights, downloading it if possible."""
     import torch
 
-    url = spec.weights().url
+    url = spec.weights_url
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if target.is_file():
         return target
@@ -133,12 +133,12 @@ def _default_weights_file(spec) -> Path:
     return target
 
 
-def build_with_weights(build, enum, ref: WeightsRef):
-    """Build a torchvision model and load ``ref``'s weights into it.
+def build_with_weights(build, ref: WeightsRef):
+    """Build an architecture and load ``ref``'s weights into it.
 
     Args:
-        build: torchvision builder, e.g. ``torchvision.models.resnet18``.
-        enum: The builder's weights enum member (gives the architecture's class count).
+        build: Zero-argument callable returning the randomly initialised architecture (with the
+            pretrained weights' class count, so their state dict fits).
         ref: Resolved weights.
 
     Raises:
@@ -146,14 +146,14 @@ def build_with_weights(build, enum, ref: WeightsRef):
     """
     import torch
 
-    num_classes = len(enum.meta["categories"])
+    torch.manual_seed(ref.seed)  # `none`: same seed → identical networks on every worker
+    model = build()
     if ref.kind == "none":
-        torch.manual_seed(ref.seed)  # same seed → identical networks on every worker
-        return build(weights=None, num_classes=num_classes)
-    model = build(weights=None, num_classes=num_classes)
+        return model
     state = torch.load(ref.path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    for key in ("state_dict", "model_state"):  # torchvision files are bare; pytorchvideo wraps
+        if isinstance(state, dict) and key in state:
+            state = state[key]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -1,4 +1,4 @@
-"""Per-video extraction: decode once → scenes → samples → every backbone → store.
+"""Per-video extraction: decode once → scenes → plan windows → every backbone → store.
 
 :class:`VideoExtractor` loads its backbones once (in ``__init__``) and then processes videos one
 after another; the driver runs one per Ray worker. A video that cannot be processed is recorded
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.decode import VideoError, VideoReader
-from pipeline.sampling import Scene, ScenePlanConfig, ScenePlanSampler
+from pipeline.sampling import PlanConfig, Window, make_sampler
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.store import FeatureStore
 
@@ -29,6 +29,7 @@ class FeatureSetJob:
         weights: ``none``, ``default`` or a file path (already resolved on the driver).
         seed: Random-init seed for ``none``.
         precision: ``fp32`` or ``bf16`` (resolved, never ``auto``).
+        token_kind: ``pooled`` or ``patch``.
     """
 
     feature_set: str
@@ -36,6 +37,7 @@ class FeatureSetJob:
     weights: str
     seed: int
     precision: str = "fp32"
+    token_kind: str = "pooled"
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,18 @@ class VideoResult:
 
 
 class VideoExtractor:
-    """Extracts the ``scene`` plan for one or more backbones, one video at a time.
+    """Extracts one sampling plan for one or more backbones, one video at a time.
 
     Args:
         store_root: Feature store directory.
         jobs: One per backbone; each names its feature set.
-        scene_config: Scene detector settings.
-        plan_config: Scene-plan settings.
+        scene_config: Scene detector settings (cuts drive the ``scene`` plan and give every
+            other plan's tokens their scene index).
+        plan_config: The sampling plan.
         short_side_px: Working resolution of decoded frames (short side, pixels).
         batch_size: Frames per backbone forward pass (clip backbones take ``batch_size //
-            frames_per_clip`` clips, at least 1).
+            frames_per_clip`` clips, at least 1); also the number of windows sampled before
+            the backbones run, which bounds the frames held in memory.
         num_threads: Torch intra-op threads (1 per worker avoids oversubscribing cores).
         device: Torch device for the backbones.
     """
@@ -72,7 +76,7 @@ class VideoExtractor:
         jobs: list[FeatureSetJob],
         *,
         scene_config: SceneDetectConfig,
-        plan_config: ScenePlanConfig,
+        plan_config: PlanConfig,
         short_side_px: int = 256,
         batch_size: int = 32,
         num_threads: int | None = 1,
@@ -97,6 +101,11 @@ class VideoExtractor:
             for job in jobs
         }
         self.feature_sets = {name: self.store.open(name) for name in self.jobs}
+        # Frames per window each backbone needs: 1 (centre frame) or its clip length.
+        self.counts = {
+            name: b.spec.clip_frames(plan_config.frames_per_clip)
+            for name, b in self.backbones.items()
+        }
         self.scene_config = scene_config
         self.plan_config = plan_config
         self.short_side_px = short_side_px
@@ -131,31 +140,46 @@ class VideoExtractor:
         reader = VideoReader(path, short_side_px=self.short_side_px)
         fps = reader.info.fps
         segmenter = SceneSegmenter(self.scene_config, fps)
-        sampler = ScenePlanSampler(self.plan_config, fps)
-        pending: list[Scene] = []
+        num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
+        sampler = make_sampler(
+            self.plan_config,
+            num_frames=num_frames,
+            fps=fps,
+            counts={self.counts[name] for name in feature_sets},
+        )
+        pending: list[Window] = []
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
-        # Only scene metadata outlives a batch, never the sampled pixels: memory stays bounded
-        # by the batch and the scene buffer, whatever the video's length.
-        scenes: list[tuple[int, int, float, float]] = []  # (scene_idx, start_frame, start, end)
+        # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
+        # by the batch and the sampler's buffer, whatever the video's length.
+        spans: list[tuple[int, int, int, float, float]] = []  # (scene, start, end, start_sec, end_sec)
+        cuts: list[int] = []
         backbone_sec = 0.0
         for frame in reader:
-            pending += sampler.push(frame, segmenter.push(frame.frame_idx, frame.rgb))
+            new_cuts = segmenter.push(frame.frame_idx, frame.rgb)
+            cuts += new_cuts
+            pending += sampler.push(frame, new_cuts)
             if len(pending) >= self.batch_size:
                 backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-                scenes += [(s.scene_idx, s.start_frame, s.start_sec, s.end_sec) for s in pending]
+                spans += [_span(w) for w in pending]
                 pending = []
-        pending += sampler.finish(segmenter.finish())
+        last_cuts = segmenter.finish()
+        cuts += last_cuts
+        pending += sampler.finish(last_cuts)
         backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-        scenes += [(s.scene_idx, s.start_frame, s.start_sec, s.end_sec) for s in pending]
-        scene_idx, start_frame, start_sec, end_sec = (np.array(col) for col in zip(*scenes))
-        duration_sec = reader.num_decoded / fps
+        spans += [_span(w) for w in pending]
+        if not spans:
+            raise VideoError(f"{path}: the {self.plan_config.name} plan found no window to sample")
+        scene_idx, start_frame, end_frame, start_sec, end_sec = (np.array(c) for c in zip(*spans))
+        if self.plan_config.name != "scene":
+            # A window belongs to the scene holding its centre frame.
+            scene_idx = np.searchsorted(np.array(sorted(set(cuts))), (start_frame + end_frame - 1) // 2, side="right")
         info = {
             "fps": fps,
             "num_frames": reader.num_decoded,
-            "num_scenes": len(scenes),
+            "num_scenes": len(set(cuts)) + 1,
             "width_px": reader.info.width_px,
             "height_px": reader.info.height_px,
-            "cut_frames": start_frame[1:].tolist(),
+            "cut_frames": sorted(set(cuts)),
         }
         for name in feature_sets:
             self.feature_sets[name].write_video(
@@ -164,7 +188,7 @@ class VideoExtractor:
                 start_sec=start_sec.astype(np.float32),
                 end_sec=end_sec.astype(np.float32),
                 scene_idx=scene_idx.astype(np.int32),
-                duration_sec=duration_sec,
+                duration_sec=reader.num_decoded / fps,
                 info=info,
             )
         total_sec = time.perf_counter() - t0
@@ -172,26 +196,32 @@ class VideoExtractor:
             video_id,
             "ok",
             num_frames=reader.num_decoded,
-            num_tokens=len(scenes),
+            num_tokens=len(spans),
             decode_sec=total_sec - backbone_sec,
             backbone_sec=backbone_sec,
         )
 
     def _run_backbones(
-        self, scenes: list[Scene], feature_sets: list[str], tokens: dict[str, list[np.ndarray]]
+        self, windows: list[Window], feature_sets: list[str], tokens: dict[str, list[np.ndarray]]
     ) -> float:
-        """Append each backbone's (S, D) features of ``scenes``; returns seconds spent."""
-        if not scenes:
+        """Append each backbone's tokens of ``windows``, cast to the stored dtype at once (a long
+        video's tokens never sit in float32); returns seconds spent."""
+        if not windows:
             return 0.0
         t0 = time.perf_counter()
         for name in feature_sets:
-            backbone = self.backbones[name]
-            if backbone.spec.input_kind == "frame":
-                batch = np.stack([s.centre for s in scenes])  # (S, H, W, 3)
-                step = self.batch_size
+            backbone, count = self.backbones[name], self.counts[name]
+            dtype = np.dtype(self.feature_sets[name].attrs["dtype"])
+            if count == 1:
+                batch = np.stack([w.frames[1][0] for w in windows])  # (S, H, W, 3)
             else:
-                batch = np.stack([s.clip for s in scenes])  # (S, F, H, W, 3)
-                step = max(1, self.batch_size // self.plan_config.frames_per_clip)
+                batch = np.stack([w.frames[count] for w in windows])  # (S, F, H, W, 3)
+            step = max(1, self.batch_size // count)
             for lo in range(0, len(batch), step):
-                tokens[name].append(backbone(batch[lo : lo + step]))
+                out = backbone(batch[lo : lo + step], self.jobs[name].token_kind)
+                tokens[name].append(out.astype(dtype))  # (s, D) or (s, N, D)
         return time.perf_counter() - t0
+
+
+def _span(w: Window) -> tuple[int, int, int, float, float]:
+    return (w.scene_idx, w.start_frame, w.end_frame, w.start_sec, w.end_sec)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.decode import Frame, VideoError, VideoReader, probe, working_size
-from pipeline.sampling import ScenePlanConfig, ScenePlanSampler
+from pipeline.sampling import (
+    PlanConfig,
+    SceneSampler,
+    fixed_windows,
+    make_sampler,
+    sample_positions,
+)
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from tests.conftest import block_frames, write_video
 
@@ -66,27 +72,78 @@ def _frames(n: int):
 
 
 def test_scene_plan_centre_and_uniform_clip():
-    sampler = ScenePlanSampler(ScenePlanConfig(frames_per_clip=4), fps=25)
+    sampler = SceneSampler({1, 4}, fps=25)
     scenes = []
     for frame in _frames(30):
         scenes += sampler.push(frame, [10] if frame.frame_idx == 10 else [])
     scenes += sampler.finish([])
-    assert [(s.start_frame, s.end_frame) for s in scenes] == [(0, 10), (10, 30)]
+    assert [(s.start_frame, s.end_frame, s.scene_idx) for s in scenes] == [(0, 10, 0), (10, 30, 1)]
     first, second = scenes
-    assert first.centre[0, 0, 0] in (4, 5)  # midpoint of frames 0..9
-    assert list(first.clip[:, 0, 0, 0]) == [0, 3, 6, 9]
-    assert list(second.clip[:, 0, 0, 0]) == [10, 16, 23, 29]
+    assert first.frames[1][0, 0, 0, 0] == 4  # centre of frames 0..9
+    assert list(first.frames[4][:, 0, 0, 0]) == [0, 3, 6, 9]
+    assert list(second.frames[4][:, 0, 0, 0]) == [10, 16, 23, 29]
     assert second.start_sec == pytest.approx(0.4) and second.end_sec == pytest.approx(1.2)
 
 
 def test_scene_plan_memory_is_bounded_by_the_buffer():
-    sampler = ScenePlanSampler(ScenePlanConfig(frames_per_clip=12, max_buffered_frames=16), fps=25)
+    sampler = SceneSampler({12}, fps=25, max_buffered_frames=16)
     for frame in _frames(1000):  # one 40 s scene
         sampler.push(frame, [])
         assert len(sampler._frames) <= 16
     (scene,) = sampler.finish([])
     wanted = np.linspace(0, 999, 12)
-    got = scene.clip[:, 0, 0, 0].astype(int)
+    got = scene.frames[12][:, 0, 0, 0].astype(int)
     # decimated to stride 64 at most: every sample within half a stride of its exact position
     assert np.all(np.abs((wanted % 256) - got) <= 64)
     assert (scene.start_frame, scene.end_frame) == (0, 1000)
+
+
+@pytest.mark.parametrize(
+    "config, num_frames, expected",
+    [
+        (PlanConfig("uniform", num_frames=4), 100, [(0, 25), (25, 50), (50, 75), (75, 100)]),
+        (PlanConfig("uniform", num_frames=4), 2, [(0, 1), (0, 1), (1, 2), (1, 2)]),
+        (PlanConfig("fps", fps=1.0), 60, [(0, 25), (25, 50), (50, 60)]),
+        (PlanConfig("fps", fps=2.0), 25, [(0, 12), (12, 25)]),
+        (PlanConfig("full", full_num_frames=250), 1000, None),
+        (PlanConfig("clips", clip_len_sec=2.0), 120, [(0, 50), (50, 100), (100, 120)]),
+    ],
+)
+def test_fixed_plan_windows_tile_the_video(config, num_frames, expected):
+    windows = fixed_windows(config, num_frames, fps=25.0)
+    if expected is not None:
+        assert windows == expected
+    else:
+        assert len(windows) == 250 and windows[0] == (0, 4) and windows[-1][1] == 1000
+    assert all(e > s for s, e in windows)
+
+
+def test_fixed_sampler_keeps_only_needed_frames_and_emits_in_order():
+    config = PlanConfig("uniform", num_frames=3)
+    sampler = make_sampler(config, num_frames=30, fps=25.0, counts={1, 4})
+    emitted = []
+    for frame in _frames(30):
+        emitted += sampler.push(frame, [])
+        # at most the frames of the windows still open are held
+        assert sum(v is not None for g in sampler._got for slots in g.values() for v in slots) <= 8
+    emitted += sampler.finish([])
+    assert [w.token_idx for w in emitted] == [0, 1, 2]
+    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [4, 14, 24]
+    assert list(emitted[1].frames[4][:, 0, 0, 0]) == list(sample_positions(10, 20, 4))
+
+
+def test_fixed_sampler_survives_a_video_shorter_than_its_header():
+    sampler = make_sampler(PlanConfig("uniform", num_frames=4), num_frames=40, fps=25.0, counts={1})
+    emitted = []
+    for frame in _frames(15):  # the container announced 40 frames, only 15 decode
+        emitted += sampler.push(frame, [])
+    emitted += sampler.finish([])
+    assert len(emitted) == 4
+    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [4, 14, 14, 14]
+
+
+def test_plan_knobs_are_validated():
+    with pytest.raises(ValueError, match="uniform"):
+        PlanConfig("nope")
+    with pytest.raises(ValueError, match="fps must be positive"):
+        PlanConfig("fps", fps=0)

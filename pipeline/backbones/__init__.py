@@ -4,7 +4,8 @@
 ``create_backbone(name, weights=...)`` builds one; ``list_backbones()`` gives the keys (exactly
 the ``--backbone`` values); ``backbone_spec(name)`` reads what a backbone expects without
 building it. Every backbone carries its preprocessing (size, mean/std, frames per clip), taken
-from the pretrained weights' own transforms in torchvision.
+from the pretrained weights' own transforms in torchvision (pytorchvideo's Kinetics recipe for
+SlowFast), and says which token kinds it gives: ``pooled`` (B, D) or ``patch`` (B, N, D).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
-_MODULES = ("pipeline.backbones.torchvision_models",)
+_MODULES = ("pipeline.backbones.torchvision_models", "pipeline.backbones.pytorchvideo_models")
+TOKEN_KINDS = ("pooled", "patch")
 _SPECS: dict[str, "BackboneSpec"] = {}
 _BUILDERS: dict[str, Callable] = {}
 
@@ -34,10 +36,14 @@ class BackboneSpec:
         dim: Output feature dimension D.
         num_frames: Frames per clip the weights were trained with (1 for frame backbones).
         weights_tag: Name of the pretrained weights (torchvision enum member).
-        weights_enum: Import path of the weights enum, e.g.
-            ``torchvision.models.ResNet18_Weights`` (gives URL, transforms, class count).
+        weights_url: Where the pretrained weights are downloaded from.
         pretrained_on: Dataset of the pretrained weights.
         source: Where the architecture comes from (paper / library).
+        token_kinds: Token kinds it can give: ``pooled`` (one D-vector per frame/clip), and
+            ``patch`` for ViTs (N = 14 × 14 patches + CLS first).
+        num_patches: N for ``patch`` tokens (0 when not offered).
+        fixed_num_frames: The architecture needs exactly ``num_frames`` frames per clip
+            (SlowFast's pathway pooling); otherwise a plan may feed any clip length.
     """
 
     name: str
@@ -49,18 +55,38 @@ class BackboneSpec:
     dim: int
     num_frames: int
     weights_tag: str
-    weights_enum: str
+    weights_url: str
     pretrained_on: str
     source: str
+    token_kinds: tuple[str, ...] = ("pooled",)
+    num_patches: int = 0
+    fixed_num_frames: bool = False
 
     def to_dict(self) -> dict:
         """JSON-friendly form, stored in feature-set attributes."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
-    def weights(self):
-        """The torchvision weights enum member of the pretrained weights."""
-        module, _, name = self.weights_enum.rpartition(".")
-        return getattr(importlib.import_module(module), name)[self.weights_tag]
+    def clip_frames(self, plan_frames_per_clip: int | None) -> int:
+        """Frames per token this backbone sees under a plan asking for ``plan_frames_per_clip``
+        (``None``: the backbone's own clip length). Frame backbones see 1."""
+        if self.input_kind == "frame":
+            return 1
+        if self.fixed_num_frames or plan_frames_per_clip is None:
+            return self.num_frames
+        return plan_frames_per_clip
+
+    def token_shape(self, token_kind: str) -> tuple[int, ...]:
+        """Shape of one stored token: (D,) pooled or (N, D) patch.
+
+        Raises:
+            ValueError: the backbone does not give ``token_kind`` tokens.
+        """
+        if token_kind not in self.token_kinds:
+            raise ValueError(
+                f"backbone {self.name} gives {' or '.join(self.token_kinds)} tokens, "
+                f"not {token_kind!r}"
+            )
+        return (self.num_patches, self.dim) if token_kind == "patch" else (self.dim,)
 
 
 def register_backbone(spec: BackboneSpec) -> Callable[[Callable], Callable]:
@@ -151,8 +177,10 @@ class Backbone:
 
     Args:
         spec: What the network expects.
-        model: Module mapping preprocessed input to (B, D) features.
-        transform: The weights' own torchvision transform (uint8 → normalised float).
+        model: Module mapping preprocessed input to (B, D) features, or to (B, N, D) tokens
+            (CLS first) for backbones that offer ``patch`` tokens.
+        transform: Preprocessing (uint8 → normalised float): the weights' own torchvision
+            transform where there is one.
         weights_identity: JSON-friendly description of the weights (for fingerprints).
         device: Torch device.
     """
@@ -171,15 +199,20 @@ class Backbone:
         self.weights_identity = weights_identity
         self.precision = "fp32"  # set by create_backbone
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Features of a batch.
+    def __call__(self, frames: np.ndarray, token_kind: str = "pooled") -> np.ndarray:
+        """Tokens of a batch.
 
         Args:
             frames: uint8 RGB, (B, H, W, 3) for frame backbones or (B, F, H, W, 3) for clips.
+            token_kind: ``pooled`` or, where offered, ``patch``.
 
         Returns:
-            (B, D) float32 features.
+            (B, D) pooled or (B, N, D) patch tokens, float32.
+
+        Raises:
+            ValueError: the backbone does not give ``token_kind`` tokens.
         """
+        self.spec.token_shape(token_kind)  # validates
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
@@ -193,4 +226,7 @@ class Backbone:
             else:
                 x = x.permute(0, 1, 4, 2, 3)  # (B, F, H, W, 3) -> (B, F, 3, H, W)
                 x = self.transform(x)  # -> (B, 3, F, size, size)
-            return self.model(x).float().cpu().numpy()
+            out = self.model(x)  # (B, D), or (B, N, D) for patch-token backbones
+            if "patch" in self.spec.token_kinds and token_kind == "pooled":
+                out = out[:, 0]  # the CLS token: (B, N, D) -> (B, D)
+            return out.float().cpu().numpy()

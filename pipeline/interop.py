@@ -1,0 +1,485 @@
+"""Bring feature dumps made elsewhere into a store (import) and hand feature sets out (export).
+
+Import sources (:func:`import_features`):
+
+- a directory of ``<video_id>.npy`` files, one (T, D) or (T, N, D) array each; sub-directories
+  nest ids (``a/b.npy`` → ``a/b``); names starting with ``.`` are ignored. An optional
+  ``timestamps.parquet`` at its root supplies timestamps (one row per token, in token order or
+  with a ``token_idx`` column; columns ``video_id``, ``start_sec``, ``end_sec``, optionally
+  ``scene_idx``).
+- one ``.h5``/``.hdf5`` file: each dataset is a video (key = its path, so groups nest ids), as
+  the ViS4mer release and common extractors write them; or each video is a group holding a
+  ``features`` dataset and optional ``start_sec``/``end_sec``/``scene_idx`` datasets.
+
+Export layouts (:func:`export_features`), both importable again:
+
+- ``h5``: one group per video at its id, a ``/`` in the id becoming nested groups
+  (``show/ep1`` → ``/show/ep1/features``), holding ``features`` (T, D) or (T, N, D) in the
+  stored dtype, ``start_sec``/``end_sec`` (T,) float32 seconds and ``scene_idx`` (T,) int32.
+  Root attributes: ``spec`` (JSON), ``schema_version``, ``feature_set``, ``fingerprint``,
+  ``token_kind``, ``dim``, ``dtype``.
+- ``npy``: ``<video_id>.npy`` per video (``/`` → sub-directories), ``timestamps.parquet``
+  (``video_id``, ``token_idx``, ``start_sec``, ``end_sec``, ``scene_idx``; one row per token)
+  and ``spec.json`` (the same fields as the h5 root attributes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store import SCHEMA_VERSION, FeatureSet, FeatureStore, fingerprint
+
+DTYPES = ("float16", "float32")
+TOKEN_KINDS = {"pooled": 2, "patch": 3}  # token kind -> ndim of one video's array
+EXPORT_FORMATS = ("h5", "npy")
+H5_SUFFIXES = (".h5", ".hdf5")
+_VIDEO_PARTS = ("features", "start_sec", "end_sec", "scene_idx")  # datasets of a video group
+
+
+class _MalformedVideo(ValueError):
+    """One video cannot be stored; it is recorded ``failed`` and the import goes on."""
+
+
+@dataclass
+class ImportSummary:
+    """Counts of one import run, plus the failures with their reasons."""
+
+    feature_set: str
+    num_videos: int
+    num_skipped: int  # stored by an earlier run: not read again
+    num_ok: int = 0
+    num_failed: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    wall_sec: float = 0.0
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+class _Source:
+    """The videos of one import source, read one at a time; use with ``contextlib.closing``."""
+
+    format = ""
+
+    def __init__(self, path: Path, entries: dict):
+        self.path = path
+        self.entries = entries  # video id -> its .npy file, or its h5 dataset path
+
+    def close(self) -> None:
+        pass
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.entries
+
+    def video_ids(self) -> list[str]:
+        return sorted(self.entries)
+
+
+class _NpyDirSource(_Source):
+    """A directory of ``<video_id>.npy`` files, each read through a memory map."""
+
+    format = "npy"
+
+    def __init__(self, root: Path):
+        import polars as pl
+
+        visible = (p.relative_to(root) for p in root.rglob("*.npy") if p.is_file())
+        super().__init__(root, {
+            rel.with_suffix("").as_posix(): root / rel
+            for rel in visible if not any(part.startswith(".") for part in rel.parts)
+        })
+        self.stamps: dict[str, dict] = {}
+        table = root / "timestamps.parquet"
+        if table.is_file():
+            frame = pl.read_parquet(table)
+            if "video_id" not in frame.columns:
+                raise ValueError(f"{table} has no video_id column; add one or remove the file")
+            if "token_idx" in frame.columns:  # as export writes it; else rows are in token order
+                frame = frame.sort("video_id", "token_idx")
+            # Timestamps are (T,) per video, small next to the tokens: read them once.
+            for part in frame.partition_by("video_id", maintain_order=True):
+                self.stamps[part["video_id"][0]] = {
+                    c: part[c].to_numpy() for c in _VIDEO_PARTS[1:] if c in part.columns
+                }
+
+    def where(self, video_id: str) -> str:
+        return str(self.entries.get(video_id, self.path / f"{video_id}.npy"))
+
+    def digest(self) -> str:
+        # The sorted ids, not the bytes: re-reading every array just to name the feature set
+        # would double the import's I/O, and a fixed file keeps its feature set (so re-running
+        # retries it there).
+        return hashlib.sha256("\n".join(self.video_ids()).encode()).hexdigest()
+
+    def _open(self, video_id: str) -> np.ndarray:
+        try:
+            return np.load(self.entries[video_id], mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise _MalformedVideo(f"not a readable .npy array ({err})") from None
+
+    def shape_dtype(self, video_id: str) -> tuple[tuple[int, ...], np.dtype]:
+        array = self._open(video_id)
+        return array.shape, array.dtype
+
+    def load(self, video_id: str, dtype: np.dtype) -> tuple[np.ndarray, dict]:
+        # The map is cast in buffered blocks, so a float64 file is never copied whole;
+        # overflow becomes inf, which the caller reports.
+        with np.errstate(over="ignore"):
+            return np.array(self._open(video_id), dtype=dtype), self.stamps.get(video_id, {})
+
+
+class _H5Source(_Source):
+    """One HDF5 file: a dataset per video, or a group per video with a ``features`` dataset."""
+
+    format = "h5"
+
+    def __init__(self, path: Path):
+        import h5py
+
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as err:
+            raise ValueError(f"{path} is not a readable HDF5 file ({err})") from None
+        super().__init__(path, {})
+        self._walk(self.file, "")
+
+    def _walk(self, group, prefix: str) -> None:
+        import h5py
+
+        is_video = bool(prefix) and isinstance(group.get("features"), h5py.Dataset)
+        if is_video:
+            self.entries[prefix.rstrip("/")] = f"{prefix}features"
+        for name, obj in group.items():
+            if isinstance(obj, h5py.Group):
+                self._walk(obj, f"{prefix}{name}/")  # a video group may hold nested videos
+            elif not is_video:
+                self.entries[f"{prefix}{name}"] = f"{prefix}{name}"
+
+    def close(self) -> None:
+        self.file.close()
+
+    def where(self, video_id: str) -> str:
+        return f"{self.path}:/{self.entries.get(video_id, video_id)}"
+
+    def digest(self) -> str:
+        sha = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while block := f.read(1 << 20):
+                sha.update(block)
+        return sha.hexdigest()
+
+    def shape_dtype(self, video_id: str) -> tuple[tuple[int, ...], np.dtype]:
+        dataset = self.file[self.entries[video_id]]
+        return dataset.shape, dataset.dtype
+
+    def load(self, video_id: str, dtype: np.dtype) -> tuple[np.ndarray, dict]:
+        # HDF5 converts while reading, through its own small buffer: no float64 copy.
+        key = self.entries[video_id]
+        tokens, stamps = self.file[key].astype(dtype)[()], {}
+        if key.endswith("/features"):
+            group = self.file[key[: -len("/features")]]
+            stamps = {k: group[k][()] for k in _VIDEO_PARTS[1:] if k in group}
+        return tokens, stamps
+
+
+def _open_source(source: Path) -> _Source:
+    if source.is_dir():
+        return _NpyDirSource(source)
+    if source.is_file() and source.suffix.lower() in H5_SUFFIXES:
+        return _H5Source(source)
+    if not source.exists():
+        raise FileNotFoundError(f"import source {source} does not exist")
+    raise ValueError(
+        f"import source {source} is neither a directory of .npy files nor an "
+        f"{'/'.join(H5_SUFFIXES)} file; convert it to one of those"
+    )
+
+
+# ------------------------------------------------------------------------------------ import
+
+
+def import_features(
+    store_root: str | Path,
+    source: str | Path,
+    *,
+    dataset: str,
+    backbone: str,
+    plan: str,
+    name: str | None = None,
+    fps: float | None = None,
+    token_kind: str | None = None,
+    dtype: str = "float16",
+    video_ids: list[str] | None = None,
+) -> ImportSummary:
+    """Store existing per-video feature dumps as a feature set, one video at a time.
+
+    Timestamps (seconds) come from the source when it has them (h5 ``start_sec``/``end_sec``
+    datasets, or ``timestamps.parquet`` beside .npy files); else token t covers
+    [t / fps, (t + 1) / fps); else ``start_sec = t``, ``end_sec = t + 1`` and the spec says
+    ``"timestamps": "index"``. Each index row's ``info_json`` says which applied.
+
+    Args:
+        store_root: Feature store directory.
+        source: A directory of ``<video_id>.npy`` or one ``.h5``/``.hdf5`` file (module doc).
+        dataset: Catalog name, recorded in the spec and the feature-set name.
+        backbone: Backbone that made the features (free text, e.g. ``vit_l16``).
+        plan: Sampling plan that made them (e.g. ``fps``).
+        name: Feature-set name; default ``<dataset>__<backbone>__<plan>__<fingerprint[:10]>``.
+        fps: Tokens per second, for videos whose source has no timestamps.
+        token_kind: ``pooled`` (T, D) or ``patch`` (T, N, D); default: the first video's.
+        dtype: Stored dtype, ``float16`` or ``float32``; other input dtypes are cast.
+        video_ids: Import only these; an id absent from the source is recorded ``failed``.
+
+    Returns:
+        Counts and failures. A malformed video (unreadable, not numeric, wrong ndim, per-token
+        shape differing from the first video's, empty, NaN/inf, beyond ``dtype``'s range, bad
+        timestamps) is recorded ``failed`` with its file/key and the reason; the others are
+        stored. Re-running skips ``ok`` videos and retries the others.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: a bad argument, an unknown source format, no usable video in the source,
+            or a feature set called ``name`` that was made from another spec.
+    """
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: valid values are {', '.join(DTYPES)}")
+    if token_kind is not None and token_kind not in TOKEN_KINDS:
+        raise ValueError(f"token_kind {token_kind!r}: valid values are {', '.join(TOKEN_KINDS)}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    source = Path(source)
+    with contextlib.closing(_open_source(source)) as src:
+        if not src.video_ids():
+            raise ValueError(f"{source} holds no videos (.npy files or h5 datasets)")
+        wanted = src.video_ids() if video_ids is None else sorted(set(video_ids))
+        ndim, tail = _first_shape(src, wanted, TOKEN_KINDS.get(token_kind))
+        kind = next(k for k, n in TOKEN_KINDS.items() if n == ndim)
+        spec = {
+            "schema_version": SCHEMA_VERSION, "dataset": dataset, "backbone": backbone,
+            "plan": plan, "token_kind": kind, "dtype": dtype,
+            "timestamps": "fps" if fps else "index", "fps": fps,  # for videos without their own
+            "imported_from": {
+                "path": str(source.resolve()), "format": src.format, "sha256": src.digest()
+            },
+        }
+        name = name or f"{dataset}__{backbone}__{plan}__{fingerprint(spec)[:10]}"
+        fs = FeatureStore(store_root).create(
+            name, spec=spec, token_kind=kind, dim=tail[-1], dtype=dtype
+        )
+        tail = (*tail[:-1], fs.attrs["dim"])  # resuming: D is the one already stored
+        done = fs.ok_ids()
+        summary = ImportSummary(fs.name, len(wanted), sum(v in done for v in wanted))
+        for video_id in (v for v in wanted if v not in done):
+            try:
+                _import_one(fs, src, video_id, np.dtype(dtype), ndim, tail, fps)
+                summary.num_ok += 1
+            except _MalformedVideo as err:
+                summary.failed[video_id] = f"{src.where(video_id)}: {err}"
+                summary.num_failed += 1
+                fs.write_status(video_id, "failed", summary.failed[video_id])
+    summary.wall_sec = time.perf_counter() - t0
+    return summary
+
+
+def _first_shape(src: _Source, wanted: list[str], ndim: int | None) -> tuple[int, tuple]:
+    """(ndim, per-token shape) of the first well-formed wanted video, from its header only.
+
+    Raises:
+        ValueError: no wanted video is well formed; names the first problem.
+    """
+    first_error = None
+    for video_id in (v for v in wanted if v in src):
+        try:
+            shape, src_dtype = src.shape_dtype(video_id)
+            _check_shape(shape, src_dtype, ndim, None)
+            return len(shape), shape[1:]
+        except _MalformedVideo as err:
+            first_error = first_error or f"{src.where(video_id)}: {err}"
+    raise ValueError(
+        f"no usable video in {src.path} ({first_error or 'none of the requested ids is there'});"
+        " each video must be a non-empty numeric (T, D) or (T, N, D) array"
+    )
+
+
+def _check_shape(shape: tuple, dtype: np.dtype, ndim: int | None, tail: tuple | None) -> None:
+    """Raise :class:`_MalformedVideo` unless the array is (T, D)/(T, N, D) ending in ``tail``."""
+    if dtype.kind not in "fiu":
+        raise _MalformedVideo(f"dtype {dtype} is not numeric")
+    if len(shape) not in TOKEN_KINDS.values() or (ndim is not None and len(shape) != ndim):
+        want = {2: "(T, D)", 3: "(T, N, D)"}.get(ndim, "(T, D) or (T, N, D)")
+        raise _MalformedVideo(f"shape {shape} is not {want}")
+    if 0 in shape:
+        raise _MalformedVideo(f"empty array of shape {shape}")
+    if tail is not None and shape[1:] != tail:
+        raise _MalformedVideo(f"per-token shape {shape[1:]} differs from the first video's {tail}")
+
+
+def _import_one(fs: FeatureSet, src: _Source, video_id: str, dtype: np.dtype, ndim: int,
+                tail: tuple, fps: float | None) -> None:
+    """Check, read, cast and store one video; raise :class:`_MalformedVideo` to fail it alone."""
+    if video_id not in src:
+        raise _MalformedVideo(f"video {video_id!r} is not in the import source")
+    _check_shape(*src.shape_dtype(video_id), ndim, tail)  # header only: bad arrays cost nothing
+    try:
+        tokens, stamps = src.load(video_id, dtype)
+        if not np.isfinite(tokens).all():
+            # float32 tells NaN/inf in the source from overflow of a float16 cast.
+            if np.isfinite(src.load(video_id, np.dtype("float32"))[0]).all():
+                raise _MalformedVideo(f"values beyond the {dtype} range; import with float32")
+            raise _MalformedVideo("contains NaN or inf")
+    except OSError as err:
+        raise _MalformedVideo(f"cannot read ({err})") from None
+    start_sec, end_sec, scene_idx, how = _timestamps(stamps, len(tokens), fps)
+    fs.write_video(video_id, tokens, start_sec=start_sec, end_sec=end_sec, scene_idx=scene_idx,
+                   info={"timestamps": how, "source": src.where(video_id)})
+
+
+def _timestamps(stamps: dict, num_tokens: int, fps: float | None) -> tuple:
+    """(start_sec, end_sec, scene_idx, how): from the source, else from ``fps``, else indices."""
+    found = {}
+    for name, dt in (("start_sec", np.float32), ("end_sec", np.float32), ("scene_idx", np.int32)):
+        if name in stamps:
+            values = np.asarray(stamps[name])
+            if (values.shape != (num_tokens,) or values.dtype.kind not in "fiu"
+                    or not np.isfinite(values).all()):
+                raise _MalformedVideo(f"{name} {values.shape} is not {num_tokens} finite numbers")
+            found[name] = values.astype(dt)
+    scene_idx = found.get("scene_idx", np.full(num_tokens, -1, np.int32))
+    if "start_sec" in found and "end_sec" in found:
+        if (found["end_sec"] < found["start_sec"]).any():
+            raise _MalformedVideo("end_sec before start_sec for some tokens")
+        return found["start_sec"], found["end_sec"], scene_idx, "file"
+    # Token t covers [t / fps, (t + 1) / fps); without fps the index stands in for seconds.
+    step_sec = 1.0 / fps if fps else 1.0
+    start_sec = np.arange(num_tokens) * step_sec
+    return start_sec, start_sec + step_sec, scene_idx, "fps" if fps else "index"
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def export_features(
+    store_root: str | Path,
+    feature_set: str,
+    out_path: str | Path,
+    *,
+    format: str = "h5",
+    video_ids: list[str] | None = None,
+) -> Path:
+    """Write a feature set's ``ok`` videos as one HDF5 file or a directory of .npy files.
+
+    Layouts are in the module doc; a ``/`` in a video id becomes a nested h5 group or a
+    sub-directory. The output is built under a temporary name beside ``out_path`` and renamed
+    into place when complete, so a reader never sees half of it.
+
+    Args:
+        store_root: Feature store directory.
+        feature_set: Feature-set name (see ``pipeline ls``).
+        out_path: The .h5 file or the directory to create; must not exist.
+        format: ``h5`` or ``npy``.
+        video_ids: Export only these; default every ``ok`` video.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        KeyError: no such feature set, or a requested video is missing or not ``ok``.
+        FileExistsError: ``out_path`` exists.
+        ValueError: unknown format, nothing to export, or a video id that cannot name a file
+            or h5 group.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format {format!r}: valid values are {', '.join(EXPORT_FORMATS)}")
+    fs = FeatureStore(store_root).open(feature_set)
+    rows = {r["video_id"]: r for r in fs.index().iter_rows(named=True)}
+    ok = sorted(v for v, r in rows.items() if r["status"] == "ok")
+    ids = ok if video_ids is None else sorted(set(video_ids))
+    if not ids:
+        raise ValueError(f"feature set {fs.name} has no ok video to export; see `pipeline status`")
+    bad = sorted(set(ids) - set(ok))
+    if bad:
+        raise KeyError(
+            f"{len(bad)} requested video(s) missing or not ok in {fs.name}: "
+            f"{', '.join(bad[:5])}; see `pipeline status {fs.name}`"
+        )
+    _check_ids(ids, format)
+    out = Path(out_path)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it or choose another output path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"feature_set": fs.name, "schema_version": SCHEMA_VERSION,
+            **{k: fs.attrs[k] for k in ("fingerprint", "token_kind", "dim", "dtype")},
+            "spec": fs.spec}
+    tmp = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
+    try:
+        (_write_h5 if format == "h5" else _write_npy_dir)(tmp, fs, ids, rows, meta)
+        os.rename(tmp, out)
+    except BaseException:  # clean up, then re-raise: no temp leftovers on failure or Ctrl-C
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _check_ids(video_ids: list[str], format: str) -> None:
+    """Raise ``ValueError`` for ids that would escape the output or collide in its layout."""
+    wanted = set(video_ids)
+    for video_id in video_ids:
+        parts = video_id.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"video id {video_id!r} has an empty, '.' or '..' component and cannot name a "
+                "file or h5 group; leave it out with video_ids="
+            )
+        parent = "/".join(parts[:-1])
+        if format == "h5" and parts[-1] in _VIDEO_PARTS and parent in wanted:
+            raise ValueError(
+                f"video id {video_id!r} collides with the {parts[-1]!r} dataset of video "
+                f"{parent!r} in the h5 layout; export with format='npy'"
+            )
+
+
+def _write_h5(tmp: Path, fs: FeatureSet, ids: list[str], rows: dict, meta: dict) -> None:
+    import h5py
+
+    with h5py.File(tmp, "w") as f:
+        for key, value in meta.items():
+            f.attrs[key] = json.dumps(value) if key == "spec" else value
+        for video_id in ids:
+            video = fs.read(video_id, row=rows[video_id])  # one video in memory at a time
+            group = f.require_group(video_id)
+            group.create_dataset("features", data=video.tokens)
+            for key in _VIDEO_PARTS[1:]:  # float32 seconds, int32 scenes, as stored
+                group.create_dataset(key, data=getattr(video, key))
+
+
+def _write_npy_dir(tmp: Path, fs: FeatureSet, ids: list[str], rows: dict, meta: dict) -> None:
+    import polars as pl
+
+    tmp.mkdir()
+    frames = []  # timestamps are small, (T,) per video: one table at the end
+    for video_id in ids:
+        video = fs.read(video_id, row=rows[video_id])
+        path = tmp / f"{video_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, video.tokens)
+        frames.append(pl.DataFrame({
+            "video_id": [video_id] * len(video.tokens),
+            "token_idx": np.arange(len(video.tokens), dtype=np.int32),
+            **{key: getattr(video, key) for key in _VIDEO_PARTS[1:]},
+        }, schema_overrides={"video_id": pl.Utf8}))
+    pl.concat(frames).write_parquet(tmp / "timestamps.parquet")
+    (tmp / "spec.json").write_text(json.dumps(meta, indent=2, default=str))
