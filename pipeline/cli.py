@@ -37,7 +37,7 @@ def extract(
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     precision: str = typer.Option("auto", help="Backbone arithmetic: fp32, bf16, or auto (bf16 where the hardware runs it natively)."),
-    detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash."),
+    detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash; none (not for the scene plan) skips detection."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
     min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
     frames_per_clip: Optional[int] = typer.Option(None, help="Frames per token for clip backbones (default: 12 for scene, as in STAN; else the backbone's own)."),

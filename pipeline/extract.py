@@ -75,6 +75,8 @@ class ExtractConfig:
         if self.tokens not in TOKEN_KINDS:
             raise ValueError(f"--tokens {self.tokens!r}: valid values are {', '.join(TOKEN_KINDS)}")
         self.plan_config()  # validates the plan and its knobs
+        if self.plan == "scene" and self.detector == "none":
+            raise ValueError("the scene plan needs a scene detector; --detector none fits other plans")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"--precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"

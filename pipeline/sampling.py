@@ -170,9 +170,14 @@ class FixedSampler:
         self._next = 0  # first window not emitted yet
         self._last_frame: Frame | None = None
 
+    def wants(self, frame_idx: int) -> bool:
+        """Whether some window samples frame ``frame_idx``."""
+        return frame_idx in self._wanted
+
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; returns the windows it completes. ``cuts`` are ignored."""
-        self._last_frame = frame
+        if frame.rgb is not None:
+            self._last_frame = frame
         for window, count, slot in self._wanted.pop(frame.frame_idx, ()):
             self._got[window][count][slot] = frame.rgb
         done = []
@@ -183,7 +188,7 @@ class FixedSampler:
 
     def finish(self, cuts: list[int]) -> list[Window]:
         """Emit the windows still open: a video shorter than its header announced fills the
-        missing samples with its last frame."""
+        missing samples with the last frame it kept."""
         done = []
         while self._next < len(self._windows) and self._last_frame is not None:
             done.append(self._emit(self._next))

@@ -29,7 +29,9 @@ class SceneDetectConfig:
     Attributes:
         detector: One of :data:`DETECTORS` (PySceneDetect's detectors): ``content`` for hard
             cuts (HSV + edge difference), ``adaptive`` (rolling-average content), ``threshold``
-            (fades to black), ``histogram``, ``hash``.
+            (fades to black), ``histogram``, ``hash``; or ``none`` to skip detection (plans
+            other than ``scene`` then record no scene index, and frames no token needs are
+            never converted to RGB).
         threshold: Detector threshold; ``None`` keeps PySceneDetect's default.
         min_scene_len: Minimum scene length in frames (PySceneDetect's ``min_scene_len``).
     """
@@ -39,9 +41,9 @@ class SceneDetectConfig:
     min_scene_len: int = 15
 
     def __post_init__(self) -> None:
-        if self.detector not in DETECTORS:
+        if self.detector not in DETECTORS and self.detector != "none":
             raise ValueError(
-                f"unknown scene detector {self.detector!r}; valid: {', '.join(DETECTORS)}"
+                f"unknown scene detector {self.detector!r}; valid: {', '.join(DETECTORS)}, none"
             )
 
 
@@ -56,6 +58,8 @@ class SceneSegmenter:
     def __init__(self, config: SceneDetectConfig, fps: float):
         import scenedetect
 
+        if config.detector == "none":
+            raise ValueError("scene detection is off (detector 'none'): nothing to segment")
         cls_name, threshold_kw = DETECTORS[config.detector]
         kwargs: dict = {"min_scene_len": config.min_scene_len}
         if config.threshold is not None:

@@ -139,7 +139,8 @@ class VideoExtractor:
         t0 = time.perf_counter()
         reader = VideoReader(path, short_side_px=self.short_side_px)
         fps = reader.info.fps
-        segmenter = SceneSegmenter(self.scene_config, fps)
+        detect = self.scene_config.detector != "none"
+        segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
         num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
         sampler = make_sampler(
             self.plan_config,
@@ -147,6 +148,8 @@ class VideoExtractor:
             fps=fps,
             counts={self.counts[name] for name in feature_sets},
         )
+        if not detect:
+            reader.keep = sampler.wants  # no detector to feed: convert only sampled frames
         pending: list[Window] = []
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
         # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
@@ -155,14 +158,14 @@ class VideoExtractor:
         cuts: list[int] = []
         backbone_sec = 0.0
         for frame in reader:
-            new_cuts = segmenter.push(frame.frame_idx, frame.rgb)
+            new_cuts = segmenter.push(frame.frame_idx, frame.rgb) if detect else []
             cuts += new_cuts
             pending += sampler.push(frame, new_cuts)
             if len(pending) >= self.batch_size:
                 backbone_sec += self._run_backbones(pending, feature_sets, tokens)
                 spans += [_span(w) for w in pending]
                 pending = []
-        last_cuts = segmenter.finish()
+        last_cuts = segmenter.finish() if detect else []
         cuts += last_cuts
         pending += sampler.finish(last_cuts)
         backbone_sec += self._run_backbones(pending, feature_sets, tokens)
@@ -170,13 +173,15 @@ class VideoExtractor:
         if not spans:
             raise VideoError(f"{path}: the {self.plan_config.name} plan found no window to sample")
         scene_idx, start_frame, end_frame, start_sec, end_sec = (np.array(c) for c in zip(*spans))
-        if self.plan_config.name != "scene":
+        if not detect:
+            scene_idx = np.full(len(spans), -1)
+        elif self.plan_config.name != "scene":
             # A window belongs to the scene holding its centre frame.
             scene_idx = np.searchsorted(np.array(sorted(set(cuts))), (start_frame + end_frame - 1) // 2, side="right")
         info = {
             "fps": fps,
             "num_frames": reader.num_decoded,
-            "num_scenes": len(set(cuts)) + 1,
+            "num_scenes": len(set(cuts)) + 1 if detect else None,
             "width_px": reader.info.width_px,
             "height_px": reader.info.height_px,
             "cut_frames": sorted(set(cuts)),

@@ -94,3 +94,27 @@ def test_every_backbone_times_every_plan(plan, tiny_catalog, tmp_path):
     _check(_extract(tiny_catalog, tmp_path, plan, backbones), plan, backbones)
     vits = ["vit_b16", "vit_l16"]
     _check(_extract(tiny_catalog, tmp_path / "patch", plan, vits, "patch"), plan, vits, "patch")
+
+
+def test_without_a_detector_only_sampled_frames_are_converted(tiny_catalog, tmp_path, monkeypatch):
+    import pipeline.worker as worker
+
+    converted = []
+    real_reader = worker.VideoReader
+
+    class Spy(real_reader):
+        def __iter__(self):
+            for frame in super().__iter__():
+                converted.append(frame.rgb is not None)
+                yield frame
+
+    monkeypatch.setattr(worker, "VideoReader", Spy)
+    config = ExtractConfig(dataset="tiny", store=str(tmp_path), plan="fps", backbones=("resnet18",),
+                           detector="none", num_workers=0, **KNOBS)
+    assert run_extract(config, catalog=tiny_catalog, progress=False).num_ok == 1
+    (fs,) = FeatureStore(tmp_path).feature_sets()
+    got = fs.read("shots")
+    assert len(got.tokens) == 3 and list(got.scene_idx) == [-1, -1, -1]
+    assert len(converted) == 75 and sum(converted) == 3  # the 3 centre frames
+    with pytest.raises(ValueError, match="needs a scene detector"):
+        ExtractConfig(plan="scene", detector="none")
