@@ -1,0 +1,255 @@
+"""Extraction throughput and memory, each against a reference measured in the same run.
+
+    .venv/bin/python bench/extract.py            # ~6 min on 2 CPU cores
+    .venv/bin/python bench/extract.py --quick    # smoke run
+
+Prints three tables:
+1. scene plan, resnet18 — `pipeline extract` (Ray, one worker per core) vs a naive reference
+   written here the way common extractors work (decode every frame with PyAV to PIL, scene
+   detection, per-frame torchvision transforms, batch of 1, one video at a time), and vs the
+   decode-only ceiling (the same videos decoded at the same working resolution, one process per
+   core). Targets: ≥ 2× the naive reference; ≥ 70 % of the decode ceiling.
+2. fps plan (1 frame/s), vit_b16 — `pipeline extract` vs the backbone-only ceiling: the same
+   number of frames, already decoded and in memory, through the same backbone at batch 32.
+   Target: ≥ 70 % of that ceiling.
+3. memory — peak RSS of one worker process extracting a 10-minute video vs a 1-minute video
+   (concatenated demo footage). Target: ratio ≤ 2.
+Frames/s counts decoded video frames; tokens/s counts frames the backbone saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _demo_paths(num_videos: int) -> list[str]:
+    from catalogs import get_catalog
+
+    catalog = get_catalog("demo", root=ROOT / "data" / "demo")
+    return catalog.videos.sort("video_id")["path"].to_list()[:num_videos]
+
+
+def _catalog(paths: list[str]):
+    import polars as pl
+
+    from catalogs.base import Catalog
+
+    ids = [Path(p).stem for p in paths]
+    videos = pl.DataFrame({"video_id": ids, "path": paths, "split": ["train"] * len(ids)})
+    return Catalog(name="bench", root=Path(paths[0]).parent, videos=videos)
+
+
+def naive_scene_resnet18(paths: list[str]) -> tuple[int, float]:
+    """Decoded frames and seconds of the naive reference extractor (scene plan, resnet18)."""
+    import av
+    import scenedetect
+    import torch
+    import torchvision
+    from scenedetect import FrameTimecode
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    model.fc = torch.nn.Identity()
+    preprocess = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    num_frames, t0 = 0, time.perf_counter()
+    for path in paths:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate)
+            frames = [frame.to_image() for frame in container.decode(stream)]  # all frames as PIL
+        detector = scenedetect.ContentDetector()
+        cuts = [0]
+        for idx, image in enumerate(frames):
+            bgr = np.ascontiguousarray(np.asarray(image)[..., ::-1])
+            cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(idx, fps=fps), bgr)]
+        bounds = cuts + [len(frames)]
+        with torch.inference_mode():
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                x = preprocess(frames[(start + end - 1) // 2]).unsqueeze(0)  # batch of 1
+                model(x)
+        num_frames += len(frames)
+    return num_frames, time.perf_counter() - t0
+
+
+def _decode_one(path: str) -> int:
+    from pipeline.decode import VideoReader
+
+    return sum(1 for _ in VideoReader(path))
+
+
+def decode_ceiling(paths: list[str], num_procs: int) -> tuple[int, float]:
+    """Frames and seconds to decode the videos at the working resolution, one process per core."""
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(num_procs) as pool:
+        num_frames = sum(pool.map(_decode_one, paths))
+    return num_frames, time.perf_counter() - t0
+
+
+def ours(paths: list[str], store: Path, **overrides) -> tuple[int, int, float]:
+    """Decoded frames, tokens and seconds of `pipeline extract` (a fresh store). Ray is started
+    once by the bench beforehand: a batch job starts its cluster once, not per video; starting
+    the extractors (loading the backbones) is timed."""
+    import ray
+
+    from pipeline.extract import ExtractConfig, run_extract
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    from pipeline.store import FeatureStore
+
+    config = ExtractConfig(dataset="bench", store=str(store), **overrides)
+    summary = run_extract(config, catalog=_catalog(paths), progress=False)
+    assert summary.num_failed == 0, summary.failed
+    index = FeatureStore(store).feature_sets()[0].index()
+    return summary.num_frames, int(index["num_tokens"].sum()), summary.wall_sec
+
+
+def backbone_ceiling(name: str, num_tokens: int, num_threads: int) -> float:
+    """Seconds for `name` on `num_tokens` in-memory frames at batch 32, all cores."""
+    import torch
+
+    from pipeline.backbones import create_backbone
+
+    torch.set_num_threads(num_threads)
+    backbone = create_backbone(name, precision="auto")
+    frames = np.random.default_rng(0).integers(0, 255, (32, 180, 320, 3), dtype=np.uint8)
+    backbone(frames[:2])  # warm-up
+    t0 = time.perf_counter()
+    for lo in range(0, num_tokens, 32):
+        backbone(frames[: min(32, num_tokens - lo)])
+    return time.perf_counter() - t0
+
+
+def concat_video(paths: list[str], duration_sec: float, out: Path) -> Path:
+    """Concatenate demo videos (same encoding: stream copy) up to `duration_sec`."""
+    import imageio_ffmpeg
+
+    from pipeline.decode import probe
+
+    chosen, total = [], 0.0
+    while total < duration_sec:
+        for p in paths:
+            chosen.append(p)
+            total += probe(p).duration_sec
+            if total >= duration_sec:
+                break
+    listing = out.with_suffix(".txt")
+    listing.write_text("".join(f"file '{p}'\n" for p in chosen))
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat",
+                    "-safe", "0", "-i", str(listing), "-t", str(duration_sec), "-c", "copy",
+                    str(out)], check=True)
+    return out
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _peak_rss_child(args: str) -> None:
+    """In a fresh process: extract one video in-process; print as JSON the peak RSS (MiB) and
+    the RSS once the extractor is built (torch, the backbones), before any video."""
+    import resource
+
+    spec = json.loads(args)
+    overrides = spec["overrides"]
+    overrides["backbones"] = tuple(overrides["backbones"])
+    import pipeline.extract as extract
+
+    config = extract.ExtractConfig(dataset="bench", store=spec["store"], num_workers=0, **overrides)
+    import pipeline.worker as worker
+
+    baseline = {}
+
+    class Measured(worker.VideoExtractor):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            baseline["rss_mib"] = _rss_mib()
+
+    worker.VideoExtractor = Measured
+    summary = extract.run_extract(config, catalog=_catalog([spec["path"]]), progress=False)
+    assert summary.num_ok == 1, summary.failed
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": peak, "ready_rss_mib": baseline["rss_mib"]}))
+
+
+def peak_rss(path: Path, store: Path, overrides: dict) -> tuple[float, float]:
+    """(peak RSS, RSS with the extractor built and no video yet), MiB, of a fresh worker."""
+    spec = json.dumps({"path": str(path), "store": str(store), "overrides": overrides})
+    out = subprocess.run([sys.executable, __file__, "--child", spec], check=True,
+                         capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["peak_rss_mib"], result["ready_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=24, help="demo videos for the speed tables")
+    parser.add_argument("--quick", action="store_true", help="2 videos, 20 s / 60 s memory videos")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _peak_rss_child(args.child)
+        return
+    num_cores = os.cpu_count() or 1
+    paths = _demo_paths(2 if args.quick else args.videos)
+    work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    print(f"{len(paths)} demo videos, {num_cores} cores, scratch {work}\n")
+
+    frames_naive, sec_naive = naive_scene_resnet18(paths)
+    frames_dec, sec_dec = decode_ceiling(paths, num_cores)
+    frames_ours, _, sec_ours = ours(paths, work / "scene", plan="scene", backbones=("resnet18",))
+    fps_naive, fps_dec, fps_ours = frames_naive / sec_naive, frames_dec / sec_dec, frames_ours / sec_ours
+    print("1. scene plan, resnet18 (frames/s of decoded video)")
+    print(f"   naive reference (PIL, batch 1, sequential) {fps_naive:8.0f}")
+    print(f"   decode-only ceiling ({num_cores} processes)         {fps_dec:8.0f}")
+    print(f"   pipeline extract (Ray, {num_cores} workers)           {fps_ours:8.0f}")
+    print(f"   ratio vs naive: {fps_ours / fps_naive:.2f}x (target >= 2)   "
+          f"share of decode ceiling: {fps_ours / fps_dec:.0%} (target >= 70%)\n")
+
+    print("2. fps plan (1 frame/s), vit_b16 (tokens/s = frames through the backbone)")
+    for detector in ("none", "content"):
+        frames, tokens, sec = ours(paths, work / f"fps-{detector}", plan="fps",
+                                   backbones=("vit_b16",), detector=detector)
+        ceiling = tokens / backbone_ceiling("vit_b16", tokens, num_cores)
+        print(f"   --detector {detector:8s} pipeline {tokens / sec:6.1f} tokens/s "
+              f"({frames / sec:5.0f} frames/s); backbone-only ceiling {ceiling:6.1f} tokens/s; "
+              f"share {tokens / sec / ceiling:.0%} (target >= 70%)")
+
+    print("\n3. memory: peak RSS of one worker, 10-minute vs 1-minute video")
+    short_sec, long_sec = (20, 60) if args.quick else (60, 600)
+    all_paths = _demo_paths(96)
+    short = concat_video(all_paths, short_sec, work / "short.mp4")
+    long = concat_video(all_paths, long_sec, work / "long.mp4")
+    for label, overrides in [
+        ("scene plan, resnet18 + r2plus1d_18", {"plan": "scene", "backbones": ["resnet18", "r2plus1d_18"]}),
+        ("fps plan, vit_b16 patch tokens", {"plan": "fps", "backbones": ["vit_b16"], "tokens": "patch"}),
+    ]:
+        rss_short, ready_short = peak_rss(short, work / f"mem-short-{label[:5]}", overrides)
+        rss_long, ready_long = peak_rss(long, work / f"mem-long-{label[:5]}", overrides)
+        print(f"   {label:36s} peak {short_sec:4d} s: {rss_short:6.0f} MiB  {long_sec:4d} s: "
+              f"{rss_long:6.0f} MiB  ratio {rss_long / rss_short:.2f} (target <= 2); above the "
+              f"loaded worker ({ready_short:.0f} MiB): +{rss_short - ready_short:.0f} vs "
+              f"+{rss_long - ready_long:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
