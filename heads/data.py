@@ -4,6 +4,12 @@
 every needed video's tokens into memory once (a 2-minute clip is tens of scene tokens, so a
 whole dataset fits), ``Standardizer`` rescales features with train-split statistics, and
 ``FeatureDataset`` + ``collate`` feed a head ``forward(x_0, mask_0, x_1, mask_1, ...)``.
+
+Tokens are pooled (T, D) or patch (T, N, D) (see :mod:`pipeline.store`). Patch tokens are ~200x
+larger (ViT: 196 patches + CLS per frame), so they stay in their stored dtype (float16 by
+default) in memory and become float32 one batch at a time in :func:`collate`; pooled tokens are
+float32 throughout. A head takes patch tokens when its class lists ``"patch"`` in
+``token_kinds`` (see :func:`head_token_kinds`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,17 @@ from catalogs.base import SPLITS, Catalog, Task
 from pipeline.store import FeatureSet, FeatureStore
 
 
+def head_token_kinds(head: str) -> tuple[str, ...]:
+    """Token kinds head ``head`` accepts: its class's ``token_kinds``, ``("pooled",)`` if unset.
+
+    Raises:
+        KeyError: unknown head (the message lists the valid names).
+    """
+    from heads.models import get_head_class
+
+    return tuple(getattr(get_head_class(head), "token_kinds", ("pooled",)))
+
+
 def resolve_feature_sets(
     store: FeatureStore | str | Path,
     dataset: str,
@@ -27,6 +44,7 @@ def resolve_feature_sets(
     plan: str = "scene",
     *,
     prefer: dict | None = None,
+    token_kinds: Sequence[str] = ("pooled",),
 ) -> list[FeatureSet]:
     """The feature sets named by ``names``, one per head stream, in order.
 
@@ -40,11 +58,13 @@ def resolve_feature_sets(
         plan: Sampling plan (spec field ``plan``) required of backbone matches.
         prefer: Spec fields that pick among several backbone matches (e.g.
             ``{"dataset_variant": "small"}``); used only when they leave exactly one.
+        token_kinds: Token kinds the head accepts (``pooled``, ``patch``); see
+            :func:`head_token_kinds`.
 
     Raises:
         ValueError: no names; a backbone matches no feature set (run ``pipeline extract``) or
             several (pass the exact name); an exact name belongs to another dataset; a feature
-            set holds patch tokens.
+            set holds a token kind not in ``token_kinds``.
     """
     if not isinstance(store, FeatureStore):
         store = FeatureStore(store)
@@ -81,10 +101,13 @@ def resolve_feature_sets(
                     "the exact feature-set name to --features"
                 )
             fs = matches[0]
-        if fs.attrs.get("token_kind") != "pooled":
+        kind = fs.attrs.get("token_kind")
+        if kind not in token_kinds:
+            shapes = {"pooled": "pooled (T, D)", "patch": "patch (T, N, D)"}
+            wanted = " or ".join(shapes.get(k, repr(k)) for k in token_kinds)
             raise ValueError(
-                f"feature set {fs.name} holds {fs.attrs.get('token_kind')!r} tokens; these heads "
-                "take pooled (T, D) tokens"
+                f"feature set {fs.name} holds {kind!r} tokens; this head takes {wanted} tokens "
+                "(patch tokens: a head such as stat)"
             )
         resolved.append(fs)
     return resolved
@@ -135,7 +158,8 @@ class TaskData:
         task: The task.
         feature_sets: The feature sets, one per stream, in stream order.
         video_ids: Split → video ids.
-        tokens: Split → per video, one float32 (T_i, D_i) array per stream.
+        tokens: Split → per video, one array per stream: float32 (T_i, D_i) for pooled
+            tokens, (T_i, N, D_i) in the stored dtype for patch tokens.
         targets: Split → encoded targets (see :func:`encode_labels`).
         num_dropped: Reason → number of catalog videos left out.
     """
@@ -199,7 +223,7 @@ def load_task_data(
     for split in SPLITS:
         tokens[split], video_ids[split] = [], []
         for video_id in kept[split]:
-            streams = [np.asarray(r[video_id].tokens, dtype=np.float32) for r in read]
+            streams = [_in_memory(r[video_id].tokens) for r in read]
             if not all(np.isfinite(s).all() for s in streams):
                 dropped["non-finite tokens"] += 1
                 continue
@@ -231,6 +255,18 @@ def load_task_data(
     )
 
 
+def _in_memory(tokens: np.ndarray) -> np.ndarray:
+    """Pooled (T, D) tokens as float32; patch (T, N, D) tokens kept float16 if stored so."""
+    if tokens.ndim >= 3 and tokens.dtype == np.float16:
+        return tokens
+    return np.asarray(tokens, dtype=np.float32)
+
+
+# Rows of a video's tokens turned into float64 at a time when fitting the standardiser: bounds
+# the temporary to ~128 MiB at D = 1024 however many patches a video has.
+_FIT_CHUNK_ROWS = 16384
+
+
 class Standardizer:
     """Per-dimension feature standardisation, fitted on the train split of each stream.
 
@@ -248,25 +284,51 @@ class Standardizer:
 
     @classmethod
     def fit(cls, videos: Sequence[Sequence[np.ndarray]]) -> Standardizer:
-        """Statistics over every token of ``videos`` (per video, one (T_i, D_i) per stream)."""
+        """Statistics per feature dim over every token (and patch) of ``videos``.
+
+        Args:
+            videos: Per video, one (T_i, D_i) or (T_i, N, D_i) array per stream.
+
+        Streams are accumulated chunk by chunk in float64 with the pairwise update of Chan,
+        Golub and LeVeque (1979), so patch tokens are never concatenated into one array.
+        """
         means, stds = [], []
         for stream in range(len(videos[0])):
-            all_tokens = np.concatenate([v[stream] for v in videos]).astype(np.float64)  # (ΣT, D)
-            if len(all_tokens) == 0:
-                dim = all_tokens.shape[1]
+            dim = videos[0][stream].shape[-1]
+            count, mean, m2 = 0, np.zeros(dim), np.zeros(dim)
+            for video in videos:
+                rows = video[stream].reshape(-1, dim)  # (T·N, D): every token and patch
+                for lo in range(0, len(rows), _FIT_CHUNK_ROWS):
+                    chunk = rows[lo : lo + _FIT_CHUNK_ROWS].astype(np.float64)  # (n, D)
+                    n = len(chunk)
+                    chunk_mean = chunk.mean(axis=0)
+                    chunk_m2 = np.square(chunk - chunk_mean).sum(axis=0)
+                    delta, total = chunk_mean - mean, count + n
+                    mean = mean + delta * (n / total)
+                    m2 = m2 + chunk_m2 + np.square(delta) * (count * n / total)
+                    count = total
+            if count == 0:
                 means.append(np.zeros(dim))
                 stds.append(np.ones(dim))
                 continue
-            std = all_tokens.std(axis=0)
+            std = np.sqrt(m2 / count)
             # A dimension constant on train (e.g. a dead ReLU) carries no information; dividing
             # by ~0 would blow up whatever it holds on val/test.
             stds.append(np.where(std < 1e-6, 1.0, std))
-            means.append(all_tokens.mean(axis=0))
+            means.append(mean)
         return cls(means, stds)
 
     def apply(self, streams: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One video's streams, standardised: per stream (T_i, D_i) → (T_i, D_i) float32."""
-        return [(x - m) / s for x, m, s in zip(streams, self.mean, self.std)]
+        """One video's streams, standardised per feature dim (the last axis).
+
+        Per stream (T_i, D_i) → float32, or (T_i, N, D_i) → the same shape, float16 if the input
+        is float16 (patch tokens keep their in-memory size; see the module docstring).
+        """
+        out = []
+        for x, m, s in zip(streams, self.mean, self.std):
+            scaled = (x - m) / s  # float32: m and s are float32
+            out.append(scaled.astype(np.float16) if x.dtype == np.float16 else scaled)
+        return out
 
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
         """Tensors for a checkpoint (loadable with ``torch.load(weights_only=True)``)."""
@@ -285,12 +347,13 @@ class FeatureDataset(torch.utils.data.Dataset):
     """Videos as (per-stream tokens, target) pairs.
 
     Args:
-        tokens: Per video, one (T_i, D_i) float32 array per stream.
+        tokens: Per video, one (T_i, D_i) or (T_i, N, D_i) float array per stream.
         targets: Encoded targets, first axis N (see :func:`encode_labels`).
 
     Items:
-        ``(streams, target)``: ``streams`` a list of float32 tensors (T_i, D_i); ``target`` a
-        scalar int64, a (K,) float32 or a (1,) float32 tensor.
+        ``(streams, target)``: ``streams`` a list of tensors (T_i, D_i) or (T_i, N, D_i) in the
+        arrays' dtype (no copy); ``target`` a scalar int64, a (K,) float32 or a (1,) float32
+        tensor.
     """
 
     def __init__(self, tokens: Sequence[Sequence[np.ndarray]], targets: np.ndarray):
@@ -309,25 +372,36 @@ class FeatureDataset(torch.utils.data.Dataset):
 def collate(
     batch: Sequence[tuple[list[torch.Tensor], torch.Tensor]],
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Pad each stream to the longest video of the batch and build the masks.
+    """Pad each stream along time to the longest video of the batch and build the masks.
 
     Args:
         batch: Items of :class:`FeatureDataset`.
 
     Returns:
         ``(inputs, targets)``: ``inputs`` = ``[x_0, mask_0, x_1, mask_1, ...]`` with x_i
-        (B, T_i, D_i) float32 zero-padded and mask_i (B, T_i) bool True at real tokens, ready for
-        ``head(*inputs)``; ``targets`` stacked along a new first axis B.
+        (B, T_i, D_i) — or (B, T_i, N, D_i) for patch tokens — float32 zero-padded along T only,
+        and mask_i (B, T_i) bool True at real tokens, ready for ``head(*inputs)``; ``targets``
+        stacked along a new first axis B.
+
+    Raises:
+        ValueError: the videos of a stream differ in their per-token shape (N or D).
     """
     num_streams = len(batch[0][0])
     inputs = []
     for stream in range(num_streams):
         seqs = [streams[stream] for streams, _ in batch]
+        token_shapes = {tuple(s.shape[1:]) for s in seqs}
+        if len(token_shapes) > 1:
+            raise ValueError(
+                f"stream {stream}: videos of one batch have different per-token shapes "
+                f"{sorted(token_shapes)}; a feature set must hold one (D,) or (N, D) per token"
+            )
         lengths = torch.tensor([len(s) for s in seqs])  # (B,)
-        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (B, T_max, D)
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (B, T_max, [N,] D)
         if x.shape[1] == 0:
-            # pad_sequence of all-empty sequences loses D; rebuild (B, 0, D).
-            x = torch.zeros(len(seqs), 0, seqs[0].shape[-1])
+            # pad_sequence of all-empty sequences loses the token shape; rebuild (B, 0, [N,] D).
+            x = torch.zeros(len(seqs), 0, *seqs[0].shape[1:])
+        x = x.float()  # float16 patch tokens become float32 one batch at a time
         mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T_max)
         inputs += [x, mask]
     targets = torch.stack([target for _, target in batch])

@@ -1,10 +1,11 @@
 """``heads train``: fit a temporal head on cached features, evaluate it, write a run directory.
 
 A recipe read top to bottom: build (catalog, feature sets, in-memory data) → setup (seed,
-standardisation, model, optimiser) → train (AdamW, linear warm-up + cosine decay, gradient
-clipping, best-on-val selection with early stopping) → evaluate the best checkpoint on every
-split next to the majority baseline → write ``runs/<UTC time>-<head>-<task>/`` (``config.json``,
-``checkpoint.pt``, ``metrics.json``; see :mod:`heads.runs`, whose ``load_head`` rebuilds the model).
+standardisation, model, optimiser with per-parameter settings) → train (AdamW, linear warm-up +
+cosine decay, task loss + the head's ``aux_loss``, gradient clipping, best-on-val selection with
+early stopping) → evaluate the best checkpoint on every split next to the majority baseline →
+write ``runs/<UTC time>-<head>-<task>/`` (``config.json``, ``checkpoint.pt``, ``metrics.json``;
+see :mod:`heads.runs`, whose ``load_head`` rebuilds the model).
 """
 
 from __future__ import annotations
@@ -19,14 +20,26 @@ import torch
 from torch import nn
 
 from catalogs.base import SPLITS, Catalog
-from heads.data import FeatureDataset, Standardizer, collate, load_task_data, resolve_feature_sets
+from heads.data import (
+    FeatureDataset,
+    Standardizer,
+    collate,
+    head_token_kinds,
+    load_task_data,
+    resolve_feature_sets,
+)
 from heads.metrics import PRIMARY_METRIC, compute_metrics, majority_baseline
 from heads.models import create_head, num_streams_for
 from heads.runs import format_table, write_run
 
 # Backbones a head reads when --features is not given: STAN's streams are the 2D (spatial) and
 # 3D (temporal) scene features of its paper; single-feature heads take the 2D one.
-DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {"stan": ("resnet18", "r2plus1d_18")}
+_STAN_FEATURES = ("resnet18", "r2plus1d_18")
+DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {
+    "stan": _STAN_FEATURES,
+    "stan_gated": _STAN_FEATURES,
+    "stan_distill": _STAN_FEATURES,
+}
 FALLBACK_FEATURES: tuple[str, ...] = ("resnet18",)
 
 
@@ -37,7 +50,18 @@ def default_features(head: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Everything that defines a training run; stored in the run directory and the checkpoint."""
+    """Everything that defines a training run; stored in the run directory and the checkpoint.
+
+    Two contracts with the heads, besides their ``forward``:
+
+    - optimiser settings: a parameter with an ``_optim`` dict attribute (``lr``, ``weight_decay``)
+      gets its own AdamW group (:func:`param_groups`), scaled by the same warm-up/cosine
+      schedule as ``lr``; every other parameter trains at ``lr`` with ``weight_decay`` on
+      matrices only.
+    - auxiliary loss: a head may set a tensor attribute ``aux_loss`` in each training forward
+      (a scalar already weighted, e.g. STAN's distillation term; None when it has none); the
+      trainer adds it to the task loss before ``backward``, and ``train_loss`` includes it.
+    """
 
     task: str  # task of the catalog to learn (`--task`); its kind picks loss and metrics
     dataset: str = "demo"  # catalog key (`catalogs.get_catalog`); features must be from it
@@ -94,6 +118,32 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     )
 
 
+def param_groups(model: nn.Module, *, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: ``weight_decay`` on weight matrices, none on biases and norms.
+
+    A parameter may carry its own settings in an ``_optim`` dict attribute (e.g. S4's A, B and
+    dt: ``{"lr": 1e-3, "weight_decay": 0.0}``, see ``heads.models.s4``); its entries override
+    the defaults. Parameters with equal settings share a group. The learning-rate schedule
+    multiplies every group's lr by the same factor, so a group keeps its ratio to ``lr``.
+
+    Args:
+        model: The head.
+        lr: Default (peak) learning rate.
+        weight_decay: Default decay for parameters with >= 2 dims.
+
+    Returns:
+        ``[{"params": [...], "lr": ..., "weight_decay": ...}, ...]``, trainable parameters only.
+    """
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        settings = {"lr": lr, "weight_decay": weight_decay if param.dim() >= 2 else 0.0}
+        settings.update(getattr(param, "_optim", {}))
+        groups.setdefault(tuple(sorted(settings.items())), []).append(param)
+    return [{"params": params, **dict(key)} for key, params in groups.items()]
+
+
 def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
     if step < warmup_steps:
@@ -147,6 +197,7 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
     feature_sets = resolve_feature_sets(
         config.store, catalog.name, config.features, config.plan,
         prefer={"dataset_variant": variant} if variant is not None else None,
+        token_kinds=head_token_kinds(config.head),
     )
     data = load_task_data(catalog, config.task, feature_sets, log=log)
     task, kind = data.task, data.task.kind
@@ -191,14 +242,8 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
         raise ValueError(
             f"head {config.head!r} rejected its arguments ({err}); check --head-kwarg"
         ) from err
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
+        param_groups(model, lr=config.lr, weight_decay=config.weight_decay), lr=config.lr
     )
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -241,6 +286,9 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
             for inputs, targets in train_loader:
                 outputs = model(*(t.to(device) for t in inputs))
                 loss = loss_fn(outputs, targets.to(device))
+                aux_loss = getattr(model, "aux_loss", None)  # set by the head in this forward
+                if isinstance(aux_loss, torch.Tensor):
+                    loss = loss + aux_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -72,7 +72,7 @@ def model_dims(model) -> list[int]:
 
 def test_registry_lists_the_paper_heads():
     assert {"mean", "stan"} <= set(list_heads())
-    assert list_heads("st*") == ["stan"]
+    assert list_heads("stan*") == ["stan", "stan_distill", "stan_gated"]
 
 
 def test_unknown_head_lists_valid_names():

@@ -4,6 +4,11 @@ Source: E. Fish, J. Weinbren, A. Gilbert, "Two-Stream Transformer Architecture f
 Video Understanding", BMVC 2022 (arXiv:2208.01753), §3. One token per scene in each stream: the
 spatial stream holds 2D-backbone features of each scene's centre frame (``resnet18``), the temporal
 stream 3D-backbone features of frames sampled over the scene (``r2plus1d_18``).
+
+Fusion variants (STAN Tab. 1 and 4 compare them with the weighted sum; the paper text we could
+consult does not spell out their form, so both follow their usual definitions, documented on
+:class:`STAN`): ``stan_gated`` fuses the streams with collaborative gating (Liu et al., BMVC
+2019), ``stan_distill`` adds a temporal-teacher → spatial-student logit distillation loss.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from heads.models import register_head, stream_dims
@@ -58,6 +64,83 @@ class ContextGating(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(self.gate(x))
+
+
+class CollaborativeGating(nn.Module):
+    """Collaborative gating of expert embeddings (Liu et al., "Use What You Have: Video Retrieval
+    Using Representations from Collaborative Experts", BMVC 2019, §3.1)::
+
+        T_i = h(Σ_{j≠i} g([E_i; E_j])),   Ê_i = E_i ⊙ σ(T_i)
+
+    Each expert (here: each STAN stream) is re-weighted per dimension by a gate computed from its
+    pairwise relations with the other experts; g and h are two-layer MLPs (ReLU, as in the
+    relation networks CE builds on).
+
+    Args:
+        dim: Width D of each expert embedding.
+        hidden_dim: Hidden width of g and h; defaults to ``dim``.
+
+    Forward:
+        A sequence of E (>= 2) tensors (B, D) → a list of E gated tensors (B, D).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or dim
+        self.g = nn.Sequential(
+            nn.Linear(2 * dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim)
+        )
+        self.h = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+
+    def forward(self, experts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(experts) < 2:
+            raise ValueError(f"collaborative gating needs at least 2 experts, got {len(experts)}")
+        gated = []
+        for i, e_i in enumerate(experts):
+            relation = sum(
+                self.g(torch.cat([e_i, e_j], dim=-1))  # (B, 2D) -> (B, D)
+                for j, e_j in enumerate(experts)
+                if j != i
+            )
+            gated.append(e_i * torch.sigmoid(self.h(relation)))
+        return gated
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float, kind: str
+) -> torch.Tensor:
+    """Logit distillation of ``student`` towards a fixed ``teacher`` (Hinton et al. 2015, §2).
+
+    Args:
+        student: (B, K) student outputs.
+        teacher: (B, K) teacher outputs (detached by the caller).
+        temperature: τ; logits are divided by τ and the loss multiplied by τ² so that gradient
+            magnitudes do not depend on τ (Hinton et al. §2).
+        kind: ``kl`` — KL(softmax(t/τ) ‖ softmax(s/τ)), for classification; ``bce`` — per-class
+            binary KL between sigmoid(t/τ) and sigmoid(s/τ), for multilabel; ``mse`` — mean
+            squared difference of the raw outputs (τ unused), for regression.
+
+    Returns:
+        Scalar loss, 0 when student and teacher agree.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    s, t = student / temperature, teacher / temperature
+    if kind == "kl":
+        loss = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True,
+                        reduction="batchmean")
+    elif kind == "bce":
+        target = torch.sigmoid(t)
+        # Cross-entropy minus the teacher's own entropy: the binary KL, 0 at agreement.
+        loss = F.binary_cross_entropy_with_logits(s, target) - F.binary_cross_entropy_with_logits(
+            t, target
+        )
+    else:
+        raise ValueError(f"distillation loss kind must be kl, bce or mse, got {kind!r}")
+    return loss * temperature**2
 
 
 class StreamEncoder(nn.Module):
@@ -117,6 +200,9 @@ class StreamEncoder(nn.Module):
         return out[:, 0]  # (B, d_model)
 
 
+FUSIONS = ("sum", "gated", "distill")
+
+
 @register_head("stan")
 class STAN(nn.Module):
     """Spatio-Temporal Attention Network (Fish et al., BMVC 2022, §3).
@@ -133,6 +219,21 @@ class STAN(nn.Module):
     (``y = x ⊙ σ(W x + b)``, Miech et al. 2017): Linear → CG → Dropout → Linear → CG → Dropout →
     Linear.
 
+    Fusion variants (STAN Tab. 1/4; their exact form is not given in the text we could consult):
+
+    - ``fusion="gated"`` (registered as ``stan_gated``): collaborative gating (Liu et al. 2019
+      §3.1) replaces the weighted sum: ``[ĝ_s, ĝ_t] = CG([q(z_s), q(z_t)])``,
+      ``z = LayerNorm(ĝ_s + ĝ_t)``; the learned, input-dependent gates take the role of λ.
+    - ``fusion="distill"`` (registered as ``stan_distill``): the output is the weighted-sum
+      fusion above; in training the head also sets ``self.aux_loss`` to
+      ``distill_weight · distillation_loss(student, teacher.detach())``, where the student and
+      teacher are the shared classifier applied to one stream alone,
+      ``classifier(LayerNorm(q(z_s)))`` (spatial student) and ``classifier(LayerNorm(q(z_t)))``
+      (temporal teacher). A standard logit distillation (Hinton et al. 2015), not verified
+      against STAN's own recipe; the head sees no targets, so the teacher learns only through
+      the fused output. ``aux_loss`` is None in eval mode and for the other fusions; the trainer
+      adds it to the task loss when it is a tensor.
+
     Args:
         in_dim: (D_spatial, D_temporal), or one D for both streams.
         num_outputs: K classes, or 1 for regression.
@@ -141,17 +242,29 @@ class STAN(nn.Module):
         ff_dim: Feed-forward width of each encoder layer.
         num_layers: Encoder layers per stream (2 in the paper).
         dropout: Dropout in the encoders and the classifier.
-        fusion_weight: λ, the weight of the temporal stream in the fusion.
+        fusion_weight: λ, the weight of the temporal stream in the fusion (``sum``, ``distill``).
         q_hidden_dim: Hidden width of q; defaults to d_model.
         classifier_hidden_dim: Hidden width of the classifier; defaults to d_model.
+        fusion: ``sum`` (the paper's), ``gated`` or ``distill``; defaults to the registered
+            variant's (``default_fusion``).
+        gating_hidden_dim: Hidden width of collaborative gating's MLPs; defaults to d_model.
+        distill_weight: Weight of the distillation loss in ``aux_loss``.
+        distill_temperature: τ of the distillation loss.
+        distill_loss: ``kl`` (classification), ``bce`` (multilabel) or ``mse`` (regression);
+            None picks ``mse`` for one output and ``kl`` otherwise — pass ``bce`` for
+            multilabel tasks.
 
     Forward:
         ``forward(x_spatial, mask_spatial, x_temporal, mask_temporal)`` with x (B, T_s, D_s),
         (B, T_t, D_t) and bool masks (B, T_s), (B, T_t), True at real tokens; T_s and T_t may
         differ. Returns (B, K).
+
+    Raises:
+        ValueError: unknown ``fusion`` or ``distill_loss``; d_model not divisible by num_heads.
     """
 
     streams: tuple[str, ...] = ("spatial", "temporal")
+    default_fusion = "sum"
 
     def __init__(
         self,
@@ -166,13 +279,27 @@ class STAN(nn.Module):
         fusion_weight: float = 0.6,
         q_hidden_dim: int | None = None,
         classifier_hidden_dim: int | None = None,
+        fusion: str | None = None,
+        gating_hidden_dim: int | None = None,
+        distill_weight: float = 1.0,
+        distill_temperature: float = 2.0,
+        distill_loss: str | None = None,
     ):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"stan: d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.fusion = fusion or self.default_fusion
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"stan: fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.distill_loss = distill_loss or ("mse" if num_outputs == 1 else "kl")
+        if self.distill_loss not in ("kl", "bce", "mse"):
+            raise ValueError(f"stan: distill_loss must be kl, bce or mse, got {distill_loss!r}")
         dims = stream_dims("stan", in_dim, len(self.streams))
         self.d_model = d_model
         self.fusion_weight = float(fusion_weight)
+        self.distill_weight = float(distill_weight)
+        self.distill_temperature = float(distill_temperature)
+        self.aux_loss: torch.Tensor | None = None
         self.spatial = StreamEncoder(
             in_dim=dims[0], d_model=d_model, num_heads=num_heads, ff_dim=ff_dim,
             num_layers=num_layers, dropout=dropout,
@@ -185,6 +312,8 @@ class STAN(nn.Module):
         self.q = nn.Sequential(
             nn.Linear(d_model, q_hidden_dim), nn.GELU(), nn.Linear(q_hidden_dim, d_model)
         )
+        if self.fusion == "gated":
+            self.gating = CollaborativeGating(d_model, gating_hidden_dim)
         self.fusion_norm = nn.LayerNorm(d_model)
         hidden = classifier_hidden_dim or d_model
         self.classifier = nn.Sequential(
@@ -210,5 +339,31 @@ class STAN(nn.Module):
         )  # (1 + max(T_s, T_t), d_model), shared by both streams
         z_s = self.spatial(x_spatial, mask_spatial, pe)  # (B, d_model)
         z_t = self.temporal(x_temporal, mask_temporal, pe)  # (B, d_model)
-        z = self.fusion_norm(self.q(z_s) + self.fusion_weight * self.q(z_t))  # (B, d_model)
-        return self.classifier(z)  # (B, K)
+        q_s, q_t = self.q(z_s), self.q(z_t)  # (B, d_model) each
+        self.aux_loss = None
+        if self.fusion == "gated":
+            gated_s, gated_t = self.gating([q_s, q_t])
+            return self.classifier(self.fusion_norm(gated_s + gated_t))  # (B, K)
+        out = self.classifier(self.fusion_norm(q_s + self.fusion_weight * q_t))  # (B, K)
+        if self.fusion == "distill" and self.training:
+            student = self.classifier(self.fusion_norm(q_s))  # (B, K)
+            teacher = self.classifier(self.fusion_norm(q_t)).detach()  # (B, K)
+            self.aux_loss = self.distill_weight * distillation_loss(
+                student, teacher, temperature=self.distill_temperature, kind=self.distill_loss
+            )
+        return out
+
+
+@register_head("stan_gated")
+class STANGated(STAN):
+    """``stan`` with collaborative-gating fusion (``fusion="gated"``); see :class:`STAN`."""
+
+    default_fusion = "gated"
+
+
+@register_head("stan_distill")
+class STANDistill(STAN):
+    """``stan`` with temporal → spatial logit distillation (``fusion="distill"``); see
+    :class:`STAN`."""
+
+    default_fusion = "distill"
