@@ -204,6 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=24, help="demo videos for the speed tables")
     parser.add_argument("--quick", action="store_true", help="2 videos, 20 s / 60 s memory videos")
+    parser.add_argument("--part", type=int, choices=(1, 2, 3), action="append",
+                        help="run only these tables (repeatable); default all")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -213,7 +215,16 @@ def main() -> None:
     paths = _demo_paths(2 if args.quick else args.videos)
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     print(f"{len(paths)} demo videos, {num_cores} cores, scratch {work}\n")
+    parts = set(args.part or (1, 2, 3))
+    if 1 in parts:
+        _scene_table(paths, work, num_cores)
+    if 2 in parts:
+        _fps_table(paths, work, num_cores)
+    if 3 in parts:
+        _memory_table(work, quick=args.quick)
 
+
+def _scene_table(paths: list[str], work: Path, num_cores: int) -> None:
     frames_naive, sec_naive = naive_scene_resnet18(paths)
     frames_dec, sec_dec = decode_ceiling(paths, num_cores)
     frames_ours, _, sec_ours = ours(paths, work / "scene", plan="scene", backbones=("resnet18",))
@@ -225,6 +236,8 @@ def main() -> None:
     print(f"   ratio vs naive: {fps_ours / fps_naive:.2f}x (target >= 2)   "
           f"share of decode ceiling: {fps_ours / fps_dec:.0%} (target >= 70%)\n")
 
+
+def _fps_table(paths: list[str], work: Path, num_cores: int) -> None:
     print("2. fps plan (1 frame/s), vit_b16 (tokens/s = frames through the backbone)")
     for detector in ("none", "content"):
         frames, tokens, sec = ours(paths, work / f"fps-{detector}", plan="fps",
@@ -233,9 +246,12 @@ def main() -> None:
         print(f"   --detector {detector:8s} pipeline {tokens / sec:6.1f} tokens/s "
               f"({frames / sec:5.0f} frames/s); backbone-only ceiling {ceiling:6.1f} tokens/s; "
               f"share {tokens / sec / ceiling:.0%} (target >= 70%)")
+    print()
 
-    print("\n3. memory: peak RSS of one worker, 10-minute vs 1-minute video")
-    short_sec, long_sec = (20, 60) if args.quick else (60, 600)
+
+def _memory_table(work: Path, *, quick: bool) -> None:
+    print("3. memory: peak RSS of one worker, 10-minute vs 1-minute video")
+    short_sec, long_sec = (20, 60) if quick else (60, 600)
     all_paths = _demo_paths(96)
     short = concat_video(all_paths, short_sec, work / "short.mp4")
     long = concat_video(all_paths, long_sec, work / "long.mp4")

@@ -48,17 +48,25 @@ class VideoInfo:
 class Frame:
     """One decoded frame.
 
+    Frames are converted to BGR, the order PySceneDetect (OpenCV) consumes, so the detector
+    that sees every frame needs no copy; the few frames a plan samples are read as RGB views.
+
     Attributes:
         frame_idx: 0-based index in decode order.
         time_sec: Presentation time, seconds from the stream start.
-        rgb: (H, W, 3) uint8 RGB at the working resolution; ``None`` for a frame the reader
+        bgr: (H, W, 3) uint8 BGR at the working resolution; ``None`` for a frame the reader
             was told nobody needs (decoded, since later frames depend on it, but never
             converted).
     """
 
     frame_idx: int
     time_sec: float
-    rgb: np.ndarray | None
+    bgr: np.ndarray | None
+
+    @property
+    def rgb(self) -> np.ndarray | None:
+        """(H, W, 3) uint8 RGB view of :attr:`bgr` (not contiguous; ``np.stack`` copies)."""
+        return None if self.bgr is None else self.bgr[..., ::-1]
 
 
 def _open(path: str | Path):
@@ -170,12 +178,12 @@ class VideoReader:
                 else:
                     first_pts = frame.pts if first_pts is None else first_pts
                     time_sec = (frame.pts - first_pts) * time_base
-                rgb = None
+                bgr = None
                 if self.keep is None or self.keep(self.num_decoded):
-                    rgb = frame.to_ndarray(
-                        format="rgb24", width=self.width_px, height=self.height_px
+                    bgr = frame.to_ndarray(
+                        format="bgr24", width=self.width_px, height=self.height_px
                     )
-                yield Frame(self.num_decoded, time_sec, rgb)
+                yield Frame(self.num_decoded, time_sec, bgr)
                 self.num_decoded += 1
         except av.error.FFmpegError as err:
             raise VideoError(

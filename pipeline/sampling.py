@@ -176,7 +176,7 @@ class FixedSampler:
 
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; returns the windows it completes. ``cuts`` are ignored."""
-        if frame.rgb is not None:
+        if frame.bgr is not None:
             self._last_frame = frame
         for window, count, slot in self._wanted.pop(frame.frame_idx, ()):
             self._got[window][count][slot] = frame.rgb

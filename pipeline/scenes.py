@@ -73,9 +73,9 @@ class SceneSegmenter:
 
         return FrameTimecode(frame_idx, fps=self._fps)
 
-    def push(self, frame_idx: int, rgb: np.ndarray) -> list[int]:
-        """Feed the next frame (H, W, 3) uint8 RGB; returns first-frame indices of new scenes."""
-        bgr = np.ascontiguousarray(rgb[..., ::-1])  # PySceneDetect expects OpenCV's BGR order
+    def push(self, frame_idx: int, bgr: np.ndarray) -> list[int]:
+        """Feed the next frame, (H, W, 3) uint8 in OpenCV's BGR order (as
+        :class:`~pipeline.decode.Frame` holds it); returns first-frame indices of new scenes."""
         self._last_idx = frame_idx
         cuts = self._detector.process_frame(self._timecode(frame_idx), bgr)
         return [c.frame_num for c in cuts if c.frame_num > 0]

@@ -158,7 +158,7 @@ class VideoExtractor:
         cuts: list[int] = []
         backbone_sec = 0.0
         for frame in reader:
-            new_cuts = segmenter.push(frame.frame_idx, frame.rgb) if detect else []
+            new_cuts = segmenter.push(frame.frame_idx, frame.bgr) if detect else []
             cuts += new_cuts
             pending += sampler.push(frame, new_cuts)
             if len(pending) >= self.batch_size:

@@ -58,7 +58,8 @@ def test_content_detector_finds_block_cuts():
     # colours far apart in hue, saturation and value: ContentDetector scores all three
     frames = block_frames([(200, 30, 30), (20, 20, 90), (60, 230, 60), (240, 240, 240)], 20)
     seg = SceneSegmenter(SceneDetectConfig("content"), fps=25)
-    cuts = [c for i, rgb in enumerate(frames) for c in seg.push(i, rgb)] + seg.finish()
+    cuts = [c for i, rgb in enumerate(frames) for c in seg.push(i, rgb[..., ::-1].copy())]
+    cuts += seg.finish()
     assert cuts == [20, 40, 60]
 
 
@@ -68,6 +69,7 @@ def test_unknown_detector_lists_valid_ones():
 
 
 def _frames(n: int):
+    """Grey frames whose value is their index (mod 256): BGR and RGB read the same."""
     return [Frame(i, i / 25, np.full((4, 4, 3), i % 256, np.uint8)) for i in range(n)]
 
 

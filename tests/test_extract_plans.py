@@ -105,7 +105,7 @@ def test_without_a_detector_only_sampled_frames_are_converted(tiny_catalog, tmp_
     class Spy(real_reader):
         def __iter__(self):
             for frame in super().__iter__():
-                converted.append(frame.rgb is not None)
+                converted.append(frame.bgr is not None)
                 yield frame
 
     monkeypatch.setattr(worker, "VideoReader", Spy)
