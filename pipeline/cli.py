@@ -40,6 +40,7 @@ def extract(
     detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash; none (not for the scene plan) skips detection."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
     min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
+    detect_width_px: int = typer.Option(160, help="Frames are downscaled to this width for scene detection (0: no downscaling)."),
     frames_per_clip: Optional[int] = typer.Option(None, help="Frames per token for clip backbones (default: 12 for scene, as in STAN; else the backbone's own)."),
     batch_size: int = typer.Option(32, help="Frames per backbone batch."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; omit to start Ray locally."),
@@ -57,7 +58,7 @@ def extract(
             clip_len_sec=clip_len_sec,
             store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
             detector=detector,
-            threshold=threshold, min_scene_len=min_scene_len, frames_per_clip=frames_per_clip,
+            threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
             catalog_options={"variant": variant} if variant else {},
         )

@@ -58,6 +58,7 @@ class ExtractConfig:
     detector: str = "content"
     threshold: float | None = None
     min_scene_len: int = 15
+    detect_width_px: int | None = 160
     # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
     short_side_px: int = 256
     # Frames per backbone batch.
@@ -85,8 +86,14 @@ class ExtractConfig:
             raise ValueError(f"--dtype {self.dtype!r}: valid values are {', '.join(DTYPES)}")
         if not self.backbones:
             raise ValueError("give at least one --backbone")
-        SceneDetectConfig(self.detector, self.threshold, self.min_scene_len)  # validates
+        self.scene_config()  # validates
 
+
+    def scene_config(self) -> SceneDetectConfig:
+        """The scene detector with this run's settings."""
+        return SceneDetectConfig(
+            self.detector, self.threshold, self.min_scene_len, self.detect_width_px
+        )
 
     def plan_config(self) -> PlanConfig:
         """The sampling plan with this run's knobs."""
@@ -143,9 +150,7 @@ def feature_set_spec(
         "plan": config.plan,
         "plan_config": {**plan.identity(), "short_side_px": config.short_side_px},
         "clip_frames": spec_.clip_frames(plan.frames_per_clip),
-        "scene_detection": asdict(
-            SceneDetectConfig(config.detector, config.threshold, config.min_scene_len)
-        ),
+        "scene_detection": asdict(config.scene_config()),
         "token_kind": config.tokens,
         "token_shape": list(spec_.token_shape(config.tokens)),
         "dtype": config.dtype,
@@ -290,7 +295,7 @@ def _record_crash(store_root: str, names: list[str], path: str, video_id: str, e
 def _extractor_kwargs(config: ExtractConfig) -> dict:
     """Keyword arguments of :class:`~pipeline.worker.VideoExtractor` for this run."""
     return dict(
-        scene_config=SceneDetectConfig(config.detector, config.threshold, config.min_scene_len),
+        scene_config=config.scene_config(),
         plan_config=config.plan_config(),
         short_side_px=config.short_side_px,
         batch_size=config.batch_size,
