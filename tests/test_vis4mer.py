@@ -1,0 +1,184 @@
+"""``vis4mer`` and ``lst``: the shared multi-scale decoder on patch (B, T, N, D) and frame
+(B, T, D) tokens, masked pooling, padding invariance, and attention against a dense reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from heads.models import create_head
+from heads.models.lst import MaskedSelfAttention
+from heads.models.s4 import S4D
+from heads.models.vis4mer import DecoderBlock, flatten_tokens, masked_pool
+
+HEADS = ("vis4mer", "lst")
+SMALL = {"vis4mer": {"d_model": 32, "state_dim": 8, "dropout": 0.1},
+         "lst": {"d_model": 32, "num_heads": 4, "dropout": 0.1}}
+DIM = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on one intra-op thread (restored afterwards): faster on a loaded machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make(name: str, num_outputs: int = 3, **kwargs):
+    torch.manual_seed(0)
+    return create_head(name, in_dim=DIM, num_outputs=num_outputs, **{**SMALL[name], **kwargs})
+
+
+def frames(lengths, num_patches: int | None, *, seed: int = 0):
+    """x (B, T, N, D) or (B, T, D) and mask (B, T) for videos of ``lengths`` frames."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    shape = (len(lengths), int(lengths.max())) + ((num_patches,) if num_patches else ()) + (DIM,)
+    x = torch.randn(shape, generator=generator)
+    mask = torch.arange(shape[1]) < lengths[:, None]  # (B, T)
+    return x, mask
+
+
+def append_padded_frames(x, mask, num_extra: int, fill: float | None):
+    """The same batch with ``num_extra`` padded frames; ``fill=None`` fills them with noise."""
+    extra_shape = (x.shape[0], num_extra, *x.shape[2:])
+    extra = torch.randn(extra_shape) * 100 if fill is None else torch.full(extra_shape, fill)
+    return (torch.cat([x, extra], dim=1),  # (B, T + E, ...)
+            torch.cat([mask, torch.zeros(x.shape[0], num_extra, dtype=torch.bool)], dim=1))
+
+
+# ------------------------------------------------------------------------------- pieces
+
+
+def test_flatten_tokens_is_frame_major():
+    x = torch.arange(3 * 2 * 1.0).reshape(1, 3, 2, 1).expand(2, -1, -1, -1)  # (B, T, N, 1)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    flat, flat_mask = flatten_tokens(x, mask)
+    assert flat.shape == (2, 6, 1)
+    torch.testing.assert_close(flat[0, :, 0], torch.arange(6.0))
+    assert flat_mask.tolist() == [[True] * 4 + [False] * 2, [True] * 2 + [False] * 4]
+    pooled, pooled_mask = flatten_tokens(x[:, :, 0], mask)  # (B, T, D): N = 1, unchanged
+    assert pooled.shape == (2, 3, 1) and torch.equal(pooled_mask, mask)
+    with pytest.raises(ValueError, match="does not match"):
+        flatten_tokens(x, mask[:, :2])
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_masked_pool_uses_real_tokens_only(kind):
+    x = torch.tensor([[[1.0], [3.0], [5.0], [100.0], [7.0]]])  # (1, 5, 1)
+    mask = torch.tensor([[True, True, True, False, True]])
+    pooled, pooled_mask = masked_pool(x, mask, kind)
+    expected = [2.0, 5.0, 7.0] if kind == "avg" else [3.0, 5.0, 7.0]
+    torch.testing.assert_close(pooled[0, :, 0], torch.tensor(expected))
+    assert pooled_mask.tolist() == [[True, True, True]]
+    empty, empty_mask = masked_pool(x, torch.zeros_like(mask), kind)
+    assert (empty == 0).all() and not empty_mask.any()
+    with pytest.raises(ValueError, match="valid pools: avg, max"):
+        masked_pool(x, mask, "sum")
+
+
+def test_decoder_block_follows_the_paper():
+    # y = MLP(Pool(GELU(S4(LN(x))))) + Linear(Pool(x)), channels halved (ViS4mer §3).
+    torch.manual_seed(0)
+    block = DecoderBlock(dim=8, mixer=S4D(dim=8, state_dim=4), pool="avg", dropout=0.0).eval()
+    x = torch.randn(2, 6, 8)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    h = torch.nn.functional.gelu(block.mixer(block.norm(x)))
+    pool = lambda t: t.reshape(2, 3, 2, -1).mean(2)  # noqa: E731  (B, L/2, H)
+    expected = block.mlp(pool(h)) + block.skip(pool(x))
+    out, out_mask = block(x, mask)
+    assert out.shape == (2, 3, 4) and out_mask.all()
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_masked_attention_matches_a_dense_reference():
+    torch.manual_seed(0)
+    attention = MaskedSelfAttention(dim=8, num_heads=2, dropout=0.0)
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    q, k, v = attention.qkv(x).reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)  # (B, heads, L, 4)
+    scores = q @ k.transpose(-1, -2) / 2.0  # (B, heads, L, L); sqrt(head dim 4) = 2
+    scores = scores.masked_fill(~mask[:, None, None, :], -math.inf)
+    dense = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 8)  # (B, L, H)
+    torch.testing.assert_close(attention(x, mask), attention.out(dense), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------- whole heads
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("num_patches", [None, 5])
+@pytest.mark.parametrize("num_outputs", [1, 4])
+def test_output_shape(name, num_patches, num_outputs):
+    model = make(name, num_outputs=num_outputs).eval()
+    with torch.no_grad():
+        out = model(*frames([4, 2, 3], num_patches))
+    assert out.shape == (3, num_outputs) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vis4mer", {}), ("vis4mer", {"pool": "max", "bidirectional": True, "s4_init": "lin"}),
+    ("lst", {}), ("lst", {"pool": "max", "positional_encoding": False}),
+])
+@pytest.mark.parametrize("num_patches", [None, 3, 7])
+@pytest.mark.parametrize("fill", [None, math.nan])
+def test_padded_frames_never_change_the_output(name, kwargs, num_patches, fill):
+    model = make(name, **kwargs).eval()
+    x, mask = frames([5, 3, 1], num_patches)
+    with torch.no_grad():
+        reference = model(x, mask)
+        padded = model(*append_padded_frames(x, mask, num_extra=4, fill=fill))
+        torch.testing.assert_close(padded, reference, atol=1e-5, rtol=0)
+        for b, length in enumerate([5, 3, 1]):  # each video alone, without any padding
+            alone = model(x[b : b + 1, :length], mask[b : b + 1, :length])
+            torch.testing.assert_close(alone, reference[b : b + 1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("num_patches", [None, 4])
+def test_gradients_reach_every_parameter(name, num_patches):
+    model = make(name).train()
+    model(*frames([6, 3], num_patches)).square().sum().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: no gradient for {param_name}"
+        assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient for {param_name}"
+        assert param.grad.abs().sum() > 0, f"{name}: zero gradient for {param_name}"
+
+
+def test_the_input_projection_exists_only_when_widths_differ():
+    assert isinstance(make("vis4mer").input_proj, torch.nn.Linear)
+    same = create_head("vis4mer", in_dim=32, num_outputs=2, d_model=32, state_dim=4)
+    assert isinstance(same.input_proj, torch.nn.Identity)
+    kept = create_head("vis4mer", in_dim=16, num_outputs=2, d_model=None, state_dim=4)
+    assert isinstance(kept.input_proj, torch.nn.Identity) and kept.d_model == 16
+
+
+def test_vis4mer_defaults_match_the_paper():
+    model = create_head("vis4mer", in_dim=1024, num_outputs=10)
+    assert model.d_model == 1024 and isinstance(model.input_proj, torch.nn.Identity)
+    assert [b.norm.normalized_shape[0] for b in model.blocks] == [1024, 512, 256]
+    assert model.classifier.in_features == 128
+    s4 = model.blocks[0].mixer
+    assert isinstance(s4, S4D) and s4.state_dim == 64 and not s4.bidirectional
+    assert all(b.pool == "avg" and b.dropout.p == 0.2 for b in model.blocks)
+    assert s4.a_imag._optim == {"lr": 1e-3, "weight_decay": 0.0}
+
+
+def test_lst_shares_the_decoder_with_attention_mixers():
+    model = create_head("lst", in_dim=64, num_outputs=3, d_model=64, num_heads=4)
+    assert all(isinstance(b.mixer, MaskedSelfAttention) for b in model.blocks)
+    assert [b.norm.normalized_shape[0] for b in model.blocks] == [64, 32, 16]
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("vis4mer", {"d_model": 36}, "divisible by 2\\*\\*num_blocks"),
+    ("vis4mer", {"pool": "sum"}, "valid pools"),
+    ("lst", {"d_model": 48, "num_heads": 5}, "not divisible by num_heads 5"),
+])
+def test_bad_arguments_are_named(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_head(name, in_dim=DIM, num_outputs=2, **kwargs)
