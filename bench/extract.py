@@ -122,13 +122,13 @@ def ours(paths: list[str], store: Path, **overrides) -> tuple[int, int, float]:
     return summary.num_frames, int(index["num_tokens"].sum()), summary.wall_sec
 
 
-def backbone_ceiling(name: str, num_tokens: int, num_threads: int) -> float:
-    """Seconds for `name` on `num_tokens` in-memory frames at batch 32, all cores."""
+def _backbone_worker(args: tuple[str, int]) -> float:
     import torch
 
     from pipeline.backbones import create_backbone
 
-    torch.set_num_threads(num_threads)
+    name, num_tokens = args
+    torch.set_num_threads(1)
     backbone = create_backbone(name, precision="auto")
     frames = np.random.default_rng(0).integers(0, 255, (32, 180, 320, 3), dtype=np.uint8)
     backbone(frames[:2])  # warm-up
@@ -136,6 +136,14 @@ def backbone_ceiling(name: str, num_tokens: int, num_threads: int) -> float:
     for lo in range(0, num_tokens, 32):
         backbone(frames[: min(32, num_tokens - lo)])
     return time.perf_counter() - t0
+
+
+def backbone_ceiling(name: str, num_tokens: int, num_procs: int) -> float:
+    """Seconds for `name` on `num_tokens` in-memory frames at batch 32, laid out as the pipeline
+    runs: one single-threaded process per core, each with its share of the frames."""
+    share = -(-num_tokens // num_procs)
+    with mp.get_context("spawn").Pool(num_procs) as pool:
+        return max(pool.map(_backbone_worker, [(name, share)] * num_procs))
 
 
 def concat_video(paths: list[str], duration_sec: float, out: Path) -> Path:
