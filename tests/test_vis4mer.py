@@ -182,3 +182,10 @@ def test_lst_shares_the_decoder_with_attention_mixers():
 def test_bad_arguments_are_named(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_head(name, in_dim=DIM, num_outputs=2, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["vis4mer", "lst", "stat"])
+def test_patch_heads_accept_patch_feature_sets(name):
+    from heads.data import head_token_kinds
+
+    assert head_token_kinds(name)[0] == "patch" and "pooled" in head_token_kinds(name)

@@ -164,6 +164,8 @@ class MultiScaleDecoder(nn.Module):
     """
 
     streams: tuple[str, ...] = ("tokens",)
+    # ViS4mer reads ViT patch tokens (B, T, N, D); frame features (B, T, D) are N = 1.
+    token_kinds: tuple[str, ...] = ("patch", "pooled")
 
     def __init__(
         self,
