@@ -84,6 +84,19 @@ def demo_small(tmp_path_factory):
     return get_catalog("demo", root=root, variant="small")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on one torch intra-op thread, restored afterwards: on a loaded 2-core machine
+    spinning threads cost more than they save at these sizes. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local 2-CPU Ray shared by every test that extracts (starting Ray costs seconds)."""

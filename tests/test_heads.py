@@ -16,14 +16,8 @@ SMALL_KWARGS = {"stan": {"d_model": 32, "num_heads": 4, "ff_dim": 64}, "mean": {
 STREAM_DIMS = (12, 20, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one intra-op thread (restored afterwards): on a loaded 2-core machine,
-    spinning OpenMP threads cost more than they save at these sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_head(name: str, num_outputs: int = 3, num_streams: int | None = None, **kwargs):

@@ -32,14 +32,8 @@ STAT_SMALL = {"d_model": 16, "num_heads": 2, "num_layers": 2, "short_term_window
 STAN_SMALL = {"d_model": 16, "num_heads": 2, "ff_dim": 32, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one intra-op thread (restored afterwards): on a loaded 2-core machine,
-    spinning threads cost more than they save at these sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lengths_mask(lengths, num_tokens: int) -> torch.Tensor:

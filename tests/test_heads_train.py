@@ -112,17 +112,8 @@ def write_toy_store(root: Path, dataset: str = DATASET) -> FeatureStore:
     return store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run the tiny toy models on one intra-op thread, restored afterwards.
-
-    At these sizes thread hand-offs cost more than they save, and on a loaded 2-core machine
-    two spinning OpenMP threads made this file 5x slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,8 @@ SMALL = {"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, "window":
          "max_positions": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on one intra-op thread (restored afterwards): on a loaded 2-core machine,
-    spinning threads cost more than they save at these sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def band_mask(key_mask: torch.Tensor, window: int, *, num_global: int) -> torch.Tensor:

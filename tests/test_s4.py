@@ -29,13 +29,8 @@ from heads.train import TrainConfig, param_groups, train
 from pipeline.store import FeatureStore, fingerprint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on one intra-op thread (restored afterwards): faster on a loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_s4d(dim: int = 3, state_dim: int = 8, **kwargs) -> S4D:

@@ -19,13 +19,8 @@ SMALL = {"vis4mer": {"d_model": 32, "state_dim": 8, "dropout": 0.1},
 DIM = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one intra-op thread (restored afterwards): faster on a loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run on one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, num_outputs: int = 3, **kwargs):
