@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -167,11 +169,6 @@ def concat_video(paths: list[str], duration_sec: float, out: Path) -> Path:
     return out
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def _peak_rss_child(args: str) -> None:
     """In a fresh process: extract one video in-process; print as JSON the peak RSS (MiB) and
     the RSS once the extractor is built (torch, the backbones), before any video."""
@@ -190,7 +187,7 @@ def _peak_rss_child(args: str) -> None:
     class Measured(worker.VideoExtractor):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            baseline["rss_mib"] = _rss_mib()
+            baseline["rss_mib"] = current_rss_bytes() / 2**20
 
     worker.VideoExtractor = Measured
     summary = extract.run_extract(config, catalog=_catalog([spec["path"]]), progress=False)

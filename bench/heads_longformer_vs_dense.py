@@ -34,17 +34,12 @@ import subprocess
 import sys
 import time
 
+from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+
 FULL = {"lengths": [250, 1000, 4000], "d_model": 768, "num_heads": 12, "num_layers": 3,
         "ff_dim": 3072, "window": 32, "batch": 1, "repeats": 3, "budget_s": 40.0}
 QUICK = {"lengths": [64, 256], "d_model": 64, "num_heads": 4, "num_layers": 2, "ff_dim": 128,
          "window": 8, "batch": 1, "repeats": 3, "budget_s": 1.0}
-
-
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux ``/proc/self/statm``), bytes."""
-    with open("/proc/self/statm") as f:
-        resident_pages = int(f.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(impl: str, length: int, cfg: dict, device: str) -> dict:

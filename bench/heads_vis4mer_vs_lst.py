@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+
 HEADS = ("vis4mer", "lst")
 # Timed steps: at least `repeats`, and more (up to 50) until `min_time_s` is spent, so that the
 # fast configurations get a median over many steps and the slow ones stay within budget.
@@ -48,13 +50,6 @@ FULL = {"frames": 60, "patches": [1, 25, 49, 196], "dim": 1024, "repeats": 3, "m
 QUICK = {"frames": 12, "patches": [1, 8, 32], "dim": 64, "repeats": 1, "min_time_s": 0.5}
 # ViS4mer Tab. 3 at 11,760 tokens (GPU): samples/s and GB.
 PAPER = {"vis4mer": (4.95, 5.15), "lst": (1.88, 41.38)}
-
-
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux ``/proc/self/statm``), bytes."""
-    with open("/proc/self/statm") as f:
-        resident_pages = int(f.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(head: str, num_patches: int, cfg: dict, device: str) -> dict:
