@@ -1,8 +1,9 @@
 """Video decoding with PyAV: one streaming pass per video, frames resized in FFmpeg's swscale.
 
-Decoding dominates extraction cost, so a video is decoded exactly once per run and frames are
-scaled down to the working resolution inside the decoder's colour conversion (no second resize
-in Python). Nothing here holds more than one frame.
+Decoding dominates extraction cost, so a video is decoded exactly once per run, and a frame is
+converted (scaled and turned into BGR by swscale, with contexts reused across frames) only when
+someone reads its pixels: at the working resolution for the frames a plan samples, as a small
+thumbnail for the scene detector. The reader itself holds no frame.
 """
 
 from __future__ import annotations
@@ -44,29 +45,103 @@ class VideoInfo:
     codec: str
 
 
-@dataclass(frozen=True)
 class Frame:
-    """One decoded frame.
+    """One decoded frame whose pixels are converted from the decoder's YUV on first use.
 
-    Frames are converted to BGR, the order PySceneDetect (OpenCV) consumes, so the detector
-    that sees every frame needs no copy; the few frames a plan samples are read as RGB views.
+    Colour conversion and scaling cost as much as decoding itself on small videos, and most
+    frames are only ever seen by the scene detector, which needs a thumbnail. So a frame keeps
+    the decoded picture and converts it only when :attr:`bgr` (working resolution) or
+    :meth:`thumbnail` (detector size) is read; a frame nobody reads is never converted.
+    Frames are BGR, the order PySceneDetect (OpenCV) consumes; :attr:`rgb` is a view.
 
-    Attributes:
+    Args:
         frame_idx: 0-based index in decode order.
         time_sec: Presentation time, seconds from the stream start.
-        bgr: (H, W, 3) uint8 BGR at the working resolution; ``None`` for a frame the reader
-            was told nobody needs (decoded, since later frames depend on it, but never
-            converted).
+        bgr: (H, W, 3) uint8 BGR pixels, when already converted (tests, synthetic frames).
+        picture: The decoded ``av.VideoFrame`` (converted lazily by ``converter``).
+        converter: The reader's :class:`_Converter` (it owns the swscale contexts).
     """
 
-    frame_idx: int
-    time_sec: float
-    bgr: np.ndarray | None
+    __slots__ = ("frame_idx", "time_sec", "_bgr", "_picture", "_converter")
+
+    def __init__(self, frame_idx: int, time_sec: float, bgr: np.ndarray | None = None, *,
+                 picture=None, converter: "_Converter | None" = None):
+        if bgr is None and picture is None:
+            raise ValueError(f"frame {frame_idx}: give its pixels (bgr) or its decoded picture")
+        self.frame_idx = frame_idx
+        self.time_sec = time_sec
+        self._bgr = bgr
+        self._picture = picture
+        self._converter = converter
 
     @property
-    def rgb(self) -> np.ndarray | None:
+    def converted(self) -> bool:
+        """Whether the working-resolution pixels exist (were read or given)."""
+        return self._bgr is not None
+
+    @property
+    def bgr(self) -> np.ndarray:
+        """(H, W, 3) uint8 BGR at the working resolution (converted once, then cached; the
+        decoded picture is released)."""
+        if self._bgr is None:
+            self._bgr = self._converter.working(self._picture)
+            self._picture = None
+        return self._bgr
+
+    @property
+    def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB view of :attr:`bgr` (not contiguous; ``np.stack`` copies)."""
-        return None if self.bgr is None else self.bgr[..., ::-1]
+        return self.bgr[..., ::-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of pixel data this frame holds (decoded picture or converted pixels)."""
+        if self._bgr is not None:
+            return self._bgr.nbytes
+        return sum(plane.buffer_size for plane in self._picture.planes)
+
+    def thumbnail(self, width_px: int | None) -> np.ndarray:
+        """(h, w, 3) uint8 BGR at most ``width_px`` wide (aspect kept), for the scene detector.
+
+        Scaled straight from the decoded picture when the frame is not converted yet (much
+        cheaper than converting at the working resolution first), else from :attr:`bgr`
+        with area interpolation.
+        """
+        if self._bgr is None and self._picture is not None:
+            return self._converter.thumbnail(self._picture, width_px)
+        height_px, full_width_px = self._bgr.shape[:2]
+        if not width_px or full_width_px <= width_px:
+            return self._bgr
+        import cv2
+
+        size = (width_px, max(1, round(height_px * width_px / full_width_px)))
+        return cv2.resize(self._bgr, size, interpolation=cv2.INTER_AREA)
+
+
+class _Converter:
+    """One reader's swscale contexts, reused across frames: a fresh context per frame (what
+    ``VideoFrame.to_ndarray(width=..)`` does) costs more than the conversion on small videos."""
+
+    def __init__(self, width_px: int, height_px: int, source_width_px: int, source_height_px: int):
+        from av.video.reformatter import VideoReformatter
+
+        self.width_px, self.height_px = width_px, height_px
+        self.source_width_px, self.source_height_px = source_width_px, source_height_px
+        self._working = VideoReformatter()
+        self._thumbnail = VideoReformatter()
+
+    def working(self, picture) -> np.ndarray:
+        out = self._working.reformat(picture, width=self.width_px, height=self.height_px,
+                                     format="bgr24")
+        return out.to_ndarray()  # (H, W, 3)
+
+    def thumbnail(self, picture, width_px: int | None) -> np.ndarray:
+        if not width_px or self.source_width_px <= width_px:
+            return self.working(picture)
+        height_px = max(2, 2 * round(self.source_height_px * width_px / self.source_width_px / 2))
+        out = self._thumbnail.reformat(picture, width=width_px, height=height_px,
+                                       format="bgr24", interpolation="AREA")
+        return out.to_ndarray()  # (h, w, 3)
 
 
 def _open(path: str | Path):
@@ -141,8 +216,6 @@ class VideoReader:
     Args:
         path: Video file.
         short_side_px: Frames are scaled so their short side is at most this (never upscaled).
-        keep: ``keep(frame_idx)`` says whether a frame's pixels are needed; the others skip the
-            colour conversion and resize (about a third of the decode cost). ``None``: all.
 
     Raises:
         VideoError: on open (missing/empty/unreadable file, no video stream) or while iterating
@@ -154,15 +227,16 @@ class VideoReader:
         ...     frame.rgb.shape  # (H, W, 3)
     """
 
-    def __init__(self, path: str | Path, *, short_side_px: int = 256, keep=None):
+    def __init__(self, path: str | Path, *, short_side_px: int = 256):
         self.path = str(path)
-        self.keep = keep
         self._container = _open(path)
         self.info = _info(self.path, self._container)
         self.width_px, self.height_px = working_size(
             self.info.width_px, self.info.height_px, short_side_px
         )
         self.num_decoded = 0
+        self._converter = _Converter(self.width_px, self.height_px,
+                                     self.info.width_px, self.info.height_px)
 
     def __iter__(self) -> Iterator[Frame]:
         import av
@@ -178,12 +252,7 @@ class VideoReader:
                 else:
                     first_pts = frame.pts if first_pts is None else first_pts
                     time_sec = (frame.pts - first_pts) * time_base
-                bgr = None
-                if self.keep is None or self.keep(self.num_decoded):
-                    bgr = frame.to_ndarray(
-                        format="bgr24", width=self.width_px, height=self.height_px
-                    )
-                yield Frame(self.num_decoded, time_sec, bgr)
+                yield Frame(self.num_decoded, time_sec, picture=frame, converter=self._converter)
                 self.num_decoded += 1
         except av.error.FFmpegError as err:
             raise VideoError(

@@ -240,7 +240,9 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
         if config.address:
             ray.init(address=config.address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            # "local": start our own instance even if `ray start` runs a cluster on this machine
+            # (plain ray.init() would silently join it, with its resources and lifetime).
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         num_workers = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         num_workers = min(num_workers, len(todo))

@@ -14,7 +14,8 @@ the centre frame for frame backbones, ``F`` frames spread uniformly for clip bac
 Frames arrive one at a time from the single decode. Fixed plans know their windows up front
 (from the container's frame count) and keep only the frames some window needs. Scene windows
 are only known once the detector reports the next cut, so frames of the open scene are
-buffered; when the buffer is full every other frame is dropped and the keep-stride doubles, so
+buffered (as decoded pictures, converted only when sampled); when the buffer is full (frames
+or MiB) every other frame is dropped and the keep-stride doubles, so
 memory stays bounded whatever the scene length and a sample lands at most ``stride / 2`` frames
 from its exact uniform position.
 """
@@ -43,6 +44,10 @@ class PlanConfig:
         frames_per_clip: Frames a clip backbone sees per window when its architecture allows
             any number (``scene``: 12, STAN §3); ``None`` = the backbone's own clip length.
         max_buffered_frames: ``scene``: frames of one scene held before decimation.
+        max_buffered_mib: ``scene``: memory of the held frames before decimation, MiB. Frames
+            are held as decoded pictures (YUV 4:2:0 at the source resolution: 1.4 MB at 720p,
+            3.1 MB at 1080p) so that only sampled ones are ever converted; this bounds the
+            buffer at high resolutions, where 256 frames would take 800 MB.
     """
 
     name: str = "scene"
@@ -52,6 +57,7 @@ class PlanConfig:
     clip_len_sec: float = 2.0
     frames_per_clip: int | None = 12
     max_buffered_frames: int = 256
+    max_buffered_mib: float = 256.0
 
     def __post_init__(self) -> None:
         if self.name not in PLANS:
@@ -62,6 +68,7 @@ class PlanConfig:
             "full_num_frames": self.full_num_frames,
             "clip_len_sec": self.clip_len_sec,
             "max_buffered_frames": self.max_buffered_frames,
+            "max_buffered_mib": self.max_buffered_mib,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -71,7 +78,8 @@ class PlanConfig:
         """The knobs that shape this plan's tokens (fingerprinted with the feature set)."""
         own = {
             "scene": {"frames_per_clip": self.frames_per_clip,
-                      "max_buffered_frames": self.max_buffered_frames},
+                      "max_buffered_frames": self.max_buffered_frames,
+                      "max_buffered_mib": self.max_buffered_mib},
             "uniform": {"num_frames": self.num_frames},
             "fps": {"fps": self.fps},
             "full": {"full_num_frames": self.full_num_frames},
@@ -170,14 +178,9 @@ class FixedSampler:
         self._next = 0  # first window not emitted yet
         self._last_frame: Frame | None = None
 
-    def wants(self, frame_idx: int) -> bool:
-        """Whether some window samples frame ``frame_idx``."""
-        return frame_idx in self._wanted
-
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; returns the windows it completes. ``cuts`` are ignored."""
-        if frame.bgr is not None:
-            self._last_frame = frame
+        self._last_frame = frame  # pixels converted only if a short video needs them as filler
         for window, count, slot in self._wanted.pop(frame.frame_idx, ()):
             self._got[window][count][slot] = frame.rgb
         done = []
@@ -197,9 +200,10 @@ class FixedSampler:
 
     def _emit(self, i: int) -> Window:
         window = self._windows[i]
-        fallback = self._last_frame.rgb
+        if any(rgb is None for slots in self._got[i].values() for rgb in slots):
+            fallback = self._last_frame.rgb
         window.frames = {
-            count: np.stack([rgb if rgb is not None else fallback for rgb in slots])
+            count: np.stack([fallback if rgb is None else rgb for rgb in slots])
             for count, slots in self._got[i].items()
         }  # count -> (F, H, W, 3)
         self._got[i] = {}
@@ -213,13 +217,19 @@ class SceneSampler:
         counts: Frame counts to sample per scene (1 = centre frame, F = clip).
         fps: Frame rate, frames/s.
         max_buffered_frames: Frames of one scene held before decimation.
+        max_buffered_mib: Memory of the held frames (decoded pictures) before decimation, MiB.
     """
 
-    def __init__(self, counts: set[int], fps: float, *, max_buffered_frames: int = 256):
+    def __init__(self, counts: set[int], fps: float, *, max_buffered_frames: int = 256,
+                 max_buffered_mib: float = 256.0):
         self.counts = counts
         self.fps = fps
         self.max_buffered_frames = max_buffered_frames
-        self._frames: list[Frame] = []  # buffered frames of the open scene (and beyond a cut)
+        self.max_buffered_bytes = int(max_buffered_mib * 2**20)
+        # Buffered frames of the open scene (and beyond a cut), still as decoded pictures: only
+        # the few a scene samples are ever converted.
+        self._frames: list[Frame] = []
+        self._buffered_bytes = 0
         self._stride = 1
         self._scene_start = 0
         self._num_scenes = 0
@@ -230,9 +240,14 @@ class SceneSampler:
         self._last_idx = frame.frame_idx
         if (frame.frame_idx - self._scene_start) % self._stride == 0:
             self._frames.append(frame)
+            self._buffered_bytes += frame.nbytes
         scenes = [self._close(cut) for cut in sorted(cuts) if cut > self._scene_start]
-        if len(self._frames) > self.max_buffered_frames:
+        while len(self._frames) > 1 and (
+            len(self._frames) > self.max_buffered_frames
+            or self._buffered_bytes > self.max_buffered_bytes
+        ):
             self._frames = self._frames[::2]
+            self._buffered_bytes = sum(f.nbytes for f in self._frames)
             self._stride *= 2
         return scenes
 
@@ -247,6 +262,7 @@ class SceneSampler:
     def _close(self, end_frame: int) -> Window:
         inside = [f for f in self._frames if f.frame_idx < end_frame]
         self._frames = [f for f in self._frames if f.frame_idx >= end_frame]
+        self._buffered_bytes = sum(f.nbytes for f in self._frames)
         if not inside:  # every frame of a short scene was decimated away: borrow the next one
             inside = self._frames[:1]
         idx = np.array([f.frame_idx for f in inside])
@@ -274,7 +290,8 @@ def make_sampler(config: PlanConfig, *, num_frames: int, fps: float, counts: set
     """The sampler of ``config``'s plan for a video of ``num_frames`` frames (as announced by
     its container) at ``fps`` frames/s."""
     if config.name == "scene":
-        return SceneSampler(counts, fps, max_buffered_frames=config.max_buffered_frames)
+        return SceneSampler(counts, fps, max_buffered_frames=config.max_buffered_frames,
+                            max_buffered_mib=config.max_buffered_mib)
     return FixedSampler(fixed_windows(config, num_frames, fps), counts, fps)
 
 

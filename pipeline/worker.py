@@ -148,8 +148,6 @@ class VideoExtractor:
             fps=fps,
             counts={self.counts[name] for name in feature_sets},
         )
-        if not detect:
-            reader.keep = sampler.wants  # no detector to feed: convert only sampled frames
         pending: list[Window] = []
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
         # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
@@ -158,7 +156,7 @@ class VideoExtractor:
         cuts: list[int] = []
         backbone_sec = 0.0
         for frame in reader:
-            new_cuts = segmenter.push(frame.frame_idx, frame.bgr) if detect else []
+            new_cuts = segmenter.push(frame) if detect else []
             cuts += new_cuts
             pending += sampler.push(frame, new_cuts)
             if len(pending) >= self.batch_size:

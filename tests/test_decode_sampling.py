@@ -58,7 +58,7 @@ def test_content_detector_finds_block_cuts():
     # colours far apart in hue, saturation and value: ContentDetector scores all three
     frames = block_frames([(200, 30, 30), (20, 20, 90), (60, 230, 60), (240, 240, 240)], 20)
     seg = SceneSegmenter(SceneDetectConfig("content"), fps=25)
-    cuts = [c for i, rgb in enumerate(frames) for c in seg.push(i, rgb[..., ::-1].copy())]
+    cuts = [c for i, rgb in enumerate(frames) for c in seg.push(Frame(i, i / 25, rgb[..., ::-1].copy()))]
     cuts += seg.finish()
     assert cuts == [20, 40, 60]
 
@@ -98,6 +98,30 @@ def test_scene_plan_memory_is_bounded_by_the_buffer():
     # decimated to stride 64 at most: every sample within half a stride of its exact position
     assert np.all(np.abs((wanted % 256) - got) <= 64)
     assert (scene.start_frame, scene.end_frame) == (0, 1000)
+
+
+def test_scene_plan_buffer_is_bounded_in_bytes_too():
+    frame_bytes = 4 * 4 * 3
+    sampler = SceneSampler({1}, fps=25, max_buffered_frames=256,
+                           max_buffered_mib=10 * frame_bytes / 2**20)
+    for frame in _frames(200):
+        sampler.push(frame, [])
+        assert len(sampler._frames) <= 10
+    (scene,) = sampler.finish([])
+    assert abs(int(scene.frames[1][0, 0, 0, 0]) - 99.5) <= 16  # stride 32 at most
+
+
+def test_reader_converts_only_the_frames_that_are_read(tmp_path):
+    frames = block_frames([(200, 30, 30), (30, 30, 200)], 10)
+    decoded = list(VideoReader(write_video(tmp_path / "v.mp4", frames)))
+    assert not any(f.converted for f in decoded)
+    thumb = decoded[12].thumbnail(48)  # the detector's view: no working-resolution conversion
+    assert thumb.shape == (32, 48, 3) and not decoded[12].converted
+    # the thumbnail is the frame scaled down, in BGR
+    assert np.abs(thumb[16, 24].astype(int) - [200, 30, 30]).max() < 12
+    assert decoded[12].rgb.shape == (64, 96, 3) and decoded[12].converted
+    assert np.abs(decoded[12].thumbnail(48)[16, 24].astype(int) - thumb[16, 24]).max() < 8
+    assert sum(f.converted for f in decoded) == 1
 
 
 @pytest.mark.parametrize(

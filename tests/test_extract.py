@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def _detect_cuts(path) -> list[int]:
     reader = VideoReader(path)
     segmenter = SceneSegmenter(SceneDetectConfig("content"), fps=reader.info.fps)
-    cuts = [c for frame in reader for c in segmenter.push(frame.frame_idx, frame.bgr)]
+    cuts = [c for frame in reader for c in segmenter.push(frame)]
     return cuts + segmenter.finish()
 
 

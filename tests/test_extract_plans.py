@@ -99,13 +99,13 @@ def test_every_backbone_times_every_plan(plan, tiny_catalog, tmp_path):
 def test_without_a_detector_only_sampled_frames_are_converted(tiny_catalog, tmp_path, monkeypatch):
     import pipeline.worker as worker
 
-    converted = []
+    frames = []
     real_reader = worker.VideoReader
 
     class Spy(real_reader):
         def __iter__(self):
             for frame in super().__iter__():
-                converted.append(frame.bgr is not None)
+                frames.append(frame)
                 yield frame
 
     monkeypatch.setattr(worker, "VideoReader", Spy)
@@ -115,6 +115,7 @@ def test_without_a_detector_only_sampled_frames_are_converted(tiny_catalog, tmp_
     (fs,) = FeatureStore(tmp_path).feature_sets()
     got = fs.read("shots")
     assert len(got.tokens) == 3 and list(got.scene_idx) == [-1, -1, -1]
+    converted = [f.converted for f in frames]
     assert len(converted) == 75 and sum(converted) == 3  # the 3 centre frames
     with pytest.raises(ValueError, match="needs a scene detector"):
         ExtractConfig(plan="scene", detector="none")
