@@ -261,8 +261,10 @@ def _scene_table(paths: list[str], work: Path, num_cores: int, label: str, *, na
     print(f"1. scene plan, resnet18, {label} (frames/s of decoded video)")
     frames_ours, _, sec_ours = ours(paths, work / f"scene-{label[:4]}", plan="scene",
                                     backbones=("resnet18",))
-    _, _, sec_startup = ours(paths[:1], work / f"startup-{label[:4]}", plan="uniform",
-                             num_frames=1, detector="none", backbones=("resnet18",))
+    # Start-up: the same run on a 1-second video (actors, imports, backbone, one tiny decode).
+    probe_video = concat_video(paths[:1], 1.0, work / f"startup-{label[:4]}.mp4")
+    _, _, sec_startup = ours([str(probe_video)], work / f"startup-{label[:4]}", plan="scene",
+                             backbones=("resnet18",))
     frames_dec, sec_dec = decode_ceiling(paths, num_cores, convert=False)
     frames_conv, sec_conv = decode_ceiling(paths, num_cores, convert=True)
     fps_ours, fps_dec, fps_conv = frames_ours / sec_ours, frames_dec / sec_dec, frames_conv / sec_conv
@@ -276,7 +278,10 @@ def _scene_table(paths: list[str], work: Path, num_cores: int, label: str, *, na
     if naive:
         print(f"   ratio vs naive: {fps_ours / (frames_naive / sec_naive):.2f}x (target >= 2)")
     print(f"   share of decode-only ceiling: {fps_ours / fps_dec:.0%} (target >= 70%); "
-          f"of decode + convert: {fps_ours / fps_conv:.0%}\n")
+          f"of decode + convert: {fps_ours / fps_conv:.0%}")
+    steady = frames_ours / max(1e-9, sec_ours - sec_startup)
+    print(f"   without the start-up (a batch job pays it once): {steady:.0f} frames/s = "
+          f"{steady / fps_dec:.0%} of the decode-only ceiling\n")
 
 
 def _fps_table(paths: list[str], work: Path, num_cores: int) -> None:
