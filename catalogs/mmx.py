@@ -7,7 +7,7 @@ genre labels, but no public file list or split, so the user supplies the table:
 ``labels.csv`` (or ``.parquet``) with columns
 - ``video_id`` — the trailer's id, e.g. its YouTube or IMDb id (required);
 - ``genres`` — its genres, separated by ``;`` or ``|`` (``Action;Drama``), or a list in parquet
-  (required; an empty value means "no genre", a missing cell "unlabelled");
+  (required; an empty cell means unlabelled);
 - ``split`` — ``train`` / ``val`` / ``test`` (optional; where absent, a video is assigned by a
   hash of its id: 80 / 10 / 10 %, stable across runs and machines, our choice, not the paper's);
 - ``path`` — the video file, absolute or relative to the table (optional; else

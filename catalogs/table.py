@@ -31,7 +31,7 @@ def parse_task_kinds(tasks: str | dict[str, str] | None) -> dict[str, str]:
         kinds = dict(tasks)
     else:
         kinds = {}
-        for item in (tasks or "").split(","):
+        for item in filter(str.strip, (tasks or "").split(",")):
             name, sep, kind = item.strip().partition(":")
             if not sep or not name.strip():
                 raise ValueError(f"task declaration {item.strip()!r} is not NAME:KIND "
