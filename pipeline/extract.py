@@ -197,7 +197,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     if catalog is None:
         catalog = get_catalog(config.dataset, root=config.data_root, **config.catalog_options)
     videos = catalog.videos.sort("video_id")
-    missing = videos.filter(pl.col("path").is_null())["video_id"].to_list()
+    missing_on_disk = videos.filter(pl.col("path").is_null())["video_id"].to_list()
     videos = videos.filter(pl.col("path").is_not_null())
     if config.limit is not None:
         videos = videos.head(config.limit)
@@ -228,7 +228,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         feature_sets=[fs.name for fs in feature_sets],
         num_videos=len(videos),
         num_skipped=len(videos) - len(todo),
-        missing=missing,
+        missing=missing_on_disk,
     )
     if todo and config.num_workers == 0:
         _run_here(config, jobs, todo, summary, progress=progress)
