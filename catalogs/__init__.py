@@ -69,7 +69,7 @@ def get_catalog(name: str, **options) -> Catalog:
     if unknown:
         raise ValueError(
             f"dataset {name!r} takes no option(s) {', '.join(unknown)}; its options: "
-            f"{', '.join(accepted)}"
+            f"{', '.join(accepted)}; check --catalog-option and the dataset flags"
         )
     return factory(**options)
 
