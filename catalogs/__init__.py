@@ -7,13 +7,23 @@ Registry in the timm style: ``@register_catalog("name")`` on a factory, ``get_ca
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
 
 from catalogs.base import SPLITS, TASK_KINDS, Catalog, Task
 
 _REGISTRY: dict[str, Callable[..., Catalog]] = {}
 # Modules that register catalogs; imported lazily so `import catalogs` stays cheap.
-_MODULES = ("catalogs.folder", "catalogs.demo")
+_MODULES = (
+    "catalogs.folder",
+    "catalogs.demo",
+    "catalogs.lvu",
+    "catalogs.kinetics",
+    "catalogs.breakfast",
+    "catalogs.coin",
+    "catalogs.mmx",
+    "catalogs.table",
+)
 
 
 def register_catalog(name: str) -> Callable[[Callable[..., Catalog]], Callable[..., Catalog]]:
@@ -48,11 +58,20 @@ def get_catalog(name: str, **options) -> Catalog:
 
     Raises:
         KeyError: unknown name; the message lists the registered ones.
+        ValueError: an option the catalog does not take; the message lists those it takes.
     """
     _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    factory = _REGISTRY[name]
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} takes no option(s) {', '.join(unknown)}; its options: "
+            f"{', '.join(accepted)}; check --catalog-option and the dataset flags"
+        )
+    return factory(**options)
 
 
 __all__ = [

@@ -15,8 +15,7 @@ import polars as pl
 
 from catalogs import register_catalog
 from catalogs.base import SPLITS, Catalog, Task
-
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
+from catalogs.files import VIDEO_EXTENSIONS
 # Columns of the labels CSV that describe the video rather than define a task.
 _RESERVED_COLUMNS: tuple[str, ...] = ("video_id", "split", "path")
 _MULTILABEL_SEPARATOR = ";"

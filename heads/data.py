@@ -181,8 +181,11 @@ def load_task_data(
 ) -> TaskData:
     """Read the tokens and labels of every usable video of ``task_name``.
 
-    A catalog video is used when it is ``ok`` in every feature set, has a non-null label for
-    the task, and has finite tokens; the others are counted per reason and reported via ``log``.
+    Splits are the task's own (:meth:`catalogs.Catalog.task_split`: LVU's tasks each have
+    theirs); videos outside the task (no split and no label for it) are not considered. A
+    task video is used when it has a label, a file on disk, is ``ok`` in every feature set and
+    has finite tokens; the others are counted per reason and reported via ``log``, as are
+    empty val/test splits (the trainer then selects on train loss / reports no test metrics).
 
     Raises:
         KeyError: the catalog has no such task.
@@ -200,15 +203,24 @@ def load_task_data(
 
     dropped: Counter[str] = Counter()
     kept: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for video_id, split in zip(catalog.videos["video_id"], catalog.videos["split"]):
+    splits = catalog.task_split(task.name)
+    paths = dict(zip(catalog.videos["video_id"], catalog.videos["path"]))
+    num_total = 0
+    for video_id, split in zip(splits["video_id"], splits["split"]):
+        if split is None and labels.get(video_id) is None:
+            continue  # not part of this task
+        num_total += 1
         reason = None
+        if labels.get(video_id) is None:
+            reason = f"unlabelled for task {task.name}"
         for fs, status in zip(feature_sets, statuses):
             state = status.get(video_id, "not extracted")
-            if state != "ok":
-                reason = f"{state} in {fs.name}"
+            if reason is None and state != "ok":
+                # Imported features need no video file: only a video that is also not stored
+                # is reported as missing on disk.
+                on_disk = paths[video_id] is not None
+                reason = f"{state} in {fs.name}" if on_disk else "missing on disk (no features)"
                 break
-        if reason is None and labels.get(video_id) is None:
-            reason = f"unlabelled for task {task.name}"
         if reason is None and split not in kept:
             reason = f"split {split!r} is not one of {'/'.join(SPLITS)}"
         if reason is not None:
@@ -234,12 +246,15 @@ def load_task_data(
         for split, ids in video_ids.items()
     }
 
-    num_total = len(catalog.videos)
     counts = ", ".join(f"{split} {len(video_ids[split])}" for split in SPLITS)
     log(f"task {task.name} ({task.kind}): {counts} videos")
     if dropped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
         log(f"dropped {sum(dropped.values())} of {num_total} videos: {reasons}")
+    for split, consequence in (("val", "the checkpoint is selected on train loss"),
+                               ("test", "no test metrics")):
+        if video_ids["train"] and not video_ids[split]:
+            log(f"no usable {split} video for task {task.name}: {consequence}")
     if not video_ids["train"]:
         raise ValueError(
             f"no usable train video for task {task.name!r} of catalog {catalog.name!r} "

@@ -20,11 +20,34 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def catalog_options(
+    variant: Optional[str], labels: Optional[str], video_root: Optional[str], items: list[str]
+) -> dict:
+    """The catalog factory's options from the flags; ``--catalog-option key=value`` values stay
+    strings (the factories convert them)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--catalog-option {item!r} is not key=value (e.g. fold=2)")
+        options[key.strip()] = value
+    flags = {"variant": variant, "labels": labels, "video_root": video_root}
+    return {**options, **{k: v for k, v in flags.items() if v is not None}}
+
+
+_LABELS_HELP = "Labels file or folder of the dataset (lvu: the lvu_1.0 folder; csv: the table)."
+_VIDEO_ROOT_HELP = "Where the dataset's videos are, found by id as <id>.<ext> (lvu, coin, kinetics400, ...)."
+_OPTION_HELP = "Catalog option key=value, repeatable (breakfast: fold=2; csv: tasks=genre:classification)."
+
+
 @app.command()
 def extract(
     dataset: str = typer.Option("demo", help="Catalog name (see catalogs/)."),
-    data_root: str = typer.Option("data/demo", help="Catalog directory; the demo is built here if missing."),
+    data_root: Optional[str] = typer.Option(None, help="Catalog directory (default data/<dataset>); the demo is built here if missing."),
     variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
+    labels: Optional[str] = typer.Option(None, help=_LABELS_HELP),
+    video_root: Optional[str] = typer.Option(None, help=_VIDEO_ROOT_HELP),
+    catalog_option: list[str] = typer.Option([], help=_OPTION_HELP),
     backbone: list[str] = typer.Option(["resnet18", "r2plus1d_18"], help="Backbone(s); repeat the flag. One decode feeds them all."),
     plan: str = typer.Option("scene", help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips."),
     tokens: str = typer.Option("pooled", help="Token kind: pooled (T, D), or patch (T, N, D) for ViTs."),
@@ -53,14 +76,14 @@ def extract(
 
     try:
         config = ExtractConfig(
-            dataset=dataset, data_root=data_root, backbones=tuple(backbone), plan=plan,
+            dataset=dataset, data_root=data_root or f"data/{dataset}", backbones=tuple(backbone), plan=plan,
             tokens=tokens, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
             clip_len_sec=clip_len_sec,
             store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
             detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
-            catalog_options={"variant": variant} if variant else {},
+            catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
     except (ValueError, KeyError, WeightsError, FileNotFoundError) as err:
@@ -73,11 +96,45 @@ def extract(
     )
     for name in summary.feature_sets:
         typer.echo(f"  feature set {name}")
+    if summary.missing:
+        shown = ", ".join(summary.missing[:5]) + (", ..." if len(summary.missing) > 5 else "")
+        typer.echo(f"{len(summary.missing)} catalog videos have no file on disk and were not "
+                   f"extracted ({shown}); the full list is in each feature set's runs/ record "
+                   "and in `pipeline catalog --write-manifest`")
     if summary.failed:
         typer.secho(f"{summary.num_failed} video(s) failed (recorded in the store index):", fg="red", err=True)
         for video_id, error in sorted(summary.failed.items()):
             typer.secho(f"  {video_id}: {error}", err=True)
         raise typer.Exit(code=1)
+
+
+@app.command("catalog")
+def catalog(
+    dataset: str = typer.Argument(..., help="Catalog name, e.g. lvu, kinetics400, csv."),
+    data_root: Optional[str] = typer.Option(None, help="Catalog directory (default data/<dataset>)."),
+    variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
+    labels: Optional[str] = typer.Option(None, help=_LABELS_HELP),
+    video_root: Optional[str] = typer.Option(None, help=_VIDEO_ROOT_HELP),
+    catalog_option: list[str] = typer.Option([], help=_OPTION_HELP),
+    write_manifest: Optional[str] = typer.Option(None, help="Write one row per video (path, found, splits, labels) to this .parquet file."),
+) -> None:
+    """Summarise a catalog: videos, found on disk, per split and per task; optionally write it."""
+    from catalogs import get_catalog, list_catalogs
+    from catalogs.summary import format_summary, manifest, summarize
+
+    try:
+        if dataset not in list_catalogs():
+            raise KeyError(f"unknown dataset {dataset!r}; valid: {', '.join(list_catalogs())}")
+        cat = get_catalog(dataset, root=data_root or f"data/{dataset}",
+                          **catalog_options(variant, labels, video_root, catalog_option))
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(str(err).strip("'\""))
+        return
+    table = manifest(cat)
+    typer.echo(format_summary(summarize(cat, table)))
+    if write_manifest:
+        table.write_parquet(write_manifest)
+        typer.echo(f"manifest of {table.height} videos written to {write_manifest}")
 
 
 @app.command("ls")

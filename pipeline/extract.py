@@ -117,6 +117,9 @@ class ExtractSummary:
     feature_sets: list[str]
     num_videos: int
     num_skipped: int  # already stored: no work done
+    # Catalog videos with no file on disk (null path, e.g. dead YouTube links of a benchmark):
+    # not extracted and not written to the store index, only listed here and in runs/.
+    missing: list[str] = field(default_factory=list)
     num_ok: int = 0
     num_failed: int = 0
     failed: dict[str, str] = field(default_factory=dict)
@@ -174,12 +177,17 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
 
     Returns:
         Counts and the failed videos with reasons. Failures are also in each feature set's
-        index; re-running retries them and skips what is stored.
+        index; re-running retries them and skips what is stored. Catalog videos without a
+        file (null ``path``) are not extracted: they are listed in ``missing`` and in the run
+        record under ``runs/``, never in the index, so a benchmark with thousands of dead
+        links costs neither time nor index files.
 
     Raises:
         KeyError: unknown dataset or backbone.
         pipeline.weights.WeightsError: weights cannot be loaded (raised before any work).
     """
+    import polars as pl
+
     from catalogs import get_catalog
     from pipeline.backbones import backbone_spec, resolve_precision
     from pipeline.weights import parse_weights_option, resolve_weights
@@ -189,6 +197,8 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     if catalog is None:
         catalog = get_catalog(config.dataset, root=config.data_root, **config.catalog_options)
     videos = catalog.videos.sort("video_id")
+    missing_on_disk = videos.filter(pl.col("path").is_null())["video_id"].to_list()
+    videos = videos.filter(pl.col("path").is_not_null())
     if config.limit is not None:
         videos = videos.head(config.limit)
     store = FeatureStore(config.store)
@@ -218,6 +228,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         feature_sets=[fs.name for fs in feature_sets],
         num_videos=len(videos),
         num_skipped=len(videos) - len(todo),
+        missing=missing_on_disk,
     )
     if todo and config.num_workers == 0:
         _run_here(config, jobs, todo, summary, progress=progress)
