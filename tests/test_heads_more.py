@@ -212,6 +212,28 @@ def test_stan_distill_sets_aux_loss_that_teaches_only_the_student():
     assert create_head("stan_distill", in_dim=8, num_outputs=1, **STAN_SMALL).distill_loss == "mse"
 
 
+@pytest.mark.parametrize(
+    "kind, expected", [("classification", "kl"), ("multilabel", "bce"), ("regression", "mse")]
+)
+def test_create_head_gives_stan_the_task_kind(kind, expected):
+    num_outputs = 1 if kind == "regression" else 4
+    model = create_head("stan_distill", in_dim=8, num_outputs=num_outputs, task_kind=kind,
+                        **STAN_SMALL)
+    assert model.distill_loss == expected
+    # An explicit --head-kwarg wins over the task's kind.
+    explicit = create_head("stan_distill", in_dim=8, num_outputs=4, task_kind="multilabel",
+                           distill_loss="kl", **STAN_SMALL)
+    assert explicit.distill_loss == "kl"
+
+
+def test_heads_without_uses_task_kind_never_see_it():
+    # `mean` takes no task_kind argument: passing one to it would raise TypeError.
+    model = create_head("mean", in_dim=8, num_outputs=2, task_kind="multilabel")
+    assert not hasattr(model, "distill_loss")
+    with pytest.raises(ValueError, match="task_kind must be one of"):
+        create_head("stan", in_dim=8, num_outputs=2, task_kind="ranking", **STAN_SMALL)
+
+
 def test_distillation_loss_kinds():
     student, teacher = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.5]])
     for kind in ("kl", "bce", "mse"):

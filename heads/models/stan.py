@@ -201,6 +201,8 @@ class StreamEncoder(nn.Module):
 
 
 FUSIONS = ("sum", "gated", "distill")
+# The distillation loss matching each task kind's own loss (softmax CE, sigmoid BCE, MSE).
+DISTILL_LOSS_FOR_KIND = {"classification": "kl", "multilabel": "bce", "regression": "mse"}
 
 
 @register_head("stan")
@@ -251,8 +253,10 @@ class STAN(nn.Module):
         distill_weight: Weight of the distillation loss in ``aux_loss``.
         distill_temperature: τ of the distillation loss.
         distill_loss: ``kl`` (classification), ``bce`` (multilabel) or ``mse`` (regression);
-            None picks ``mse`` for one output and ``kl`` otherwise — pass ``bce`` for
-            multilabel tasks.
+            None picks it from ``task_kind``, or, without one, ``mse`` for one output and
+            ``kl`` otherwise.
+        task_kind: ``classification``, ``multilabel`` or ``regression``; the trainer passes
+            the task's kind (``uses_task_kind``), so ``distill_loss`` needs no flag.
 
     Forward:
         ``forward(x_spatial, mask_spatial, x_temporal, mask_temporal)`` with x (B, T_s, D_s),
@@ -260,11 +264,14 @@ class STAN(nn.Module):
         differ. Returns (B, K).
 
     Raises:
-        ValueError: unknown ``fusion`` or ``distill_loss``; d_model not divisible by num_heads.
+        ValueError: unknown ``fusion``, ``distill_loss`` or ``task_kind``; d_model not divisible
+            by num_heads.
     """
 
     streams: tuple[str, ...] = ("spatial", "temporal")
     default_fusion = "sum"
+    # create_head passes the task's kind: the distillation loss depends on it.
+    uses_task_kind = True
 
     def __init__(
         self,
@@ -284,6 +291,7 @@ class STAN(nn.Module):
         distill_weight: float = 1.0,
         distill_temperature: float = 2.0,
         distill_loss: str | None = None,
+        task_kind: str | None = None,
     ):
         super().__init__()
         if d_model % num_heads:
@@ -291,6 +299,13 @@ class STAN(nn.Module):
         self.fusion = fusion or self.default_fusion
         if self.fusion not in FUSIONS:
             raise ValueError(f"stan: fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if task_kind is not None and task_kind not in DISTILL_LOSS_FOR_KIND:
+            raise ValueError(
+                f"stan: task_kind must be one of {', '.join(DISTILL_LOSS_FOR_KIND)}, "
+                f"got {task_kind!r}"
+            )
+        if distill_loss is None and task_kind is not None:
+            distill_loss = DISTILL_LOSS_FOR_KIND[task_kind]
         self.distill_loss = distill_loss or ("mse" if num_outputs == 1 else "kl")
         if self.distill_loss not in ("kl", "bce", "mse"):
             raise ValueError(f"stan: distill_loss must be kl, bce or mse, got {distill_loss!r}")
