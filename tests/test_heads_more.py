@@ -70,6 +70,16 @@ def test_temporal_transformer_defaults_and_cls_attention():
     assert len(model.encoder.layers) == 6
     assert model.encoder.layers[0].self_attn.num_heads == 8
     assert model.classifier.in_features == 768
+    # STAM's TAggregate: nn.TransformerEncoderLayer(768, nhead=8) with PyTorch's defaults
+    # (feed-forward 2048, ReLU, post-norm) × 6 + a final LayerNorm; ViT-B's 768-d frame
+    # embeddings enter unprojected.
+    layer = model.encoder.layers[0]
+    assert not layer.norm_first and layer.linear1.out_features == 2048
+    assert layer.activation is torch.nn.functional.relu
+    assert isinstance(model.proj, torch.nn.Identity)
+    per_layer = (4 * 768 * 768 + 4 * 768) + (2 * 768 * 2048 + 2048 + 768) + 2 * 2 * 768
+    assert per_layer == 5_513_984
+    assert sum(p.numel() for p in model.encoder.parameters()) == 6 * per_layer + 2 * 768
 
     torch.manual_seed(0)
     small = create_head("temporal_transformer", in_dim=6, num_outputs=3, d_model=16,
