@@ -5,10 +5,21 @@ Video Understanding", BMVC 2022 (arXiv:2208.01753), §3. One token per scene in 
 spatial stream holds 2D-backbone features of each scene's centre frame (``resnet18``), the temporal
 stream 3D-backbone features of frames sampled over the scene (``r2plus1d_18``).
 
-Fusion variants (STAN Tab. 1 and 4 compare them with the weighted sum; the paper text we could
-consult does not spell out their form, so both follow their usual definitions, documented on
-:class:`STAN`): ``stan_gated`` fuses the streams with collaborative gating (Liu et al., BMVC
-2019), ``stan_distill`` adds a temporal-teacher → spatial-student logit distillation loss.
+Fusion variants (STAN Tab. 1 and 4 compare them with the weighted sum): ``stan_gated`` fuses
+the streams with collaborative gating (Liu et al., BMVC 2019), ``stan_distill`` adds a
+temporal-teacher → spatial-student logit distillation loss; both are documented on
+:class:`STAN`.
+
+What was checked where: STAN's §3 and Tables 1/4 could not be read here. Searched: the
+``pages`` corpus for the title (both arXiv titles), "STAN fusion collaborative gating
+distillation teacher student Table 4 MMX-Trailer-20" and the method's wording; an ar5iv copy of
+arXiv:2208.01753 is stored but only its opening (abstract, start of §1) comes back; exact-string
+search of the ``code`` corpus for "MMX-Trailer-20" and "Spatio-Temporal Attention Network
+(STAN)" found no copy of the paper and no official code. So the two variants' exact form in
+STAN is unverified (assumptions, listed on :class:`STAN`). Collaborative gating itself *was*
+checked against its source text (Liu, Albanie, Nagrani, Zisserman, BMVC 2019, §3.1, Eq. 1–2,
+stored in the ``code`` corpus): ``T_i = h(Σ_{j≠i} g(Ψ_i, Ψ_j))``, ``Ψ_i ∘ σ(T_i)``, g and h
+MLPs shared by all pairs — as :class:`CollaborativeGating` computes.
 """
 
 from __future__ import annotations
@@ -221,7 +232,8 @@ class STAN(nn.Module):
     (``y = x ⊙ σ(W x + b)``, Miech et al. 2017): Linear → CG → Dropout → Linear → CG → Dropout →
     Linear.
 
-    Fusion variants (STAN Tab. 1/4; their exact form is not given in the text we could consult):
+    Fusion variants (STAN Tab. 1/4; their exact form in STAN is unverified, see the module
+    docstring; what follows are this repository's assumptions):
 
     - ``fusion="gated"`` (registered as ``stan_gated``): collaborative gating (Liu et al. 2019
       §3.1) replaces the weighted sum: ``[ĝ_s, ĝ_t] = CG([q(z_s), q(z_t)])``,
