@@ -198,3 +198,15 @@ def test_patch_heads_accept_patch_feature_sets(name):
     from heads.data import head_token_kinds
 
     assert head_token_kinds(name)[0] == "patch" and "pooled" in head_token_kinds(name)
+
+
+def test_heads_list_prints_parameter_counts_at_the_papers_sizes():
+    from typer.testing import CliRunner
+
+    from heads.cli import app
+
+    result = CliRunner().invoke(app, ["list", "--in-dim", "1024", "--num-outputs", "10"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[-1] for line in result.output.splitlines()[1:]}
+    # ViS4mer at D = 1024 (ViT-L/16 tokens, no input projection), K = 10 (LVU director).
+    assert rows["vis4mer"] == "2,419,594"
