@@ -237,7 +237,7 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
     in_dim = [int(fs.attrs["dim"]) for fs in feature_sets]
     head_args = {"in_dim": in_dim, "num_outputs": task.num_outputs, **config.head_kwargs}
     try:
-        model = create_head(config.head, **head_args).to(device)
+        model = create_head(config.head, task_kind=kind, **head_args).to(device)
     except TypeError as err:
         raise ValueError(
             f"head {config.head!r} rejected its arguments ({err}); check --head-kwarg"

@@ -70,6 +70,16 @@ def test_temporal_transformer_defaults_and_cls_attention():
     assert len(model.encoder.layers) == 6
     assert model.encoder.layers[0].self_attn.num_heads == 8
     assert model.classifier.in_features == 768
+    # STAM's TAggregate: nn.TransformerEncoderLayer(768, nhead=8) with PyTorch's defaults
+    # (feed-forward 2048, ReLU, post-norm) × 6 + a final LayerNorm; ViT-B's 768-d frame
+    # embeddings enter unprojected.
+    layer = model.encoder.layers[0]
+    assert not layer.norm_first and layer.linear1.out_features == 2048
+    assert layer.activation is torch.nn.functional.relu
+    assert isinstance(model.proj, torch.nn.Identity)
+    per_layer = (4 * 768 * 768 + 4 * 768) + (2 * 768 * 2048 + 2048 + 768) + 2 * 2 * 768
+    assert per_layer == 5_513_984
+    assert sum(p.numel() for p in model.encoder.parameters()) == 6 * per_layer + 2 * 768
 
     torch.manual_seed(0)
     small = create_head("temporal_transformer", in_dim=6, num_outputs=3, d_model=16,
@@ -210,6 +220,28 @@ def test_stan_distill_sets_aux_loss_that_teaches_only_the_student():
         model(*inputs)
     assert model.aux_loss is None
     assert create_head("stan_distill", in_dim=8, num_outputs=1, **STAN_SMALL).distill_loss == "mse"
+
+
+@pytest.mark.parametrize(
+    "kind, expected", [("classification", "kl"), ("multilabel", "bce"), ("regression", "mse")]
+)
+def test_create_head_gives_stan_the_task_kind(kind, expected):
+    num_outputs = 1 if kind == "regression" else 4
+    model = create_head("stan_distill", in_dim=8, num_outputs=num_outputs, task_kind=kind,
+                        **STAN_SMALL)
+    assert model.distill_loss == expected
+    # An explicit --head-kwarg wins over the task's kind.
+    explicit = create_head("stan_distill", in_dim=8, num_outputs=4, task_kind="multilabel",
+                           distill_loss="kl", **STAN_SMALL)
+    assert explicit.distill_loss == "kl"
+
+
+def test_heads_without_uses_task_kind_never_see_it():
+    # `mean` takes no task_kind argument: passing one to it would raise TypeError.
+    model = create_head("mean", in_dim=8, num_outputs=2, task_kind="multilabel")
+    assert not hasattr(model, "distill_loss")
+    with pytest.raises(ValueError, match="task_kind must be one of"):
+        create_head("stan", in_dim=8, num_outputs=2, task_kind="ranking", **STAN_SMALL)
 
 
 def test_distillation_loss_kinds():

@@ -302,3 +302,21 @@ def test_cli_train_bad_input(toy_registry, toy_test_store, tmp_path, extra, mess
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_trainer_passes_the_task_kind_to_the_head(toy_store, tmp_path, monkeypatch):
+    import heads.train as train_module
+    from heads.models import create_head
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(create_head(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "create_head", spy)
+    config = small_config("stan_distill", TASK_BY_KIND["multilabel"], toy_store, tmp_path,
+                          epochs=1, head_kwargs=STAN_SMALL)
+    train(config, catalog=toy_catalog(), log=lambda _: None)
+    # Multilabel outputs are per-class sigmoids: distillation is binary, without any flag.
+    assert [model.distill_loss for model in built] == ["bce"]

@@ -11,7 +11,7 @@ import torch
 from heads.models import create_head
 from heads.models.lst import MaskedSelfAttention
 from heads.models.s4 import S4D
-from heads.models.vis4mer import DecoderBlock, flatten_tokens, masked_pool
+from heads.models.vis4mer import DecoderBlock, S4Layer, flatten_tokens, masked_pool
 
 HEADS = ("vis4mer", "lst")
 SMALL = {"vis4mer": {"d_model": 32, "state_dim": 8, "dropout": 0.1},
@@ -76,18 +76,31 @@ def test_masked_pool_uses_real_tokens_only(kind):
         masked_pool(x, mask, "sum")
 
 
-def test_decoder_block_follows_the_paper():
-    # y = MLP(Pool(GELU(S4(LN(x))))) + Linear(Pool(x)), channels halved (ViS4mer §3).
+def test_decoder_block_follows_the_official_order():
+    # y = GELU(Linear(Pool(x + Mixer(LN(x))))), channels halved (ViS4mer §3, official code).
     torch.manual_seed(0)
-    block = DecoderBlock(dim=8, mixer=S4D(dim=8, state_dim=4), pool="avg", dropout=0.0).eval()
+    mixer = S4Layer(dim=8, dropout=0.0, state_dim=4)
+    block = DecoderBlock(dim=8, mixer=mixer, pool="avg", dropout=0.0).eval()
     x = torch.randn(2, 6, 8)
     mask = torch.ones(2, 6, dtype=torch.bool)
-    h = torch.nn.functional.gelu(block.mixer(block.norm(x)))
+    # The deep S4 layer: SSM → GELU → position-wise Linear (S4 §3.4).
+    s4_out = mixer.out(torch.nn.functional.gelu(mixer.s4(block.norm(x))))
     pool = lambda t: t.reshape(2, 3, 2, -1).mean(2)  # noqa: E731  (B, L/2, H)
-    expected = block.mlp(pool(h)) + block.skip(pool(x))
+    linear = block.mlp[0]
+    expected = torch.nn.functional.gelu(linear(pool(x + s4_out)))
     out, out_mask = block(x, mask)
     assert out.shape == (2, 3, 4) and out_mask.all()
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_vis4mer_parameter_count_at_default_size():
+    # Per block of width H: LayerNorm 2H; S4D 194H (dt H, A 2·32H, B 64H, C 64H, D H);
+    # the S4 layer's output Linear H² + H; the halving Linear H²/2 + H/2. Classifier 128·K + K.
+    model = create_head("vis4mer", in_dim=1024, num_outputs=10)
+    expected = sum(2 * h + 194 * h + h * h + h + h * h // 2 + h // 2 for h in (1024, 512, 256))
+    expected += 128 * 10 + 10
+    assert expected == 2_419_594
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_masked_attention_matches_a_dense_reference():
@@ -157,9 +170,10 @@ def test_vis4mer_defaults_match_the_paper():
     assert model.d_model == 1024 and isinstance(model.input_proj, torch.nn.Identity)
     assert [b.norm.normalized_shape[0] for b in model.blocks] == [1024, 512, 256]
     assert model.classifier.in_features == 128
-    s4 = model.blocks[0].mixer
+    s4 = model.blocks[0].mixer.s4
     assert isinstance(s4, S4D) and s4.state_dim == 64 and not s4.bidirectional
     assert all(b.pool == "avg" and b.dropout.p == 0.2 for b in model.blocks)
+    assert all(b.mixer.dropout.p == 0.2 for b in model.blocks)
     assert s4.a_imag._optim == {"lr": 1e-3, "weight_decay": 0.0}
 
 
@@ -184,3 +198,15 @@ def test_patch_heads_accept_patch_feature_sets(name):
     from heads.data import head_token_kinds
 
     assert head_token_kinds(name)[0] == "patch" and "pooled" in head_token_kinds(name)
+
+
+def test_heads_list_prints_parameter_counts_at_the_papers_sizes():
+    from typer.testing import CliRunner
+
+    from heads.cli import app
+
+    result = CliRunner().invoke(app, ["list", "--in-dim", "1024", "--num-outputs", "10"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[-1] for line in result.output.splitlines()[1:]}
+    # ViS4mer at D = 1024 (ViT-L/16 tokens, no input projection), K = 10 (LVU director).
+    assert rows["vis4mer"] == "2,419,594"

@@ -10,6 +10,9 @@ The interface every head follows:
   for a single-stream head, ``("spatial", "temporal")`` for STAN). A head whose class attribute
   ``variadic_streams`` is true accepts any number of streams (one per entry of ``in_dim``).
 - ``__init__(*, in_dim, num_outputs, **kwargs)``: ``in_dim`` is D (an int) or one D_i per stream.
+- optional class attribute ``uses_task_kind``: when true, :func:`create_head` passes the task's
+  kind (``classification``, ``multilabel`` or ``regression``) as ``task_kind=`` (e.g. STAN's
+  distillation picks its loss from it); other heads never see it.
 - ``forward(x_0, mask_0, x_1, mask_1, ...)``: per stream ``x_i`` (B, T_i, D_i) float and ``mask_i``
   (B, T_i) bool, True at real tokens and False at padding; returns (B, K) logits or (B, 1)
   regression outputs. Padded positions never change the output.
@@ -120,13 +123,23 @@ def num_streams_for(name: str, num_features: int) -> int:
     return expected
 
 
-def create_head(name: str, *, in_dim: int | Sequence[int], num_outputs: int, **kwargs):
+def create_head(
+    name: str,
+    *,
+    in_dim: int | Sequence[int],
+    num_outputs: int,
+    task_kind: str | None = None,
+    **kwargs,
+):
     """Build the head registered as ``name``.
 
     Args:
         name: Registry key, e.g. ``stan`` or ``mean``.
         in_dim: Feature dim D, or one D_i per stream (multi-stream heads).
         num_outputs: K classes, or 1 for regression.
+        task_kind: The task's kind (``classification``, ``multilabel``, ``regression``), passed
+            on as ``task_kind=`` to heads whose class sets ``uses_task_kind``, unless ``kwargs``
+            already holds one; ignored by the others. None passes nothing.
         **kwargs: Head-specific keyword arguments (``d_model``, ``dropout``, ...).
 
     Returns:
@@ -136,6 +149,8 @@ def create_head(name: str, *, in_dim: int | Sequence[int], num_outputs: int, **k
         KeyError: unknown name; the message lists the valid names.
     """
     cls = get_head_class(name)
+    if task_kind is not None and getattr(cls, "uses_task_kind", False):
+        kwargs.setdefault("task_kind", task_kind)
     return cls(in_dim=in_dim, num_outputs=num_outputs, **kwargs)
 
 

@@ -10,6 +10,18 @@ Sources:
   token and every token attends to it, with separate projections Q_g, K_g, V_g for the global
   token's own attention.
 
+What was checked where: VTN's full text could not be consulted here (the ``pages`` corpus
+returned abstracts only). The temporal encoder's settings were read from copies of the official
+implementation's ``VTNLongformerModel`` (from bomri/SlowFast, found in the ``code`` corpus; read,
+not copied): a HuggingFace ``LongformerModel`` with width 768 (ViT-B), 12 heads, 3 layers,
+intermediate size 3072, attention and hidden dropout 0.1, ``max_position_embeddings`` 2·60·60,
+``sliding_chunks`` attention with global attention on the CLS; then the MLP head
+``LayerNorm → Linear(768, MLP_DIM) → GELU → Dropout → Linear``. Not seen, so chosen here: the
+MLP width (``mlp_dim`` = d_model) and the window (32 total as this project's design asks; a
+config of a derived project carries VTN's ``ATTENTION_WINDOW: [18, 18, 18]``, i.e. w = 18). The
+official code puts the CLS at its own position slot and adds a token-type embedding to it; a
+learned CLS at position 0 is the same function class.
+
 Window convention: ``window`` is Longformer's w, the *total* window: a token attends to the
 w/2 tokens on each side, itself, and the CLS (w + 2 keys). The default ``window=32`` therefore
 means 16 frames on each side.

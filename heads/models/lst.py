@@ -84,7 +84,7 @@ class LongSequenceTransformer(MultiScaleDecoder):
         attn_dropout: Dropout on the attention weights.
         positional_encoding: Add the sinusoidal encoding of the token index.
         pool: ``avg`` or ``max``.
-        dropout: Dropout after attention and in the MLPs.
+        dropout: Dropout on the attention's output (before the residual sum).
 
     Forward:
         ``forward(x, mask)``: x (B, T, N, D) or (B, T, D), mask (B, T) bool; returns (B, K).

@@ -5,10 +5,21 @@ Video Understanding", BMVC 2022 (arXiv:2208.01753), §3. One token per scene in 
 spatial stream holds 2D-backbone features of each scene's centre frame (``resnet18``), the temporal
 stream 3D-backbone features of frames sampled over the scene (``r2plus1d_18``).
 
-Fusion variants (STAN Tab. 1 and 4 compare them with the weighted sum; the paper text we could
-consult does not spell out their form, so both follow their usual definitions, documented on
-:class:`STAN`): ``stan_gated`` fuses the streams with collaborative gating (Liu et al., BMVC
-2019), ``stan_distill`` adds a temporal-teacher → spatial-student logit distillation loss.
+Fusion variants (STAN Tab. 1 and 4 compare them with the weighted sum): ``stan_gated`` fuses
+the streams with collaborative gating (Liu et al., BMVC 2019), ``stan_distill`` adds a
+temporal-teacher → spatial-student logit distillation loss; both are documented on
+:class:`STAN`.
+
+What was checked where: STAN's §3 and Tables 1/4 could not be read here. Searched: the
+``pages`` corpus for the title (both arXiv titles), "STAN fusion collaborative gating
+distillation teacher student Table 4 MMX-Trailer-20" and the method's wording; an ar5iv copy of
+arXiv:2208.01753 is stored but only its opening (abstract, start of §1) comes back; exact-string
+search of the ``code`` corpus for "MMX-Trailer-20" and "Spatio-Temporal Attention Network
+(STAN)" found no copy of the paper and no official code. So the two variants' exact form in
+STAN is unverified (assumptions, listed on :class:`STAN`). Collaborative gating itself *was*
+checked against its source text (Liu, Albanie, Nagrani, Zisserman, BMVC 2019, §3.1, Eq. 1–2,
+stored in the ``code`` corpus): ``T_i = h(Σ_{j≠i} g(Ψ_i, Ψ_j))``, ``Ψ_i ∘ σ(T_i)``, g and h
+MLPs shared by all pairs — as :class:`CollaborativeGating` computes.
 """
 
 from __future__ import annotations
@@ -201,6 +212,8 @@ class StreamEncoder(nn.Module):
 
 
 FUSIONS = ("sum", "gated", "distill")
+# The distillation loss matching each task kind's own loss (softmax CE, sigmoid BCE, MSE).
+DISTILL_LOSS_FOR_KIND = {"classification": "kl", "multilabel": "bce", "regression": "mse"}
 
 
 @register_head("stan")
@@ -219,7 +232,8 @@ class STAN(nn.Module):
     (``y = x ⊙ σ(W x + b)``, Miech et al. 2017): Linear → CG → Dropout → Linear → CG → Dropout →
     Linear.
 
-    Fusion variants (STAN Tab. 1/4; their exact form is not given in the text we could consult):
+    Fusion variants (STAN Tab. 1/4; their exact form in STAN is unverified, see the module
+    docstring; what follows are this repository's assumptions):
 
     - ``fusion="gated"`` (registered as ``stan_gated``): collaborative gating (Liu et al. 2019
       §3.1) replaces the weighted sum: ``[ĝ_s, ĝ_t] = CG([q(z_s), q(z_t)])``,
@@ -251,8 +265,10 @@ class STAN(nn.Module):
         distill_weight: Weight of the distillation loss in ``aux_loss``.
         distill_temperature: τ of the distillation loss.
         distill_loss: ``kl`` (classification), ``bce`` (multilabel) or ``mse`` (regression);
-            None picks ``mse`` for one output and ``kl`` otherwise — pass ``bce`` for
-            multilabel tasks.
+            None picks it from ``task_kind``, or, without one, ``mse`` for one output and
+            ``kl`` otherwise.
+        task_kind: ``classification``, ``multilabel`` or ``regression``; the trainer passes
+            the task's kind (``uses_task_kind``), so ``distill_loss`` needs no flag.
 
     Forward:
         ``forward(x_spatial, mask_spatial, x_temporal, mask_temporal)`` with x (B, T_s, D_s),
@@ -260,11 +276,14 @@ class STAN(nn.Module):
         differ. Returns (B, K).
 
     Raises:
-        ValueError: unknown ``fusion`` or ``distill_loss``; d_model not divisible by num_heads.
+        ValueError: unknown ``fusion``, ``distill_loss`` or ``task_kind``; d_model not divisible
+            by num_heads.
     """
 
     streams: tuple[str, ...] = ("spatial", "temporal")
     default_fusion = "sum"
+    # create_head passes the task's kind: the distillation loss depends on it.
+    uses_task_kind = True
 
     def __init__(
         self,
@@ -284,6 +303,7 @@ class STAN(nn.Module):
         distill_weight: float = 1.0,
         distill_temperature: float = 2.0,
         distill_loss: str | None = None,
+        task_kind: str | None = None,
     ):
         super().__init__()
         if d_model % num_heads:
@@ -291,6 +311,13 @@ class STAN(nn.Module):
         self.fusion = fusion or self.default_fusion
         if self.fusion not in FUSIONS:
             raise ValueError(f"stan: fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if task_kind is not None and task_kind not in DISTILL_LOSS_FOR_KIND:
+            raise ValueError(
+                f"stan: task_kind must be one of {', '.join(DISTILL_LOSS_FOR_KIND)}, "
+                f"got {task_kind!r}"
+            )
+        if distill_loss is None and task_kind is not None:
+            distill_loss = DISTILL_LOSS_FOR_KIND[task_kind]
         self.distill_loss = distill_loss or ("mse" if num_outputs == 1 else "kl")
         if self.distill_loss not in ("kl", "bce", "mse"):
             raise ValueError(f"stan: distill_loss must be kl, bce or mse, got {distill_loss!r}")

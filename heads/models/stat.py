@@ -8,8 +8,23 @@ neighbouring frames (motion), *long-term* attention over every frame's class tok
 aggregation), composed in one block; a temporal aggregation of the frames' class tokens
 classifies the video.
 
-What the paper text available to us (abstract and summaries; the full text could not be
-consulted) leaves open, and what this head does:
+The full text could not be consulted. Searched: the ``pages`` corpus for the title, for
+"Shrinking Temporal Attention Transformers for Long-Term Video Recognition", and for the
+block's wording (current / short-term / long-term attention, t_o, class tokens, temporal
+aggregation); the ``code`` corpus and exact-string search for "Shrinking Temporal Attention"
+(no hit; no official repository is stored). What came back: the abstract (AAAI proceedings,
+conftrace) and a third-party summary (liner.com) saying that STAT has "Current Attention for
+spatial semantics, Short-term Attention for local motion, and Long-term Attention for global
+visual aggregation using spatial class tokens". Everything below that goes beyond those
+sentences is this repository's assumption.
+
+Note on the short-term tokens: the abstract says queries meet short-term tokens "in a
+fine-grained manner" and "shrink to a coarse attention in neighborhood for long-term tokens";
+read literally, the short-term neighbours would be full patches (``short_term_pool=1``) and the
+coarse tokens the long-term class tokens. This project's design asks for a *pooled* window t_o,
+so the default pools (``short_term_pool=4``); pass ``short_term_pool=1`` for the literal reading.
+
+What the head does where the text is silent:
 - STAT is a backbone trained from pixels; here it is a *head* over frozen backbone patch tokens
   (B, T, N, D), e.g. ViT's 196 patches + CLS, projected to ``d_model``.
 - Short-term tokens: the abstract says queries meet short-term tokens "in a fine-grained manner"
@@ -25,8 +40,9 @@ consulted) leaves open, and what this head does:
   with a GELU MLP like ViT.
 - Temporal aggregation: a pre-norm transformer (``num_aggregation_layers``) over the frames'
   class tokens with a video CLS token; its output → LayerNorm → Linear.
-- Sizes (width 768, 12 heads: ViT-B; 4 blocks; t_o = 2; pool 4) are our choices, not verified
-  against the paper's tables.
+- Sizes (width 768, 12 heads: ViT-B; 4 blocks; t_o = 2; pool 4; 1 aggregation layer) are our
+  choices, not verified against the paper's tables; the paper reports no parameter count we
+  could read.
 
 Pooled (B, T, D) input is accepted as one patch per frame (N = 1), so the head also runs on
 pooled feature sets (and in the registry-wide interface tests).

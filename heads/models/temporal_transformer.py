@@ -1,9 +1,18 @@
 """The ``temporal_transformer`` head: STAM's temporal transformer over per-frame embeddings.
 
 Source: G. Sharir, A. Noy, L. Zelnik-Manor, "An Image is Worth 16x16 Words, What is a Video
-Worth?", 2021 (arXiv:2103.13915), §3: a ViT embeds each sampled frame (its CLS output); a
-temporal transformer (6 layers, 8 heads, width 768, learned positional embedding, a prepended
-CLS token) aggregates the frames, and a linear layer classifies the temporal CLS output.
+Worth?", 2021 (arXiv:2103.13915), §3: a ViT-B/16 embeds each sampled frame (its CLS output,
+768-d); a temporal transformer (6 layers, 8 heads, learned positional embedding, a prepended CLS
+token) aggregates the frames, and a linear layer classifies the temporal CLS output.
+
+The paper's full text could not be consulted here (searched: the ``pages`` corpus for the title
+and "temporal transformer 6 layers 8 heads"; only abstracts came back). The layer details below
+were read from the authors' official repository (Alibaba-MIIL/STAM,
+``src/models/temporal_aggregation.py``, class ``TAggregate``; read to learn the method, no code
+copied): ``torch.nn.TransformerEncoderLayer(d_model=768, nhead=8)`` with PyTorch's defaults —
+feed-forward width 2048, ReLU, dropout 0.1, post-norm — stacked 6 times with a final LayerNorm;
+CLS and position embedding (``clip_length + 1`` rows) initialised truncated-normal with std 0.02;
+no dropout on the embedded sequence; the frame embeddings enter without a projection.
 """
 
 from __future__ import annotations
@@ -18,15 +27,17 @@ from heads.models import register_head, stream_dims
 
 @register_head("temporal_transformer")
 class TemporalTransformer(nn.Module):
-    """STAM temporal aggregation (Sharir et al. 2021 §3).
+    """STAM temporal aggregation (Sharir et al. 2021 §3; layer settings of the official code).
 
-    Frame embeddings (B, T, D) → Linear to d_model → prepend a learned CLS token → add a learned
-    positional embedding (CLS at position 0) → ``num_layers`` ViT-style pre-norm encoder layers
-    (GELU MLP of width ``ff_dim``) → final LayerNorm → CLS output → Linear to K.
+    Frame embeddings (B, T, D) → Linear to d_model (only when D differs: STAM feeds ViT-B's
+    768-d CLS outputs directly) → prepend a learned CLS token → add a learned positional
+    embedding (CLS at position 0) → ``num_layers`` encoder layers (post-norm, ReLU MLP of width
+    ``ff_dim``, as ``torch.nn.TransformerEncoderLayer``'s defaults that STAM uses) → final
+    LayerNorm → CLS output → Linear to K.
 
-    Not stated in the paper and chosen here: feed-forward width 4·d_model (ViT's ratio),
-    dropout 0.1, ``max_positions`` 1024 (STAM samples 16–64 frames; longer inputs need a
-    larger table).
+    Chosen here, not in STAM: ``max_positions`` 1024 (STAM's table has ``clip_length + 1`` rows
+    for its 16–64 frames; longer inputs need a larger table); ``norm_first`` and
+    ``activation`` are exposed for the pre-norm GELU variant of ViT-style layers.
 
     Args:
         in_dim: Frame feature dim D.
@@ -34,9 +45,12 @@ class TemporalTransformer(nn.Module):
         d_model: Transformer width.
         num_heads: Attention heads per layer.
         num_layers: Encoder layers.
-        ff_dim: Feed-forward width; defaults to 4 · d_model.
+        ff_dim: Feed-forward width.
         max_positions: Largest T + 1 the positional embedding covers.
-        dropout: Dropout in the encoder layers and on the embedded sequence.
+        dropout: Dropout in the encoder layers (attention weights and both residual branches).
+        embed_dropout: Dropout on the embedded sequence (0 in STAM).
+        activation: ``relu`` (STAM) or ``gelu``, the feed-forward non-linearity.
+        norm_first: Pre-norm layers instead of STAM's post-norm ones.
 
     Forward:
         ``forward(x, mask)`` with x (B, T, D) and mask (B, T) bool, True at real frames; returns
@@ -53,9 +67,12 @@ class TemporalTransformer(nn.Module):
         d_model: int = 768,
         num_heads: int = 8,
         num_layers: int = 6,
-        ff_dim: int | None = None,
+        ff_dim: int = 2048,
         max_positions: int = 1024,
         dropout: float = 0.1,
+        embed_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
     ):
         super().__init__()
         if d_model % num_heads:
@@ -63,19 +80,24 @@ class TemporalTransformer(nn.Module):
                 f"temporal_transformer: d_model {d_model} is not divisible by num_heads "
                 f"{num_heads}"
             )
+        if activation not in ("relu", "gelu"):
+            raise ValueError(
+                f"temporal_transformer: activation must be relu or gelu, got {activation!r}"
+            )
         (dim,) = stream_dims("temporal_transformer", in_dim, 1)
         self.max_positions = max_positions
-        self.proj = nn.Linear(dim, d_model)
+        self.proj = nn.Linear(dim, d_model) if dim != d_model else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embedding = nn.Parameter(torch.zeros(max_positions, d_model))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(embed_dropout)
         layer = nn.TransformerEncoderLayer(
-            d_model, num_heads, ff_dim or 4 * d_model, dropout, activation="gelu",
-            batch_first=True, norm_first=True,
+            d_model, num_heads, ff_dim, dropout, activation=activation, batch_first=True,
+            norm_first=norm_first,
         )
-        # Nested tensors do not apply to pre-norm layers; the final norm closes the pre-norm stack.
+        # A final LayerNorm as in STAM; nested tensors off so that padded batches and single
+        # videos take the same code path (and so compute the same numbers).
         self.encoder = nn.TransformerEncoder(
             layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
@@ -105,8 +127,8 @@ class TemporalTransformer(nn.Module):
     def cls_attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention of the CLS on each frame in the last layer, averaged over heads.
 
-        Runs the layers before the last one, then the last layer's (pre-normed) self-attention
-        with ``need_weights``; call on a model in eval mode (no dropout).
+        Runs the layers before the last one, then the last layer's self-attention with
+        ``need_weights``; call on a model in eval mode (no dropout).
 
         Args:
             x: (B, T, D) frames.
@@ -119,7 +141,7 @@ class TemporalTransformer(nn.Module):
         for layer in self.encoder.layers[:-1]:
             seq = layer(seq, src_key_padding_mask=ignore)  # (B, 1+T, d_model)
         last = self.encoder.layers[-1]
-        h = last.norm1(seq)
+        h = last.norm1(seq) if last.norm_first else seq  # the last attention's input
         _, weights = last.self_attn(
             h[:, :1], h, h, key_padding_mask=ignore, need_weights=True, average_attn_weights=True
         )  # (B, 1, 1+T)
