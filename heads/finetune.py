@@ -38,6 +38,7 @@ from heads.finetune_setup import (
     PRESETS,
     FinetuneConfig,
     build_model,
+    check_init_source,
     init_head_from,
     load_checkpoint,
     resolve_config,
@@ -108,6 +109,32 @@ def param_groups(model: PixelModel, config: FinetuneConfig) -> list[dict]:
     return groups
 
 
+def train_step(model: PixelModel, batch, optimizer, loss_fn, *, scaler=None, autocast=nullcontext,
+               grad_clip: float = 1.0) -> float:
+    """One optimisation step on ``batch`` (a :class:`heads.video_clips.ClipBatch` on the model's
+    device): task loss + the head's ``aux_loss``, backward (scaled for fp16), gradient clipping
+    over the trainable parameters, AdamW step. Frozen encoders get no gradient at all.
+
+    Returns:
+        The loss, a float.
+    """
+    model.train()
+    with autocast():
+        outputs = model(batch.frames, batch.lengths)
+    loss = loss_fn(outputs.float(), batch.targets)
+    aux_loss = getattr(model.head, "aux_loss", None)  # set by the head in this forward
+    if isinstance(aux_loss, torch.Tensor):
+        loss = loss + aux_loss.float()
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
 def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=print) -> dict:
     """Train ``config``'s encoders and head from decoded frames and evaluate every split.
 
@@ -145,6 +172,7 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
     head_kwargs = None
     if config.init_from:
         init = load_checkpoint(config.init_from)
+        check_init_source(config, init)
         head_kwargs = {k: v for k, v in init["head_args"].items()
                        if k not in ("in_dim", "num_outputs")} | config.head_kwargs
     model, streams, head_args = build_model(config, num_outputs=task.num_outputs,
@@ -234,7 +262,6 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
     # ------------------------------------------------------------------ train
     best_score, best_epoch, best_state, since_best, history = None, 0, None, 0, []
     for epoch in range(1, config.epochs + 1):
-        model.train()
         train_set.set_epoch(epoch)
         total_loss, seen = 0.0, 0
         for batch in tqdm(train_loader, desc=f"{config.preset} epoch {epoch}", disable=None,
@@ -242,22 +269,10 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
             failed.update({videos["train"][0][i]: message for i, message in batch.errors})
             if not len(batch):
                 continue
-            batch = batch.to(device)
-            with autocast():
-                outputs = model(batch.frames, batch.lengths)
-            loss = loss_fn(outputs.float(), batch.targets)
-            aux_loss = getattr(model.head, "aux_loss", None)  # set by the head in this forward
-            if isinstance(aux_loss, torch.Tensor):
-                loss = loss + aux_loss.float()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                     config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(model, batch.to(device), optimizer, loss_fn, scaler=scaler,
+                              autocast=autocast, grad_clip=config.grad_clip)
             scheduler.step()
-            total_loss += loss.item() * len(batch)
+            total_loss += loss * len(batch)
             seen += len(batch)
         if not seen:
             raise ValueError(f"no train video could be decoded (failures: {failed})")

@@ -261,16 +261,13 @@ def task_videos(catalog: Catalog, task_name: str, log=print) -> dict[str, tuple]
     return out
 
 
-def init_head_from(model: PixelModel, config: FinetuneConfig, checkpoint: dict) -> bool:
-    """Load the head weights of ``checkpoint`` (a ``heads train`` or ``heads finetune`` run)
-    into ``model``; also its standardiser when every stream comes from the same backbone.
-
-    Returns:
-        Whether the standardiser was taken over (else it is still to be fitted).
+def check_init_source(config: FinetuneConfig, checkpoint: dict) -> None:
+    """Check, before building anything, that the ``--init-from`` run trained the same head on
+    features of the same backbones (a ``conv3d_stem`` stream accepts any: it has no cached
+    counterpart).
 
     Raises:
-        ValueError: another head, other backbones, or tensors of other shapes; the message
-            names ``--init-from`` and what differs.
+        ValueError: another head or other backbones; the message names ``--init-from``.
     """
     where = f"--init-from {config.init_from}"
     if checkpoint["head"] != config.head:
@@ -285,6 +282,22 @@ def init_head_from(model: PixelModel, config: FinetuneConfig, checkpoint: dict) 
     if len(sources) != len(mine) or clash:
         raise ValueError(f"{where}: that head read features of {sources}, this run's streams "
                          f"come from {mine}; the head's weights would meet other features")
+
+
+def init_head_from(model: PixelModel, config: FinetuneConfig, checkpoint: dict) -> bool:
+    """Load the head weights of ``checkpoint`` (a ``heads train`` or ``heads finetune`` run)
+    into ``model``; also its standardiser unless a stream is a ``conv3d_stem``.
+
+    Returns:
+        Whether the standardiser was taken over (else it is still to be fitted).
+
+    Raises:
+        ValueError: another head or backbones (:func:`check_init_source`), or head tensors of
+            other shapes; the message names ``--init-from`` and the tensors that differ.
+    """
+    check_init_source(config, checkpoint)
+    where = f"--init-from {config.init_from}"
+    mine = list(config.encoders)
     want = model.head.state_dict()
     got = checkpoint["model"]
     bad = sorted(
