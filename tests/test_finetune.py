@@ -20,6 +20,7 @@ from heads.finetune_setup import (
     init_head_from,
     load_checkpoint,
     resolve_config,
+    resolve_device,
 )
 from heads.video_clips import ClipBatch, StreamPixels, VideoClipDataset, collate
 from pipeline.sampling import PlanConfig
@@ -204,6 +205,31 @@ def test_grad_checkpointing_gives_the_same_gradients():
         (tokens[mask] ** 2).mean().backward()
         grads.append([p.grad.clone() for p in encoder.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_and_checkpointing_paths_train(dtype):
+    """The GPU code paths (autocast, fp16 gradient scaling, checkpointing) also run on CPU."""
+    config = resolve_config(FinetuneConfig(task=TASK, preset="stat", frame_size_px=16,
+                                           stem_dim=16, stem_patch_px=8,
+                                           head_kwargs=HEAD_KWARGS["stat"]))
+    model, _, _ = build_model(config, num_outputs=3, checkpointing=True)
+    before = model.encoders[0].conv.weight.clone()
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    loss = train_step(model, synthetic_batch(model, lengths=(4, 4)), optimizer,
+                      torch.nn.CrossEntropyLoss(), scaler=scaler,
+                      autocast=lambda: torch.autocast("cpu", dtype=dtype))
+    assert np.isfinite(loss) and not torch.equal(before, model.encoders[0].conv.weight)
+
+
+def test_device_defaults():
+    cpu = resolve_device(FinetuneConfig(task=TASK))
+    assert cpu == (torch.device("cpu"), None, False)  # fp32, no checkpointing on CPU
+    chosen = resolve_device(FinetuneConfig(task=TASK, precision="fp16", grad_checkpoint=True))
+    assert chosen == (torch.device("cpu"), torch.float16, True)
+    with pytest.raises(ValueError, match="--precision"):
+        FinetuneConfig(task=TASK, precision="fp8")
 
 
 def test_stem_embeds_tubelets():
