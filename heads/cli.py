@@ -145,5 +145,11 @@ def list_command(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+# End-to-end fine-tuning (backbones + head from frames): its own command, see heads/finetune_cli.py.
+from heads.finetune_cli import finetune as _finetune  # noqa: E402
+
+app.command("finetune")(_finetune)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,278 @@
+"""Decoded frames for end-to-end training: one item per video, every window of its sampling plan.
+
+The pixels come from the same code as ``pipeline extract``: :class:`~pipeline.decode.VideoReader`
+decodes once, :class:`~pipeline.scenes.SceneSegmenter` finds the cuts (``scene`` plan only) and
+:func:`~pipeline.sampling.make_sampler` picks each window's centre frame or F-frame clip. Items
+are decoded inside ``DataLoader`` workers; :func:`collate` concatenates the windows of a batch
+per stream so that a backbone runs on them in one pass.
+
+Augmentation (train only) is drawn once per video and applied to every frame of every stream:
+one random resized crop box (``torchvision.transforms.v2.RandomResizedCrop.get_params``) and one
+horizontal flip. A video's window tokens form one sequence that the head reads as content, so a
+crop that changed from scene to scene would look like a change of scene. The draw is seeded by
+``(seed, epoch, video index)``, so a run sees the same crops whatever the number of workers.
+Evaluation takes the central crop the backbone's own preprocessing takes (resize the short
+side to ``resize_px``, crop ``size_px``), done as one resized crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.decode import VideoError, VideoReader
+from pipeline.sampling import PlanConfig, Window, make_sampler
+from pipeline.scenes import SceneDetectConfig, SceneSegmenter
+
+
+@dataclass(frozen=True)
+class StreamPixels:
+    """How one stream's pixels are sampled and shaped.
+
+    Attributes:
+        frames_per_window: 1 = the window's centre frame (2D backbones, stems), F = a clip of F
+            frames spread over the window (3D backbones).
+        size_px: Side of the square crop fed to the stream's encoder, pixels.
+        resize_px: Short side the backbone's preprocessing resizes to before its centre crop;
+            sets the evaluation crop (``size_px / resize_px`` of the short side) and the
+            decoding resolution.
+    """
+
+    frames_per_window: int
+    size_px: int
+    resize_px: int
+
+    def __post_init__(self) -> None:
+        if self.frames_per_window < 1 or self.size_px < 1 or self.resize_px < self.size_px:
+            raise ValueError(
+                f"stream pixels: need frames_per_window >= 1 and resize_px >= size_px >= 1, got "
+                f"{self.frames_per_window}, {self.size_px}, {self.resize_px}"
+            )
+
+
+def decode_windows(
+    path: str, *, plan: PlanConfig, scenes: SceneDetectConfig, counts: set[int], short_side_px: int
+) -> list[Window]:
+    """Decode ``path`` once and return the windows of ``plan`` with their sampled frames.
+
+    Args:
+        path: Video file.
+        plan: Sampling plan (``scene``: one window per PySceneDetect scene; fixed plans need no
+            detector, and frames no window samples are never colour-converted).
+        scenes: Detector settings for the ``scene`` plan.
+        counts: Frames to sample per window (1 = centre frame, F = clip).
+        short_side_px: Decoding resolution (short side, never upscaled).
+
+    Returns:
+        Windows in time order; ``window.frames[c]`` is (c, H, W, 3) uint8 RGB.
+
+    Raises:
+        VideoError: the file cannot be decoded, or the plan finds no window.
+    """
+    reader = VideoReader(path, short_side_px=short_side_px)
+    fps = reader.info.fps
+    num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
+    sampler = make_sampler(plan, num_frames=num_frames, fps=fps, counts=counts)
+    segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
+    if segmenter is None:
+        reader.keep = sampler.wants
+    windows: list[Window] = []
+    for frame in reader:
+        cuts = segmenter.push(frame.frame_idx, frame.bgr) if segmenter else []
+        windows += sampler.push(frame, cuts)
+    windows += sampler.finish(segmenter.finish() if segmenter else [])
+    if not windows:
+        raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
+    return windows
+
+
+def crop_box(
+    height_px: int, width_px: int, stream: StreamPixels, *, train: bool, crop_scale=(0.35, 1.0)
+) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the crop taken from every frame of a video.
+
+    Train: a random resized crop box (area fraction in ``crop_scale``, aspect 3/4–4/3, from
+    ``torchvision.transforms.v2.RandomResizedCrop.get_params`` on the global torch RNG, which
+    the caller seeds). Eval: the centre square whose side is ``size_px / resize_px`` of the
+    short side, i.e. resize-then-centre-crop as the backbone's own preprocessing does.
+    """
+    if train:
+        from torchvision.transforms import v2
+
+        dummy = torch.empty(1, height_px, width_px)  # get_params reads only the size
+        return tuple(int(v) for v in v2.RandomResizedCrop.get_params(
+            dummy, scale=list(crop_scale), ratio=[3 / 4, 4 / 3]
+        ))
+    side = max(1, round(min(height_px, width_px) * stream.size_px / stream.resize_px))
+    return (height_px - side) // 2, (width_px - side) // 2, side, side
+
+
+@dataclass
+class VideoItem:
+    """One video, ready for :func:`collate`.
+
+    Attributes:
+        index: Position in the dataset.
+        frames: Per stream, uint8 (W, 3, S, S) for ``frames_per_window == 1`` or
+            (W, F, 3, S, S) for clips; W windows, S = the stream's ``size_px``. Empty on failure.
+        target: Encoded target (scalar int64, (K,) or (1,) float32).
+        error: Why the video could not be decoded ("" when it was).
+    """
+
+    index: int
+    frames: list[torch.Tensor]
+    target: torch.Tensor
+    error: str = ""
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Videos as per-stream window frames, decoded on access (in ``DataLoader`` workers).
+
+    Args:
+        paths: Video file per item.
+        targets: Encoded targets, first axis = number of videos.
+        streams: Pixels of each stream, in the head's stream order.
+        plan: Sampling plan.
+        scenes: Scene detector settings (``scene`` plan).
+        train: Random crop and flip (else the deterministic centre crop).
+        seed: Seeds the augmentation together with the epoch and the item index.
+        crop_scale: Area fraction range of the random crop.
+        flip: Whether training flips (p = 0.5).
+        cache: A dict shared by datasets over the same videos to keep decoded windows across
+            epochs and splits (memory: every window at the decoding resolution), or None. Only
+            useful in the main process (``num_workers=0``): a worker's cache dies with it.
+
+    Items:
+        :class:`VideoItem`; a video that fails to decode gives an item with ``error`` set,
+        which :func:`collate` leaves out and reports.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: np.ndarray,
+        *,
+        streams: Sequence[StreamPixels],
+        plan: PlanConfig,
+        scenes: SceneDetectConfig,
+        train: bool,
+        seed: int = 0,
+        crop_scale: tuple[float, float] = (0.35, 1.0),
+        flip: bool = True,
+        cache: dict | None = None,
+    ):
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} videos but {len(targets)} targets")
+        self.paths = list(paths)
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
+        self.streams = list(streams)
+        self.plan, self.scenes = plan, scenes
+        self.train, self.seed, self.crop_scale, self.flip = train, seed, crop_scale, flip
+        self.cache = cache
+        self.epoch = 0
+        self.counts = {s.frames_per_window for s in self.streams}
+        self.short_side_px = max(s.resize_px for s in self.streams)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the augmentation draws of ``epoch`` (call before iterating a new epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _windows(self, i: int) -> list[Window]:
+        path = self.paths[i]
+        key = (path, self.short_side_px, self.plan, self.scenes, tuple(sorted(self.counts)))
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        windows = decode_windows(
+            path, plan=self.plan, scenes=self.scenes, counts=self.counts,
+            short_side_px=self.short_side_px,
+        )
+        if self.cache is not None:
+            self.cache[key] = windows
+        return windows
+
+    def __getitem__(self, i: int) -> VideoItem:
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
+        try:
+            windows = self._windows(i)
+        except VideoError as err:
+            return VideoItem(i, [], self.targets[i], error=str(err))
+        height_px, width_px = windows[0].frames[min(self.counts)].shape[1:3]
+        with torch.random.fork_rng(devices=[]):
+            # One draw per video, the same for every frame and stream (see the module docstring).
+            state = np.random.SeedSequence((self.seed, self.epoch, i)).generate_state(1)
+            torch.manual_seed(int(state[0]))
+            box = crop_box(height_px, width_px, self.streams[0], train=self.train,
+                           crop_scale=self.crop_scale)
+            flip = self.train and self.flip and bool(torch.rand(()) < 0.5)
+        frames = []
+        for stream in self.streams:
+            count = stream.frames_per_window
+            raw = np.stack([w.frames[count] for w in windows])  # (W, F, H, W_px, 3)
+            video = torch.from_numpy(raw).permute(0, 1, 4, 2, 3)  # (W, F, 3, H, W_px)
+            video = video.reshape(-1, *video.shape[2:])  # (W·F, 3, H, W_px)
+            if not self.train:
+                box = crop_box(height_px, width_px, stream, train=False)
+            out = TF.resized_crop(
+                tv_tensors.Video(video), *box, size=[stream.size_px, stream.size_px],
+                antialias=True,
+            )  # (W·F, 3, S, S)
+            if flip:
+                out = TF.horizontal_flip(out)
+            out = out.as_subclass(torch.Tensor)
+            if count > 1:
+                out = out.reshape(len(windows), count, *out.shape[1:])  # (W, F, 3, S, S)
+            frames.append(out.contiguous())
+        return VideoItem(i, frames, self.targets[i])
+
+
+@dataclass
+class ClipBatch:
+    """A batch of videos for :class:`heads.finetune_models.PixelModel`.
+
+    Attributes:
+        frames: Per stream, the windows of every video concatenated: uint8 (ΣW, 3, S, S) or
+            (ΣW, F, 3, S, S).
+        lengths: Per stream, (B,) int64 windows per video.
+        targets: (B,) or (B, K) targets.
+        indices: (B,) dataset positions of the videos.
+        errors: ``(index, message)`` of videos left out because they failed to decode.
+    """
+
+    frames: list[torch.Tensor]
+    lengths: list[torch.Tensor]
+    targets: torch.Tensor
+    indices: torch.Tensor
+    errors: list[tuple[int, str]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to(self, device: torch.device) -> ClipBatch:
+        """The batch with frames and targets on ``device`` (lengths stay on the CPU)."""
+        return ClipBatch(
+            [f.to(device, non_blocking=True) for f in self.frames], self.lengths,
+            self.targets.to(device, non_blocking=True), self.indices, self.errors,
+        )
+
+
+def collate(items: Sequence[VideoItem]) -> ClipBatch:
+    """Concatenate the windows of ``items`` per stream; failed videos are left out and listed
+    in ``errors`` (a batch may end up empty: ``len(batch) == 0``)."""
+    errors = [(item.index, item.error) for item in items if item.error]
+    good = [item for item in items if not item.error]
+    if not good:
+        return ClipBatch([], [], torch.empty(0), torch.empty(0, dtype=torch.long), errors)
+    num_streams = len(good[0].frames)
+    frames = [torch.cat([item.frames[s] for item in good]) for s in range(num_streams)]
+    lengths = [torch.tensor([len(item.frames[s]) for item in good]) for s in range(num_streams)]
+    targets = torch.stack([item.target for item in good])
+    indices = torch.tensor([item.index for item in good])
+    return ClipBatch(frames, lengths, targets, indices, errors)
