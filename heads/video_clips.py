@@ -61,7 +61,7 @@ def decode_windows(
     Args:
         path: Video file.
         plan: Sampling plan (``scene``: one window per PySceneDetect scene; fixed plans need no
-            detector, and frames no window samples are never colour-converted).
+            detector; frames no window samples are never colour-converted).
         scenes: Detector settings for the ``scene`` plan.
         counts: Frames to sample per window (1 = centre frame, F = clip).
         short_side_px: Decoding resolution (short side, never upscaled).
@@ -77,11 +77,9 @@ def decode_windows(
     num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
     sampler = make_sampler(plan, num_frames=num_frames, fps=fps, counts=counts)
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
-    if segmenter is None:
-        reader.keep = sampler.wants
     windows: list[Window] = []
     for frame in reader:
-        cuts = segmenter.push(frame.frame_idx, frame.bgr) if segmenter else []
+        cuts = segmenter.push(frame) if segmenter else []
         windows += sampler.push(frame, cuts)
     windows += sampler.finish(segmenter.finish() if segmenter else [])
     if not windows:
