@@ -188,7 +188,13 @@ def hd_footage(work: Path, *, num_videos: int, duration_sec: float) -> list[str]
     out = work / "hd"
     out.mkdir(parents=True, exist_ok=True)
     made = {src: concat_video([src], duration_sec, out / f"{Path(src).stem}.mp4") for src in sources}
-    return [str(made[sources[i % 2]]) for i in range(num_videos)]
+    videos = []
+    for i in range(num_videos):  # one name per video: catalogs key videos by file stem
+        link = out / f"{Path(sources[i % 2]).stem}_{i}.mp4"
+        if not link.exists():
+            link.symlink_to(made[sources[i % 2]])
+        videos.append(str(link))
+    return videos
 
 
 def _peak_rss_child(args: str) -> None:
@@ -259,29 +265,36 @@ def main() -> None:
 
 def _scene_table(paths: list[str], work: Path, num_cores: int, label: str, *, naive: bool) -> None:
     print(f"1. scene plan, resnet18, {label} (frames/s of decoded video)")
-    frames_ours, _, sec_ours = ours(paths, work / f"scene-{label[:4]}", plan="scene",
-                                    backbones=("resnet18",))
+    frames_ours, tokens, sec_ours = ours(paths, work / f"scene-{label[:4]}", plan="scene",
+                                         backbones=("resnet18",))
     # Start-up: the same run on a 1-second video (actors, imports, backbone, one tiny decode).
     probe_video = concat_video(paths[:1], 1.0, work / f"startup-{label[:4]}.mp4")
     _, _, sec_startup = ours([str(probe_video)], work / f"startup-{label[:4]}", plan="scene",
                              backbones=("resnet18",))
     frames_dec, sec_dec = decode_ceiling(paths, num_cores, convert=False)
     frames_conv, sec_conv = decode_ceiling(paths, num_cores, convert=True)
+    # On a CPU-only machine the backbone shares the cores with decoding: the least any pipeline
+    # can spend is decoding plus the backbone on the same scene frames, one after the other.
+    sec_cpu = sec_dec + backbone_ceiling("resnet18", tokens, num_cores)
     fps_ours, fps_dec, fps_conv = frames_ours / sec_ours, frames_dec / sec_dec, frames_conv / sec_conv
     if naive:
         frames_naive, sec_naive = naive_scene_resnet18(paths)
         print(f"   naive reference (PIL, batch 1, sequential)          {frames_naive / sec_naive:8.0f}")
     print(f"   decode-only ceiling ({num_cores} processes)                  {fps_dec:8.0f}")
     print(f"   decode + convert every frame ({num_cores} processes)         {fps_conv:8.0f}")
+    print(f"   decode-only + backbone-only on the {tokens} scene frames (CPU budget) "
+          f"{frames_dec / sec_cpu:8.0f}")
     print(f"   pipeline extract (Ray, {num_cores} workers, start-up included) {fps_ours:8.0f}"
           f"   ({frames_ours} frames in {sec_ours:.1f} s; start-up alone ~{sec_startup:.1f} s)")
     if naive:
         print(f"   ratio vs naive: {fps_ours / (frames_naive / sec_naive):.2f}x (target >= 2)")
     print(f"   share of decode-only ceiling: {fps_ours / fps_dec:.0%} (target >= 70%); "
-          f"of decode + convert: {fps_ours / fps_conv:.0%}")
+          f"of decode + convert: {fps_ours / fps_conv:.0%}; of the CPU budget: "
+          f"{fps_ours / (frames_dec / sec_cpu):.0%}")
     steady = frames_ours / max(1e-9, sec_ours - sec_startup)
     print(f"   without the start-up (a batch job pays it once): {steady:.0f} frames/s = "
-          f"{steady / fps_dec:.0%} of the decode-only ceiling\n")
+          f"{steady / fps_dec:.0%} of the decode-only ceiling, "
+          f"{steady / (frames_dec / sec_cpu):.0%} of the CPU budget\n")
 
 
 def _fps_table(paths: list[str], work: Path, num_cores: int) -> None:
