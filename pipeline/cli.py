@@ -32,7 +32,7 @@ def extract(
     fps: float = typer.Option(1.0, help="fps plan: tokens per second."),
     full_num_frames: int = typer.Option(250, help="full plan: tokens per video."),
     clip_len_sec: float = typer.Option(2.0, help="clips plan: clip window length, seconds."),
-    store: str = typer.Option("store", help="Feature store directory."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
     weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
@@ -105,7 +105,7 @@ def ls(store: str = typer.Option("store", help="Feature store directory.")) -> N
 
 @app.command()
 def status(
-    store: str = typer.Option("store", help="Feature store directory."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
     feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
 ) -> None:
     """Show per-video status (failed videos with their reasons)."""
@@ -119,6 +119,50 @@ def status(
         typer.echo(f"{fs.name}: {counts}")
         for row in index.filter(index["status"] != "ok").iter_rows(named=True):
             typer.echo(f"  {row['video_id']}: {row['status']}: {row['error']}")
+
+
+@app.command()
+def verify(
+    feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
+    quick: bool = typer.Option(False, help="Check metadata and token counts only, not chunk data."),
+    fix: bool = typer.Option(False, help="Mark damaged videos failed, so re-running the same extract command redoes them."),
+    gc: bool = typer.Option(False, help="Delete orphan and unpublished parts (only while nothing writes to the store)."),
+) -> None:
+    """Check that every stored video can be read back; name the videos to extract again."""
+    from pipeline.store import FeatureStore
+    from pipeline.verify import mark_for_redo, remove_garbage, verify_feature_set
+
+    st = FeatureStore(store)
+    try:
+        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+        return
+    damaged = False
+    for fs in sets:
+        report = verify_feature_set(fs, quick=quick, progress=True)
+        typer.echo(
+            f"{fs.name}: {report.num_checked} ok videos checked, {len(report.damaged)} damaged, "
+            f"{len(report.bad_index_files)} unreadable index file(s), "
+            f"{len(report.orphan_parts)} orphan part(s), {len(report.temporaries)} unpublished part(s)"
+        )
+        for video_id, problem in sorted(report.damaged.items()):
+            typer.secho(f"  {video_id}: {problem}", fg="red")
+        for name, problem in sorted(report.bad_index_files.items()):
+            typer.secho(f"  index/{name}: {problem}", fg="red")
+        if report.redo:
+            typer.echo(f"  redo: {' '.join(report.redo)}")
+        if fix and not report.ok:
+            mark_for_redo(fs, report)
+            typer.echo("  marked for redo: run the same `pipeline extract` command again")
+        elif not report.ok:
+            damaged = True
+        if gc and (report.orphan_parts or report.temporaries):
+            typer.echo(f"  removed {remove_garbage(fs, report)} orphan/unpublished part(s)")
+    if damaged:
+        typer.secho("damage found: `pipeline verify --fix` marks those videos for redo", fg="red", err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command()
