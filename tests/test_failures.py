@@ -25,32 +25,14 @@ from pipeline.cli import app
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.store import FeatureStore
 from pipeline.verify import mark_for_redo, verify_feature_set
-from tests.conftest import block_frames, write_video
+from tests.conftest import TINY_EXTRACT_OPTIONS
+from tests.conftest import TINY_NUM_VIDEOS as NUM_VIDEOS
 
 pytestmark = pytest.mark.integration
 
-NUM_VIDEOS = 6
-# The cheapest real extraction: one 2D backbone, 4 uniform frames per video, no scene detector.
-OPTIONS = dict(backbones=("resnet18",), plan="uniform", num_frames=2, detector="none",
-               precision="fp32", short_side_px=64)
+OPTIONS = TINY_EXTRACT_OPTIONS
 CLI_OPTIONS = ["--backbone", "resnet18", "--plan", "uniform", "--num-frames", "2",
                "--detector", "none", "--precision", "fp32"]
-
-
-@pytest.fixture(scope="module")
-def tiny_catalog(tmp_path_factory) -> Catalog:
-    """Six 2-second videos, each of two solid colours (distinct per video)."""
-    root = tmp_path_factory.mktemp("tiny_videos")
-    rng = np.random.default_rng(0)
-    for i in range(NUM_VIDEOS):
-        colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2)]
-        write_video(root / f"v{i}.mp4", block_frames(colours, 24))
-    videos = pl.DataFrame({
-        "video_id": [f"v{i}" for i in range(NUM_VIDEOS)],
-        "path": [str(root / f"v{i}.mp4") for i in range(NUM_VIDEOS)],
-        "split": ["train"] * NUM_VIDEOS,
-    })
-    return Catalog(name="folder", root=root, videos=videos)
 
 
 @pytest.fixture(scope="module")
