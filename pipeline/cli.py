@@ -48,7 +48,7 @@ def extract(
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
-    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
     from pipeline.weights import WeightsError
 
     try:
@@ -63,7 +63,7 @@ def extract(
             catalog_options={"variant": variant} if variant else {},
         )
         summary = run_extract(config)
-    except (ValueError, KeyError, WeightsError, FileNotFoundError) as err:
+    except (ValueError, KeyError, WeightsError, FileNotFoundError, WorkerStartError) as err:
         _fail(str(err).strip("'\""))
         return
     typer.echo(
@@ -71,6 +71,11 @@ def extract(
         f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
         f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s)"
     )
+    if summary.num_worker_crashes:
+        typer.echo(f"  {summary.num_worker_crashes} worker process(es) died; their videos were retried")
+    if len(summary.videos_per_node) > 1:
+        typer.echo("  videos per Ray node: " + ", ".join(
+            f"{node} {count}" for node, count in sorted(summary.videos_per_node.items())))
     for name in summary.feature_sets:
         typer.echo(f"  feature set {name}")
     if summary.failed:

@@ -21,6 +21,10 @@ from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
 DTYPES = ("float16", "float32")
 
 
+class WorkerStartError(RuntimeError):
+    """An extractor could not be constructed on a Ray worker (code or weights missing there)."""
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything ``pipeline extract`` needs; stored with every feature set it writes."""
@@ -182,7 +186,9 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
 
     Raises:
         KeyError: unknown dataset or backbone.
+        ValueError: a ``memory://`` store with Ray workers (they cannot reach it).
         pipeline.weights.WeightsError: weights cannot be loaded (raised before any work).
+        WorkerStartError: an extractor failed to start on a Ray worker.
     """
     from catalogs import get_catalog
     from pipeline.backbones import backbone_spec, resolve_precision
@@ -293,6 +299,13 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
             try:
                 result = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
+                if getattr(err, "actor_init_failed", False):
+                    # The extractor could not even start (wrong code or missing weights on a
+                    # node): every video would fail the same way, so stop and say why.
+                    raise WorkerStartError(
+                        f"an extractor failed to start on a Ray worker; the videos stored so "
+                        f"far are kept. Cause: {err}"
+                    ) from err
                 # The worker process died (OOM kill, decoder segfault, lost node). Whatever it
                 # left is unpublished or unindexed, so the video is simply done again, on a
                 # fresh extractor; one that keeps killing workers is recorded as failed.
