@@ -46,6 +46,7 @@ def extract(
     address: Optional[str] = typer.Option(None, help="Ray cluster address; omit to start Ray locally."),
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
     from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
@@ -60,6 +61,7 @@ def extract(
             detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
+            gpus_per_worker=gpus_per_worker,
             catalog_options={"variant": variant} if variant else {},
         )
         summary = run_extract(config)

@@ -67,8 +67,12 @@ class ExtractConfig:
     batch_size: int = 32
     # Ray cluster address; None starts Ray locally.
     address: str | None = None
-    # Parallel extractors; None = one per CPU Ray offers; 0 = in this process, no Ray.
+    # Parallel extractors; None = one per CPU Ray offers (per GPU share with gpus_per_worker);
+    # 0 = in this process, no Ray.
     num_workers: int | None = None
+    # GPUs each extractor reserves (Ray num_gpus; fractions share a GPU); > 0 runs the
+    # backbones on CUDA, on GPU worker nodes (docker/).
+    gpus_per_worker: float = 0.0
     # Times a video is retried on a fresh worker after its worker process died (OOM kill,
     # decoder segfault, lost node) before it is recorded as failed.
     crash_retries: int = 2
@@ -94,6 +98,11 @@ class ExtractConfig:
         self.scene_config()  # validates
         if self.crash_retries < 0:
             raise ValueError(f"crash_retries must be >= 0, not {self.crash_retries}")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):
+            raise ValueError(
+                f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "
+                "and a value >= 0"
+            )
 
     def scene_config(self) -> SceneDetectConfig:
         """The scene detector with this run's settings."""
@@ -212,7 +221,9 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
                 "workers cannot reach it; use --num-workers 0, a path or an object-store URL"
             )
     per_backbone = parse_weights_option(list(config.weights), list(config.backbones))
-    precision = resolve_precision(config.precision)
+    # Resolved here (it is part of the fingerprint): a CPU-only head resolves auto to fp32, so
+    # GPU jobs name --precision bf16 (jobs/).
+    precision = resolve_precision(config.precision, "cuda" if config.gpus_per_worker else "cpu")
     jobs, feature_sets = [], []
     for backbone in config.backbones:
         spec_ = backbone_spec(backbone)
@@ -267,10 +278,20 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        num_workers = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        num_workers = min(num_workers, len(todo))
-        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(VideoExtractor)
-        kwargs = {**_extractor_kwargs(config), "env": _forwarded_env()}
+        resources = ray.cluster_resources()
+        if config.gpus_per_worker:
+            default = int(resources.get("GPU", 0) / config.gpus_per_worker)
+            if not default:
+                raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
+                                 f"{resources.get('GPU', 0)} GPU(s)")
+        else:
+            default = int(resources.get("CPU", 1))
+        num_workers = min(config.num_workers or max(1, default), len(todo))
+        actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
+            VideoExtractor
+        )
+        kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
+                  "device": "cuda" if config.gpus_per_worker else "cpu"}
 
         def new_actor():
             actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
