@@ -273,10 +273,13 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-        if config.address:
-            ray.init(address=config.address, log_to_driver=False)
+        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+        if address:
+            ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         resources = ray.cluster_resources()
         if config.gpus_per_worker:

@@ -102,7 +102,8 @@ def ray_local():
     """A local 2-CPU Ray shared by every test that extracts (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": never join a cluster some `ray start` on this machine left behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
