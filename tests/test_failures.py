@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +121,11 @@ def test_killed_workers_cost_no_video_and_a_poison_video_fails_alone(
     assert [p.split("-")[0] for p in report.orphan_parts] == ["v3"]
 
 
-def _extract_command(catalog: Catalog, store: Path) -> list[str]:
-    return [sys.executable, "-c", "from pipeline.cli import app; app(prog_name='pipeline')", "extract", "--dataset", "folder",
-            "--data-root", str(catalog.root), "--store", str(store), "--num-workers", "0",
-            *CLI_OPTIONS]
+def _extract_command(catalog: Catalog, store: Path, num_workers: int = 0) -> list[str]:
+    """``pipeline extract`` over ``catalog`` as a command line run with this Python."""
+    return [sys.executable, "-c", "from pipeline.cli import app; app(prog_name='pipeline')",
+            "extract", "--dataset", "folder", "--data-root", str(catalog.root), "--store",
+            str(store), "--num-workers", str(num_workers), *CLI_OPTIONS]
 
 
 def test_a_killed_driver_resumes_and_its_half_part_stays_invisible(tiny_catalog, reference,
@@ -150,6 +153,40 @@ def test_a_killed_driver_resumes_and_its_half_part_stays_invisible(tiny_catalog,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "6 videos: 3 extracted, 3 already stored, 0 failed" in again.stdout
+    assert_complete(store, reference)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_ray_driver_resumes(tiny_catalog, reference, tmp_path):
+    """SIGKILL to a driver running Ray extractors (its whole process group: the local Ray goes
+    with it) once two videos are committed; the same command then does only the rest.
+    Slow: two Ray start-ups in subprocesses."""
+    store = tmp_path / "store"
+    command = _extract_command(tiny_catalog, store, num_workers=1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    driver = subprocess.Popen(command, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(store.glob("*/index/v*.parquet"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    # An extractor busy with a video may outlive its driver for a moment and commit it (a whole,
+    # atomic write); wait until the store is quiet.
+    seen, quiet_since = None, time.monotonic()
+    while time.monotonic() - quiet_since < 5:
+        now = sorted(p.name for p in store.glob("*/index/*"))
+        seen, quiet_since = now, quiet_since if now == seen else time.monotonic()
+        time.sleep(0.2)
+    (fs,) = FeatureStore(store).feature_sets()
+    committed = fs.ok_ids()
+    assert 2 <= len(committed) < NUM_VIDEOS, committed
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (f"{NUM_VIDEOS - len(committed)} extracted, {len(committed)} already stored"
+            in again.stdout)
     assert_complete(store, reference)
 
 
