@@ -119,6 +119,12 @@ def test_killed_workers_cost_no_video_and_a_poison_video_fails_alone(
     # What the dead workers left: v2's unpublished part, v3's published but unindexed one.
     assert [p.split("-")[1] for p in report.temporaries] == ["v2"]
     assert [p.split("-")[0] for p in report.orphan_parts] == ["v3"]
+    gc = CliRunner().invoke(app, ["verify", "--store", str(store), "--gc"])
+    assert "1 orphan part(s), 1 unpublished part(s)" in gc.output
+    assert "removed 2 orphan/unpublished part(s)" in gc.output
+    after = verify_feature_set(fs)
+    assert after.ok and not after.orphan_parts and not after.temporaries
+    assert fs.ok_ids() == set(reference) - {"v4"}
 
 
 def _extract_command(catalog: Catalog, store: Path, num_workers: int = 0) -> list[str]:
