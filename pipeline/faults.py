@@ -4,7 +4,8 @@ Set ``LONGVID_FAULT=<point>:<video id>[:<marker file>]`` and the process that re
 ``<point>`` for that video exits at once with status 137 (as if SIGKILLed: no cleanup, no
 ``finally``). With a marker file, only the first process to get there dies (the marker is
 created atomically), so a retried video goes through; without one, every attempt dies (a
-"poison" video). Several faults are separated by commas. The driver forwards ``LONGVID_*`` variables to its Ray workers, so the
+"poison" video). Several faults are separated by commas (so video ids containing ``:`` or
+``,`` cannot be targeted). The driver forwards ``LONGVID_*`` variables to its Ray workers, so the
 variable set where ``pipeline extract`` runs reaches every worker process, on any node.
 
 Points, in the order a video passes them:

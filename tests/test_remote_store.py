@@ -85,6 +85,10 @@ def test_extract_into_memory_store_in_process(tiny_catalog, memory_url):
     assert again.num_skipped == 2 and again.num_ok == 0
     listing = CliRunner().invoke(app, ["ls", "--store", memory_url])
     assert listing.exit_code == 0 and fs.name in listing.output
+    from heads.data import resolve_feature_sets  # stage 2 reads the same URL
+
+    (found,) = resolve_feature_sets(memory_url, "folder", ["resnet18"], plan="uniform")
+    assert found.name == fs.name and set(found.read_many(["v0", "v1"])) == {"v0", "v1"}
 
 
 def test_memory_store_refused_for_ray_workers(tiny_catalog, memory_url):
