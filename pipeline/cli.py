@@ -55,7 +55,7 @@ def extract(
     fps: float = typer.Option(1.0, help="fps plan: tokens per second."),
     full_num_frames: int = typer.Option(250, help="full plan: tokens per video."),
     clip_len_sec: float = typer.Option(2.0, help="clips plan: clip window length, seconds."),
-    store: str = typer.Option("store", help="Feature store directory."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
     weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
@@ -69,9 +69,10 @@ def extract(
     address: Optional[str] = typer.Option(None, help="Ray cluster address; omit to start Ray locally."),
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
-    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
     from pipeline.weights import WeightsError
 
     try:
@@ -83,10 +84,11 @@ def extract(
             detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
+            gpus_per_worker=gpus_per_worker,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
-    except (ValueError, KeyError, WeightsError, FileNotFoundError) as err:
+    except (ValueError, KeyError, WeightsError, FileNotFoundError, WorkerStartError) as err:
         _fail(str(err).strip("'\""))
         return
     typer.echo(
@@ -94,6 +96,11 @@ def extract(
         f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
         f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s)"
     )
+    if summary.num_worker_crashes:
+        typer.echo(f"  {summary.num_worker_crashes} worker process(es) died; their videos were retried")
+    if len(summary.videos_per_node) > 1:
+        typer.echo("  videos per Ray node: " + ", ".join(
+            f"{node} {count}" for node, count in sorted(summary.videos_per_node.items())))
     for name in summary.feature_sets:
         typer.echo(f"  feature set {name}")
     if summary.missing:
@@ -162,7 +169,7 @@ def ls(store: str = typer.Option("store", help="Feature store directory.")) -> N
 
 @app.command()
 def status(
-    store: str = typer.Option("store", help="Feature store directory."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
     feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
 ) -> None:
     """Show per-video status (failed videos with their reasons)."""
@@ -176,6 +183,50 @@ def status(
         typer.echo(f"{fs.name}: {counts}")
         for row in index.filter(index["status"] != "ok").iter_rows(named=True):
             typer.echo(f"  {row['video_id']}: {row['status']}: {row['error']}")
+
+
+@app.command()
+def verify(
+    feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
+    quick: bool = typer.Option(False, help="Check metadata and token counts only, not chunk data."),
+    fix: bool = typer.Option(False, help="Mark damaged videos failed, so re-running the same extract command redoes them."),
+    gc: bool = typer.Option(False, help="Delete orphan and unpublished parts (only while nothing writes to the store)."),
+) -> None:
+    """Check that every stored video can be read back; name the videos to extract again."""
+    from pipeline.store import FeatureStore
+    from pipeline.verify import mark_for_redo, remove_garbage, verify_feature_set
+
+    st = FeatureStore(store)
+    try:
+        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+    except KeyError as err:
+        _fail(str(err).strip("'\""))
+        return
+    damaged = False
+    for fs in sets:
+        report = verify_feature_set(fs, quick=quick, progress=True)
+        typer.echo(
+            f"{fs.name}: {report.num_checked} ok videos checked, {len(report.damaged)} damaged, "
+            f"{len(report.bad_index_files)} unreadable index file(s), "
+            f"{len(report.orphan_parts)} orphan part(s), {len(report.temporaries)} unpublished part(s)"
+        )
+        for video_id, problem in sorted(report.damaged.items()):
+            typer.secho(f"  {video_id}: {problem}", fg="red")
+        for name, problem in sorted(report.bad_index_files.items()):
+            typer.secho(f"  index/{name}: {problem}", fg="red")
+        if report.redo:
+            typer.echo(f"  redo: {' '.join(report.redo)}")
+        if fix and not report.ok:
+            mark_for_redo(fs, report)
+            typer.echo("  marked for redo: run the same `pipeline extract` command again")
+        elif not report.ok:
+            damaged = True
+        if gc and (report.orphan_parts or report.temporaries):
+            typer.echo(f"  removed {remove_garbage(fs, report)} orphan/unpublished part(s)")
+    if damaged:
+        typer.secho("damage found: `pipeline verify --fix` marks those videos for redo", fg="red", err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -8,12 +8,10 @@ cluster. Nothing here decodes video itself.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from pipeline.backbones import PRECISIONS, TOKEN_KINDS
 from pipeline.sampling import PLANS, PlanConfig
@@ -21,6 +19,10 @@ from pipeline.scenes import SceneDetectConfig
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
 
 DTYPES = ("float16", "float32")
+
+
+class WorkerStartError(RuntimeError):
+    """An extractor could not be constructed on a Ray worker (code or weights missing there)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class ExtractConfig:
     frames_per_clip: int | None = None
     # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
     tokens: str = "pooled"
-    # Store directory.
+    # Store directory or fsspec URL (s3://bucket/store, file:///shared/store, ...).
     store: str = "store"
     # --weights values: none | default | PATH | BACKBONE=SPEC.
     weights: tuple[str, ...] = ("none",)
@@ -65,8 +67,15 @@ class ExtractConfig:
     batch_size: int = 32
     # Ray cluster address; None starts Ray locally.
     address: str | None = None
-    # Parallel extractors; None = one per CPU Ray offers; 0 = in this process, no Ray.
+    # Parallel extractors; None = one per CPU Ray offers (per GPU share with gpus_per_worker);
+    # 0 = in this process, no Ray.
     num_workers: int | None = None
+    # GPUs each extractor reserves (Ray num_gpus; fractions share a GPU); > 0 runs the
+    # backbones on CUDA, on GPU worker nodes (docker/).
+    gpus_per_worker: float = 0.0
+    # Times a video is retried on a fresh worker after its worker process died (OOM kill,
+    # decoder segfault, lost node) before it is recorded as failed.
+    crash_retries: int = 2
     # Process only the first N videos of the catalog (smoke runs).
     limit: int | None = None
     # Catalog-specific options (e.g. {"variant": "small"} for the demo).
@@ -87,7 +96,13 @@ class ExtractConfig:
         if not self.backbones:
             raise ValueError("give at least one --backbone")
         self.scene_config()  # validates
-
+        if self.crash_retries < 0:
+            raise ValueError(f"crash_retries must be >= 0, not {self.crash_retries}")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):
+            raise ValueError(
+                f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "
+                "and a value >= 0"
+            )
 
     def scene_config(self) -> SceneDetectConfig:
         """The scene detector with this run's settings."""
@@ -123,6 +138,8 @@ class ExtractSummary:
     num_ok: int = 0
     num_failed: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    num_worker_crashes: int = 0  # worker processes that died; their videos were retried
+    videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
     num_frames: int = 0
     wall_sec: float = 0.0
 
@@ -184,7 +201,9 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
 
     Raises:
         KeyError: unknown dataset or backbone.
+        ValueError: a ``memory://`` store with Ray workers (they cannot reach it).
         pipeline.weights.WeightsError: weights cannot be loaded (raised before any work).
+        WorkerStartError: an extractor failed to start on a Ray worker.
     """
     import polars as pl
 
@@ -202,8 +221,19 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     if config.limit is not None:
         videos = videos.head(config.limit)
     store = FeatureStore(config.store)
+    if config.num_workers != 0 and not store.loc.is_local:
+        from pipeline.storage import PROCESS_LOCAL_PROTOCOLS
+
+        protocol = store.loc.url.split("://", 1)[0]
+        if protocol in PROCESS_LOCAL_PROTOCOLS:
+            raise ValueError(
+                f"--store {config.store}: a {protocol}:// store lives in this process and Ray "
+                "workers cannot reach it; use --num-workers 0, a path or an object-store URL"
+            )
     per_backbone = parse_weights_option(list(config.weights), list(config.backbones))
-    precision = resolve_precision(config.precision)
+    # Resolved here (it is part of the fingerprint): a CPU-only head resolves auto to fp32, so
+    # GPU jobs name --precision bf16 (jobs/).
+    precision = resolve_precision(config.precision, "cuda" if config.gpus_per_worker else "cpu")
     jobs, feature_sets = [], []
     for backbone in config.backbones:
         spec_ = backbone_spec(backbone)
@@ -231,16 +261,22 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         missing=missing_on_disk,
     )
     if todo and config.num_workers == 0:
-        _run_here(config, jobs, todo, summary, progress=progress)
+        _run_here(config, jobs, todo, summary, store.url, progress=progress)
     elif todo:
-        _run_on_ray(config, jobs, todo, summary, progress=progress)
+        _run_on_ray(config, jobs, todo, summary, store.url, progress=progress)
     summary.wall_sec = time.perf_counter() - t0
     _record_run(feature_sets, config, summary)
     return summary
 
 
-def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) -> None:
-    """Keep one extractor per worker busy until every video in ``todo`` is done or failed."""
+def _run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+                progress: bool) -> None:
+    """Keep one extractor per worker busy until every video in ``todo`` is done or failed.
+
+    A worker process that dies takes only its current video with it: the driver starts a fresh
+    extractor and hands the video to a worker again, up to ``config.crash_retries`` times, so a
+    killed worker costs no video. Extractors are spread over the cluster's nodes.
+    """
     import ray
 
     from pipeline.worker import VideoExtractor, VideoResult
@@ -248,30 +284,44 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-        if config.address:
-            ray.init(address=config.address, log_to_driver=False)
+        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+        if address:
+            ray.init(address=address, log_to_driver=False)
         else:
-            # "local": start our own instance even if `ray start` runs a cluster on this machine
-            # (plain ray.init() would silently join it, with its resources and lifetime).
+            # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        num_workers = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        num_workers = min(num_workers, len(todo))
-        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(VideoExtractor)
-        kwargs = _extractor_kwargs(config)
-        store_root = str(Path(config.store).resolve())
+        resources = ray.cluster_resources()
+        if config.gpus_per_worker:
+            default = int(resources.get("GPU", 0) / config.gpus_per_worker)
+            if not default:
+                raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
+                                 f"{resources.get('GPU', 0)} GPU(s)")
+        else:
+            default = int(resources.get("CPU", 1))
+        num_workers = min(config.num_workers or max(1, default), len(todo))
+        actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
+            VideoExtractor
+        )
+        kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
+                  "device": "cuda" if config.gpus_per_worker else "cpu"}
 
         def new_actor():
-            return actor_cls.remote(store_root, jobs, **kwargs)
+            actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
+            nodes[actor] = actor.node_id.remote()
+            return actor
 
+        nodes = {}  # actor -> ObjectRef of its Ray node id
         actors = [new_actor() for _ in range(num_workers)]
-        queue = list(reversed(todo))
-        inflight = {}  # ObjectRef -> (actor, video_id, path, feature sets)
+        queue = list(reversed(todo))  # (video_id, path, feature sets), popped from the end
+        crashes = {}  # video_id -> times its worker died under it
+        inflight = {}  # ObjectRef -> (actor, (video_id, path, feature sets))
 
         def submit(actor) -> None:
             if queue:
-                video_id, path, names = queue.pop()
-                inflight[actor.process.remote(video_id, path, names)] = (actor, video_id, path, names)
+                item = queue.pop()
+                inflight[actor.process.remote(*item)] = (actor, item)
 
         for actor in actors:
             submit(actor)
@@ -279,17 +329,34 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             ref = ready[0]
-            actor, video_id, path, names = inflight.pop(ref)
+            actor, item = inflight.pop(ref)
+            video_id, path, names = item
             try:
                 result = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
-                # The worker process died (e.g. OOM-killed or a decoder segfault): record the
-                # video, start a fresh extractor and go on.
-                message = _record_crash(config.store, names, path, video_id, err)
-                progress_bar.record(VideoResult(video_id, "failed", error=message))
+                if getattr(err, "actor_init_failed", False):
+                    # The extractor could not even start (wrong code or missing weights on a
+                    # node): every video would fail the same way, so stop and say why.
+                    raise WorkerStartError(
+                        f"an extractor failed to start on a Ray worker; the videos stored so "
+                        f"far are kept. Cause: {err}"
+                    ) from err
+                # The worker process died (OOM kill, decoder segfault, lost node). Whatever it
+                # left is unpublished or unindexed, so the video is simply done again, on a
+                # fresh extractor; one that keeps killing workers is recorded as failed.
+                summary.num_worker_crashes += 1
+                nodes.pop(actor, None)
+                crashes[video_id] = crashes.get(video_id, 0) + 1
+                if crashes[video_id] <= config.crash_retries:
+                    queue.append(item)
+                else:
+                    message = _record_crash(store_root, names, path, video_id, err, crashes[video_id])
+                    progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
             else:
                 progress_bar.record(result)
+                node = _node_of(ray, nodes.get(actor))
+                summary.videos_per_node[node] = summary.videos_per_node.get(node, 0) + 1
             submit(actor)
         progress_bar.close()
     finally:
@@ -297,8 +364,26 @@ def _run_on_ray(config, jobs, todo, summary: ExtractSummary, *, progress: bool) 
             ray.shutdown()
 
 
-def _record_crash(store_root: str, names: list[str], path: str, video_id: str, err) -> str:
-    message = f"{path}: worker crashed while extracting ({type(err).__name__})"
+def _node_of(ray, ref) -> str:
+    """The Ray node id (shortened) an extractor runs on; ``?`` if it cannot be told."""
+    try:
+        return ray.get(ref, timeout=5)[:12]
+    except Exception:  # a dead actor or a slow node only costs the statistic
+        return "?"
+
+
+def _forwarded_env() -> dict[str, str]:
+    """``LONGVID_*`` variables of the driver, passed on to every worker (on any node)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("LONGVID_")}
+
+
+def _record_crash(
+    store_root: str, names: list[str], path: str, video_id: str, err, attempts: int
+) -> str:
+    message = (
+        f"{path}: the worker process died while extracting it, {attempts} time(s) "
+        f"({type(err).__name__}); run again to retry"
+    )
     store = FeatureStore(store_root)
     for name in names:
         store.open(name).write_status(video_id, "failed", message)
@@ -315,14 +400,13 @@ def _extractor_kwargs(config: ExtractConfig) -> dict:
     )
 
 
-def _run_here(config, jobs, todo, summary: ExtractSummary, *, progress: bool) -> None:
+def _run_here(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+              progress: bool) -> None:
     """Extract in this process, one video after another (``num_workers=0``: debugging,
     profiling, tests)."""
     from pipeline.worker import VideoExtractor
 
-    extractor = VideoExtractor(
-        str(Path(config.store).resolve()), jobs, num_threads=None, **_extractor_kwargs(config)
-    )
+    extractor = VideoExtractor(store_root, jobs, num_threads=None, **_extractor_kwargs(config))
     progress_bar = _Progress(summary, len(todo), enabled=progress)
     for video_id, path, names in todo:
         progress_bar.record(extractor.process(video_id, path, names))
@@ -362,6 +446,4 @@ def _record_run(feature_sets, config: ExtractConfig, summary: ExtractSummary) ->
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     record = {"config": asdict(config), "summary": asdict(summary), "finished_at": stamp}
     for fs in feature_sets:
-        runs = fs.path / "runs"
-        runs.mkdir(exist_ok=True)
-        (runs / f"{stamp}-{os.getpid()}.json").write_text(json.dumps(record, indent=2, default=str))
+        fs.write_run_record(f"{stamp}-{os.getpid()}", record)

@@ -12,12 +12,15 @@ Layout on disk (a Zarr v3 hierarchy plus parquet index fragments)::
           end_sec    (T,) float32          token end, seconds
           scene_idx  (T,) int32            scene a token belongs to (-1 where there are no scenes)
         index/<video key>.parquet    one row per video, written last (atomic replace)
+        runs/<stamp>-<pid>.json      config and counts of every extraction run
 
 Why this shape:
 - writers never share a Zarr shard: every writer publishes its own part under a fresh name
   (zarr-python cannot merge partial shard writes from two processes);
 - a part becomes visible only by an atomic rename, and a video counts as stored only once its
-  index fragment names that part, so a crash at any point leaves nothing half-visible;
+  index fragment names that part, so a crash at any point leaves nothing half-visible (on object
+  stores, which cannot rename, the part is written under its final unique name and the index
+  fragment, one atomic object put, is what publishes it; see :mod:`pipeline.storage`);
 - ragged sequences: each video's tokens are a contiguous slice (``offset``, ``num_tokens``) of
   one part, fetched without touching any other video's data.
 
@@ -28,10 +31,9 @@ existing feature set, it makes a new one.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from pipeline.faults import maybe_crash
+from pipeline.storage import Location, location, read_parquet_bytes
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped")
@@ -92,18 +97,24 @@ class FeatureSet:
     """One feature set inside a store: write parts, read videos, list the index.
 
     Obtain through :meth:`FeatureStore.create` or :meth:`FeatureStore.open`.
+
+    Attributes:
+        name: Feature-set name.
+        loc: Its directory (local or fsspec, :mod:`pipeline.storage`).
+        path: The local directory; ``None`` for a store behind a URL.
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.name = self.path.name
+    def __init__(self, loc: Location | Path | str):
+        self.loc = loc if isinstance(loc, Location) else location(loc)
+        self.path = self.loc.path
+        self.name = self.loc.url.rstrip("/").rsplit("/", 1)[-1]
         self._attrs: dict | None = None
 
     @property
     def attrs(self) -> dict:
         """The group's attributes (spec, fingerprint, token kind, dim, dtype, ...)."""
         if self._attrs is None:
-            meta = json.loads((self.path / "zarr.json").read_text())
+            meta = json.loads(self.loc.read_text("zarr.json"))
             self._attrs = meta.get("attributes", {})
         return self._attrs
 
@@ -161,8 +172,10 @@ class FeatureSet:
         if scene_idx is None:
             scene_idx = np.full(num_tokens, -1, dtype=np.int32)
         part_id = f"{video_key(video_id)}-{uuid.uuid4().hex[:8]}"
-        tmp = self.path / "parts" / f".tmp-{part_id}"
-        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        # Without atomic renames the part goes straight to its unique final name; the index
+        # fragment written below is what publishes it either way.
+        tmp = f"parts/.tmp-{part_id}" if self.loc.atomic_rename else f"parts/{part_id}"
+        group = zarr.open_group(store=self.loc.child(tmp).zarr_store(), mode="w", zarr_format=3)
         dtype = np.dtype(self.attrs["dtype"])
         data = np.ascontiguousarray(tokens, dtype=dtype)
         chunk_t = max(1, min(num_tokens, _TOKEN_CHUNK))
@@ -173,7 +186,10 @@ class FeatureSet:
             ("scene_idx", scene_idx, np.int32),
         ):
             group.create_array(name, data=np.asarray(values, dtype=dt), chunks=(chunk_t,))
-        os.rename(tmp, self.path / "parts" / part_id)  # publish the part atomically
+        maybe_crash("mid_part", video_id)
+        if self.loc.atomic_rename:
+            self.loc.rename(tmp, f"parts/{part_id}")  # publish the part atomically
+        maybe_crash("after_part", video_id)
         self._write_index_row(
             video_id,
             status="ok",
@@ -211,20 +227,48 @@ class FeatureSet:
             updated_at=time.time(),
             info_json=json.dumps(info or {}, default=str),
         )
-        frame = pl.DataFrame([row], schema=INDEX_SCHEMA)
-        final = self.path / "index" / f"{video_key(video_id)}.parquet"
-        tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
-        frame.write_parquet(tmp)
-        os.replace(tmp, final)  # the row appears whole or not at all
+        buffer = io.BytesIO()
+        pl.DataFrame([row], schema=INDEX_SCHEMA).write_parquet(buffer)
+        # the row appears whole or not at all
+        self.loc.write_bytes(f"index/{video_key(video_id)}.parquet", buffer.getvalue())
+
+    def write_run_record(self, name: str, record: dict) -> None:
+        """Save one run's config and counts as ``runs/<name>.json``."""
+        self.loc.mkdir("runs")
+        self.loc.write_bytes(f"runs/{name}.json", json.dumps(record, indent=2, default=str).encode())
+
+    def index_files(self) -> list[str]:
+        """Names of the published index fragments (one per video)."""
+        return [
+            n for n in self.loc.listdir("index") if n.endswith(".parquet") and not n.startswith(".")
+        ]
+
+    def read_index_file(self, name: str) -> pl.DataFrame:
+        """One index fragment (one row)."""
+        if self.loc.is_local:
+            return pl.read_parquet(self.loc.path / "index" / name)
+        return read_parquet_bytes(self.loc.read_bytes(f"index/{name}"))
+
+    def open_part(self, part_id: str):
+        """The Zarr group of a published part (read only)."""
+        import zarr
+
+        return zarr.open_group(
+            store=self.loc.child(f"parts/{part_id}").zarr_store(read_only=True), mode="r"
+        )
 
     # ---------------------------------------------------------------- reading
 
     def index(self) -> pl.DataFrame:
         """Every recorded video: one row each, columns of ``INDEX_SCHEMA``."""
-        files = sorted((self.path / "index").glob("[!.]*.parquet"))
-        if not files:
+        if self.loc.is_local:
+            files = sorted((self.path / "index").glob("[!.]*.parquet"))
+            frames = [pl.read_parquet(f) for f in files]
+        else:
+            frames = [self.read_index_file(name) for name in self.index_files()]
+        if not frames:
             return pl.DataFrame(schema=INDEX_SCHEMA)
-        return pl.concat([pl.read_parquet(f) for f in files], how="vertical").sort("video_id")
+        return pl.concat(frames, how="vertical").sort("video_id")
 
     def ok_ids(self) -> set[str]:
         """Ids of the videos stored successfully."""
@@ -237,19 +281,17 @@ class FeatureSet:
         Raises:
             KeyError: the video is not stored in this feature set (or its extraction failed).
         """
-        import zarr
-
         if row is None:
-            path = self.path / "index" / f"{video_key(video_id)}.parquet"
-            if not path.exists():
+            name = f"{video_key(video_id)}.parquet"
+            if not self.loc.exists(f"index/{name}"):
                 raise KeyError(f"video {video_id!r} is not in feature set {self.name}")
-            row = pl.read_parquet(path).row(0, named=True)
+            row = self.read_index_file(name).row(0, named=True)
         if row["status"] != "ok":
             raise KeyError(
                 f"video {video_id!r} has status {row['status']!r} in feature set {self.name}: "
                 f"{row['error']}"
             )
-        group = zarr.open_group(store=str(self.path / "parts" / row["part"]), mode="r")
+        group = self.open_part(row["part"])
         lo, hi = row["offset"], row["offset"] + row["num_tokens"]
         return VideoFeatures(
             video_id=video_id,
@@ -275,28 +317,37 @@ class FeatureSet:
         return out
 
     def size_bytes(self) -> int:
-        """Bytes on disk under this feature set."""
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        """Bytes on disk (or in the object store) under this feature set."""
+        return self.loc.size_bytes()
 
 
 class FeatureStore:
-    """A directory of feature sets.
+    """A directory of feature sets: a local path, or an fsspec URL (``s3://bucket/store``).
 
     Args:
-        root: Store directory; created on first write.
+        root: Store directory or URL (``file://`` URLs are local paths); created on first
+            write. ``memory://`` works within one process only (see :mod:`pipeline.storage`).
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.loc = location(root)
+        # A Path for a local store (as before), the URL for a remote one.
+        self.root = self.loc.path if self.loc.is_local else self.loc.url
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r})"
 
+    @property
+    def url(self) -> str:
+        """What another process (a Ray worker) opens to reach this store: an absolute local
+        path, or the URL."""
+        return str(self.loc.path.resolve()) if self.loc.is_local else self.loc.url
+
     def _ensure_root(self) -> None:
         import zarr
 
-        if not (self.root / "zarr.json").exists():
-            group = zarr.open_group(store=str(self.root), mode="a", zarr_format=3)
+        if not self.loc.exists("zarr.json"):
+            group = zarr.open_group(store=self.loc.zarr_store(), mode="a", zarr_format=3)
             group.attrs["longvid_store"] = {"schema_version": SCHEMA_VERSION}
 
     def create(self, name: str, *, spec: dict, token_kind: str, dim: int, dtype: str) -> FeatureSet:
@@ -315,10 +366,9 @@ class FeatureStore:
         import zarr
 
         self._ensure_root()
-        path = self.root / name
         fp = fingerprint(spec)
-        if (path / "zarr.json").exists():
-            existing = FeatureSet(path)
+        if self.loc.exists(f"{name}/zarr.json"):
+            existing = FeatureSet(self.loc.child(name))
             if existing.attrs.get("fingerprint") != fp:
                 raise ValueError(
                     f"feature set {name} in {self.root} was made by a different config "
@@ -326,30 +376,36 @@ class FeatureStore:
                     "choose another store or name"
                 )
             return existing
+        attrs = {
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": fp,
+            "spec": spec,
+            "token_kind": token_kind,
+            "dim": int(dim),
+            "dtype": dtype,
+            "created_at": time.time(),
+        }
+        if not self.loc.atomic_rename:
+            # No rename on object stores: the group's own zarr.json, written last, is what
+            # makes the feature set exist; two drivers racing here write the same spec.
+            group = zarr.open_group(store=self.loc.child(name).zarr_store(), mode="a", zarr_format=3)
+            group.require_group("parts")
+            group.attrs.update(attrs)
+            return FeatureSet(self.loc.child(name))
         # Build the group under a temporary name, then rename: a half-made feature set is
         # never visible.
-        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}-{name}"
-        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-        group.attrs.update(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "fingerprint": fp,
-                "spec": spec,
-                "token_kind": token_kind,
-                "dim": int(dim),
-                "dtype": dtype,
-                "created_at": time.time(),
-            }
-        )
+        tmp = f".tmp-{uuid.uuid4().hex[:8]}-{name}"
+        group = zarr.open_group(store=self.loc.child(tmp).zarr_store(), mode="w", zarr_format=3)
+        group.attrs.update(attrs)
         group.create_group("parts")
-        (tmp / "index").mkdir()
+        self.loc.mkdir(f"{tmp}/index")
         try:
-            os.rename(tmp, path)
+            self.loc.rename(tmp, name)
         except OSError:
             # Another writer created it first: use theirs if it matches.
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.loc.remove(tmp)
             return self.create(name, spec=spec, token_kind=token_kind, dim=dim, dtype=dtype)
-        return FeatureSet(path)
+        return FeatureSet(self.loc.child(name))
 
     def open(self, name: str) -> FeatureSet:
         """The existing feature set ``name``.
@@ -357,22 +413,27 @@ class FeatureStore:
         Raises:
             KeyError: no such feature set; the message lists those present.
         """
-        path = self.root / name
-        if not (path / "zarr.json").exists():
+        if not self.loc.exists(f"{name}/zarr.json"):
             names = [fs.name for fs in self.feature_sets()]
             raise KeyError(
                 f"no feature set {name!r} in store {self.root}; present: {', '.join(names) or 'none'}"
             )
-        return FeatureSet(path)
+        return FeatureSet(self.loc.child(name))
 
     def feature_sets(self) -> list[FeatureSet]:
         """All feature sets in the store, sorted by name."""
-        if not self.root.is_dir():
-            return []
+        if self.loc.is_local:
+            if not self.root.is_dir():
+                return []
+            return [
+                FeatureSet(p)
+                for p in sorted(self.root.iterdir())
+                if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").exists()
+            ]
         return [
-            FeatureSet(p)
-            for p in sorted(self.root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").exists()
+            FeatureSet(self.loc.child(n))
+            for n in self.loc.listdir()
+            if not n.startswith(".") and n != "zarr.json" and self.loc.exists(f"{n}/zarr.json")
         ]
 
     def find(

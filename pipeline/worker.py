@@ -7,6 +7,7 @@ as ``failed`` with its reason in every feature set it was due for, and the extra
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.decode import VideoError, VideoReader
+from pipeline.faults import maybe_crash
 from pipeline.sampling import PlanConfig, Window, make_sampler
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.store import FeatureStore
@@ -57,7 +59,7 @@ class VideoExtractor:
     """Extracts one sampling plan for one or more backbones, one video at a time.
 
     Args:
-        store_root: Feature store directory.
+        store_root: Feature store directory or URL (:class:`~pipeline.store.FeatureStore`).
         jobs: One per backbone; each names its feature set.
         scene_config: Scene detector settings (cuts drive the ``scene`` plan and give every
             other plan's tokens their scene index).
@@ -68,6 +70,9 @@ class VideoExtractor:
             the backbones run, which bounds the frames held in memory.
         num_threads: Torch intra-op threads (1 per worker avoids oversubscribing cores).
         device: Torch device for the backbones.
+        env: Environment variables to set in this process first (the driver forwards its
+            ``LONGVID_*`` ones, e.g. :mod:`pipeline.faults`, to workers it does not share a
+            process environment with).
     """
 
     def __init__(
@@ -81,8 +86,11 @@ class VideoExtractor:
         batch_size: int = 32,
         num_threads: int | None = 1,
         device: str = "cpu",
+        env: dict[str, str] | None = None,
     ):
         import torch
+
+        os.environ.update(env or {})
 
         from pipeline.backbones import create_backbone
 
@@ -115,6 +123,12 @@ class VideoExtractor:
         """Returns once the backbones are loaded (lets the driver wait for start-up)."""
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this extractor runs on (hex id; ``local`` outside Ray)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
     def process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:
         """Extract one video into ``feature_sets`` (a subset of this extractor's jobs).
 
@@ -137,6 +151,7 @@ class VideoExtractor:
 
     def _process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:
         t0 = time.perf_counter()
+        maybe_crash("start", video_id)
         reader = VideoReader(path, short_side_px=self.short_side_px)
         fps = reader.info.fps
         detect = self.scene_config.detector != "none"

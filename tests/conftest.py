@@ -102,6 +102,34 @@ def ray_local():
     """A local 2-CPU Ray shared by every test that extracts (starting Ray costs seconds)."""
     import ray
 
+    # address="local": never join a cluster some `ray start` on this machine left behind
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+TINY_NUM_VIDEOS = 6
+# ExtractConfig fields of the cheapest real extraction: one 2D backbone, 2 uniform frames per
+# video, no scene detector, exact fp32 arithmetic (runs compare token for token).
+TINY_EXTRACT_OPTIONS = dict(backbones=("resnet18",), plan="uniform", num_frames=2,
+                            detector="none", precision="fp32", short_side_px=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory):
+    """Six ~2-second 64×96 videos of two solid colours each (distinct per video), ids v0-v5:
+    the cheapest real extraction, for tests of the run machinery (failures, stores, nodes)."""
+    import polars as pl
+
+    from catalogs.base import Catalog
+
+    root = tmp_path_factory.mktemp("tiny_videos")
+    rng = np.random.default_rng(0)
+    for i in range(TINY_NUM_VIDEOS):
+        colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2)]
+        write_video(root / f"v{i}.mp4", block_frames(colours, 24))
+    ids = [f"v{i}" for i in range(TINY_NUM_VIDEOS)]
+    videos = pl.DataFrame(
+        {"video_id": ids, "path": [str(root / f"{v}.mp4") for v in ids], "split": ["train"] * len(ids)}
+    )
+    return Catalog(name="folder", root=root, videos=videos)

@@ -1,0 +1,190 @@
+"""``pipeline verify``: check that every video a feature set calls ``ok`` can really be read.
+
+Extraction publishes atomically, so a crash never leaves a half-visible video; what this
+catches is damage after the fact (a lost or truncated chunk file on a flaky disk or bucket, an
+index fragment edited by hand, a part deleted by a clean-up script) and the garbage crashed
+writers leave behind (unpublished ``.tmp-*`` parts, published parts no index row names).
+
+Checks, per ``ok`` row of the index (see :mod:`pipeline.store` for the layout):
+
+1. the index fragment parses and holds the video its file name says;
+2. the part it names exists and has the four arrays ``tokens``, ``start_sec``, ``end_sec``,
+   ``scene_idx``, of one length, with the feature set's dim and dtype;
+3. the rows naming a part tile it exactly (``offset``/``num_tokens`` vs the arrays' length);
+4. unless ``quick``: every chunk of those arrays exists and decodes, tokens are finite and
+   ``start_sec <= end_sec``.
+
+A damaged video is listed with the reason; :func:`mark_for_redo` records it as ``failed`` so
+that re-running the same ``pipeline extract`` command extracts it again (resume retries failed
+videos), and drops index fragments that cannot be parsed (their video is then simply missing,
+which extract also redoes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.store import FeatureSet, video_key
+
+ARRAYS = ("tokens", "start_sec", "end_sec", "scene_idx")
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_feature_set` found in one feature set.
+
+    Attributes:
+        feature_set: Its name.
+        num_checked: ``ok`` videos checked.
+        damaged: video_id → what is wrong with it (these need extracting again).
+        bad_index_files: Index fragments that cannot be parsed → the error.
+        orphan_parts: Published parts that no index row names (a worker died between
+            publishing the part and writing its index row; harmless, takes space).
+        temporaries: Unpublished ``.tmp-*`` parts (a writer died mid-part, or is writing now).
+    """
+
+    feature_set: str
+    num_checked: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)
+    bad_index_files: dict[str, str] = field(default_factory=dict)
+    orphan_parts: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No video needs redoing (garbage does not count)."""
+        return not self.damaged and not self.bad_index_files
+
+    @property
+    def redo(self) -> list[str]:
+        """Video ids to extract again, sorted."""
+        return sorted(self.damaged)
+
+
+def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = False) -> VerifyReport:
+    """Check every ``ok`` video of ``fs`` (see the module docstring for the checks).
+
+    Args:
+        fs: The feature set.
+        quick: Check metadata and lengths only, without reading chunk data.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The report; nothing is changed (see :func:`mark_for_redo`).
+    """
+    from tqdm import tqdm
+
+    report = VerifyReport(fs.name)
+    rows = []
+    for name in fs.index_files():
+        try:
+            row = fs.read_index_file(name).row(0, named=True)
+        except Exception as err:  # any parse failure means the fragment is unusable
+            report.bad_index_files[name] = f"{type(err).__name__}: {err}"
+            continue
+        if f"{video_key(row['video_id'])}.parquet" != name:
+            report.bad_index_files[name] = f"holds video {row['video_id']!r}, not the one it is named for"
+            continue
+        rows.append(row)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    report.num_checked = len(ok_rows)
+
+    parts = fs.loc.listdir("parts")
+    report.temporaries = [p for p in parts if p.startswith(".tmp-")]
+    published = {p for p in parts if not p.startswith(".") and p != "zarr.json"}
+    by_part: dict[str, list[dict]] = {}
+    for row in ok_rows:
+        by_part.setdefault(row["part"] or "", []).append(row)
+    report.orphan_parts = sorted(published - set(by_part))
+
+    dim, dtype = fs.attrs["dim"], np.dtype(fs.attrs["dtype"])
+    bar = tqdm(total=len(ok_rows), unit="video", desc=f"verify {fs.name}", disable=not progress)
+    for part_id, part_rows in sorted(by_part.items()):
+        problem = _check_part(fs, part_id, part_rows, published, dim, dtype, quick=quick)
+        for row in part_rows:
+            if problem:
+                report.damaged[row["video_id"]] = problem
+            bar.update(1)
+    bar.close()
+    return report
+
+
+def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | None:
+    """The first problem of a part and the rows naming it, or None."""
+    if not part_id:
+        return "its index row names no part"
+    if part_id not in published:
+        return f"part {part_id} is missing"
+    try:
+        group = fs.open_part(part_id)
+        arrays = {name: group[name] for name in ARRAYS}
+    except Exception as err:  # missing metadata, unparsable JSON, missing array
+        return f"part {part_id} cannot be opened ({type(err).__name__}: {err})"
+    lengths = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        return f"part {part_id}: arrays of different lengths {lengths}"
+    length = lengths["tokens"]
+    tokens = arrays["tokens"]
+    if tokens.shape[-1] != dim or tokens.dtype != dtype:
+        return (
+            f"part {part_id}: tokens {tokens.shape} {tokens.dtype}, but the feature set "
+            f"stores dim {dim} {dtype}"
+        )
+    covered = 0
+    for row in sorted(rows, key=lambda r: r["offset"] or 0):
+        if row["offset"] != covered or not row["num_tokens"]:
+            break
+        covered += row["num_tokens"]
+    if covered != length:
+        counts = ", ".join(f"{r['num_tokens']} at offset {r['offset']}" for r in rows)
+        return f"token count mismatch: the index says {counts}, part {part_id} holds {length}"
+    if quick:
+        return None
+    for name, array in arrays.items():
+        if array.nchunks_initialized != array.nchunks:
+            return (
+                f"part {part_id}: {array.nchunks - array.nchunks_initialized} of "
+                f"{array.nchunks} chunk(s) of {name} are missing"
+            )
+    try:
+        values = {name: array[:] for name, array in arrays.items()}
+    except Exception as err:  # a truncated or corrupt chunk fails to decode
+        return f"part {part_id}: a chunk cannot be decoded ({type(err).__name__}: {err})"
+    if not np.isfinite(values["tokens"].astype(np.float32)).all():
+        return f"part {part_id}: tokens hold NaN or inf"
+    if (values["start_sec"] > values["end_sec"]).any():
+        return f"part {part_id}: a token ends before it starts"
+    return None
+
+
+def mark_for_redo(fs: FeatureSet, report: VerifyReport) -> list[str]:
+    """Make the next ``pipeline extract`` redo what ``report`` found damaged.
+
+    Damaged videos are recorded as ``failed`` with the reason; unparsable index fragments are
+    removed. Parts are left alone (a re-extracted video gets a new part).
+
+    Returns:
+        The ids marked failed.
+    """
+    for video_id, problem in sorted(report.damaged.items()):
+        fs.write_status(video_id, "failed", f"verify: {problem}; extract again to redo it")
+    for name in report.bad_index_files:
+        fs.loc.remove(f"index/{name}")
+    return report.redo
+
+
+def remove_garbage(fs: FeatureSet, report: VerifyReport) -> int:
+    """Delete the orphan parts and ``.tmp-*`` leftovers ``report`` lists.
+
+    Only safe while nothing writes to the feature set: a running writer's ``.tmp-*`` part
+    looks exactly like a crashed one's.
+
+    Returns:
+        Number of parts removed.
+    """
+    names = report.orphan_parts + report.temporaries
+    for name in names:
+        fs.loc.remove(f"parts/{name}")
+    return len(names)
