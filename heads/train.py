@@ -1,22 +1,24 @@
 """``heads train``: fit a temporal head on cached features, evaluate it, write a run directory.
 
 A recipe read top to bottom: build (catalog, feature sets, in-memory data) → setup (seed,
-standardisation, model, optimiser with per-parameter settings) → train (AdamW, linear warm-up +
-cosine decay, task loss + the head's ``aux_loss``, gradient clipping, best-on-val selection with
-early stopping) → evaluate the best checkpoint on every split next to the majority baseline →
-write ``runs/<UTC time>-<head>-<task>/`` (``config.json``, ``checkpoint.pt``, ``metrics.json``;
-see :mod:`heads.runs`, whose ``load_head`` rebuilds the model).
+standardisation, random windows for the LVU protocol, model, optimiser with per-parameter
+settings, the run directory) → train (AdamW, linear warm-up + cosine decay, mixed precision on
+CUDA, task loss + the head's ``aux_loss``, gradient clipping, best-on-val selection with early
+stopping, TensorBoard scalars and the last checkpoint every epoch) → evaluate the best
+checkpoint on every split (averaging over windows) next to the majority baseline → write the
+metrics, predictions, best checkpoint and curves into ``runs/<UTC time>-<head>-<task>/`` (see
+:mod:`heads.runs` for the layout; ``load_head`` rebuilds the model).
+
+Defaults come from :class:`TrainConfig`, then ``heads/configs/<head>.toml`` (see
+:mod:`heads.config_files`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ from heads.data import (
 )
 from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
 from heads.models import create_head, num_streams_for
+from heads.optim import lr_factor, mixed_precision, param_groups, seed_everything
 from heads.runs import (
     TrainingLog,
     environment,
@@ -44,6 +47,8 @@ from heads.runs import (
     write_json,
 )
 from heads.windows import RandomWindowDataset, predict_videos
+
+__all__ = ["TrainConfig", "param_groups", "resolve_config", "train"]
 
 # Used when a head has no heads/configs/<head>.toml, or the file leaves a field unset.
 FALLBACK_DEFAULTS: dict = {"features": ("resnet18",), "plan": "scene", "window_sec": 0.0}
@@ -147,66 +152,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     )
 
 
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: ``weight_decay`` on weight matrices, none on biases and norms.
-
-    A parameter may carry its own settings in an ``_optim`` dict attribute (e.g. S4's A, B and
-    dt: ``{"lr": 1e-3, "weight_decay": 0.0}``, see ``heads.models.s4``); its entries override
-    the defaults. Parameters with equal settings share a group. The learning-rate schedule
-    multiplies every group's lr by the same factor, so a group keeps its ratio to ``lr``.
-
-    Args:
-        model: The head.
-        lr: Default (peak) learning rate.
-        weight_decay: Default decay for parameters with >= 2 dims.
-
-    Returns:
-        ``[{"params": [...], "lr": ..., "weight_decay": ...}, ...]``, trainable parameters only.
-    """
-    groups: dict[tuple, list[nn.Parameter]] = {}
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        settings = {"lr": lr, "weight_decay": weight_decay if param.dim() >= 2 else 0.0}
-        settings.update(getattr(param, "_optim", {}))
-        groups.setdefault(tuple(sorted(settings.items())), []).append(param)
-    return [{"params": params, **dict(key)} for key, params in groups.items()]
-
-
-def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA) and ask torch for deterministic kernels
-    (warning, not failing, where an op has none); same seed, same run on the same machine."""
-    # cuBLAS needs this workspace setting to be deterministic; read when CUDA initialises.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def mixed_precision(device: torch.device, enabled: bool):
-    """``(autocast, scaler)`` for a device: bf16 autocast on CUDA GPUs that have it, else fp16
-    autocast with a loss scaler; on CPU (or ``enabled=False``) no autocast and a no-op scaler.
-
-    Returns:
-        ``autocast``: a zero-argument context-manager factory (None when off), ``scaler``: a
-        ``torch.amp.GradScaler`` (disabled unless fp16).
-    """
-    if not enabled or device.type != "cuda":
-        return None, torch.amp.GradScaler("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    autocast = partial(torch.autocast, device_type="cuda", dtype=dtype)
-    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-
 def train(
     config: TrainConfig, *, catalog: Catalog | None = None, log=print, cache: dict | None = None
 ) -> dict:
@@ -297,7 +242,7 @@ def train(
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: _lr_factor(
+        lambda step: lr_factor(
             step,
             warmup_steps=config.warmup_epochs * steps_per_epoch,
             total_steps=config.epochs * steps_per_epoch,
