@@ -7,6 +7,7 @@ inside the commands so ``heads --help`` answers at once.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -47,6 +48,22 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict:
 def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def user_errors():
+    """Bad input (unknown names, missing files or feature sets, bad values) → a red message and
+    exit code 2 instead of a traceback."""
+    try:
+        yield
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        # KeyError's str() quotes its message; show the message itself.
+        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+
+
+# Options shared by the commands that apply a trained run.
+WhichCheckpoint = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
+RunStore = Annotated[str | None, typer.Option(help="Feature store root (default: the run's).")]
 
 
 @app.command()
@@ -124,7 +141,7 @@ def train(
     from heads.experiments import format_seed_summary, train_seeds
     from heads.train import train as run_training
 
-    try:
+    with user_errors():
         catalog_options = parse_key_values(catalog_option, "--catalog-option")
         if variant is not None:
             catalog_options["variant"] = variant
@@ -149,27 +166,20 @@ def train(
             first = train_config.seed
             summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
             typer.echo(format_seed_summary(summary))
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        # KeyError's str() quotes its message; show the message itself.
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
 
 
 @app.command("eval")
 def eval_command(
     run: Annotated[str, typer.Argument(help="Run directory of `heads train`.")],
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
-    store: Annotated[
-        str | None, typer.Option(help="Feature store root (default: the run's).")
-    ] = None,
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
 ) -> None:
     """Recompute a run's metrics on every split from its checkpoint."""
     from heads.evaluate import evaluate_run
     from heads.runs import format_table
 
-    try:
+    with user_errors():
         results = evaluate_run(run, which=which, store=store, log=typer.echo)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
     typer.echo(format_table(results))
 
 
@@ -184,32 +194,28 @@ def predict(
     out: Annotated[
         str | None, typer.Option(help="Write the predictions here (.parquet or .csv).")
     ] = None,
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
-    store: Annotated[
-        str | None, typer.Option(help="Feature store root (default: the run's).")
-    ] = None,
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
 ) -> None:
     """Predict stored videos (labelled or not) with a trained run's checkpoint."""
     from heads.evaluate import predict_run
 
-    try:
+    with user_errors():
         frame = predict_run(run, video_ids=video or None, which=which, store=store)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
-    if out:
-        if out.endswith(".csv"):
-            import polars as pl
-
-            lists = [n for n, t in frame.schema.items() if isinstance(t, pl.List)]
-            frame.with_columns(  # CSV has no lists: join them with spaces
-                pl.col(n).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for n in lists
-            ).write_csv(out)
-        else:
-            frame.write_parquet(out)
-        typer.echo(f"{frame.height} predictions written to {out}")
-    else:
+    if out is None:
         for row in frame.iter_rows(named=True):
             typer.echo(f"{row['video_id']}\t{row['predicted']}")
+        return
+    if out.endswith(".csv"):
+        import polars as pl
+
+        lists = [n for n, t in frame.schema.items() if isinstance(t, pl.List)]
+        frame.with_columns(  # CSV has no lists: join them with spaces
+            pl.col(n).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for n in lists
+        ).write_csv(out)
+    else:
+        frame.write_parquet(out)
+    typer.echo(f"{frame.height} predictions written to {out}")
 
 
 @app.command()
@@ -272,7 +278,7 @@ def sweep(
     from heads.experiments import parse_sets, run_sweep
     from heads.runs import new_run_dir
 
-    try:
+    with user_errors():
         head_names = [h.strip() for h in heads_.split(",") if h.strip()]
         options = {"variant": variant} if variant else {}
         root = data_root or f"data/{dataset}"
@@ -288,8 +294,6 @@ def sweep(
         run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
                   overrides=overrides, out_dir=out_dir, config_file=config, address=address,
                   num_workers=num_workers, log=typer.echo)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
 
 
 @app.command()
@@ -297,19 +301,15 @@ def explain(
     run: Annotated[str, typer.Argument(help="Run directory of a head with a CLS token.")],
     video: Annotated[str, typer.Option(help="Video id to explain.")],
     out: Annotated[str | None, typer.Option(help="PNG path (default: RUN/explain/).")] = None,
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
-    store: Annotated[
-        str | None, typer.Option(help="Feature store root (default: the run's).")
-    ] = None,
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
     top: Annotated[int, typer.Option(help="Print this many most-attended tokens.")] = 5,
 ) -> None:
     """Plot which tokens (scenes or frames, with their times) the CLS token attends to."""
     from heads.explain import explain_video
 
-    try:
+    with user_errors():
         table, png = explain_video(run, video, which=which, store=store, out=out)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
     typer.echo(f"most attended tokens of {video}:")
     for row in table.sort("weight", descending=True).head(top).iter_rows(named=True):
         typer.echo(f"  token {row['token']:4d}  {row['start_sec']:7.2f}-{row['end_sec']:7.2f} s  "
