@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -314,7 +315,9 @@ def run_sweep(
     if cells:
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
+            # "local" starts a fresh instance instead of joining whatever Ray runs on the host.
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
         try:
             num_cpus = int(ray.available_resources().get("CPU", 1)) or 1
             num_workers = max(1, min(num_workers or num_cpus, len(cells)))

@@ -318,3 +318,25 @@ def test_parse_sets_rejects_unknown_head():
         "mean": {"epochs": 2}, "stan": {"epochs": 5}}
     with pytest.raises(ValueError, match="head 'lstm' is not in the sweep"):
         parse_sets(["lstm.epochs=5"], ["mean"])
+
+
+def test_mixed_precision_is_off_on_cpu(toy):
+    from heads.optim import mixed_precision
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    autocast, scaler = mixed_precision(torch.device("cpu"), True)
+    assert autocast is None and not scaler.is_enabled()
+    on = train(toy_config(toy, epochs=2, amp=True), catalog=toy_catalog(), log=lambda _: None)
+    off = train(toy_config(toy, epochs=2, amp=False), catalog=toy_catalog(), log=lambda _: None)
+    assert on["history"] == off["history"]
+
+
+@pytest.mark.gpu
+def test_mixed_precision_on_cuda_trains(toy):
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    result = train(toy_config(toy, epochs=2, device="cuda"), catalog=toy_catalog(),
+                   log=lambda _: None)
+    assert all(np.isfinite(r["train_loss"]) for r in result["history"])
