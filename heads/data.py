@@ -91,7 +91,7 @@ def resolve_feature_sets(
                 raise ValueError(
                     f"no feature set for dataset {dataset!r}, backbone {name!r}, plan {plan!r} in "
                     f"store {store.root} (present: {', '.join(present) or 'none'}); run `pipeline "
-                    f"extract --dataset {dataset} --backbone {name}` with this store and plan "
+                    f"extract --dataset {dataset} --backbone {name} --plan {plan}` with this store "
                     "first, or pass an exact feature-set name to --features"
                 )
             if len(matches) > 1:

@@ -244,7 +244,9 @@ def summary_table(outcomes: Sequence[dict], skipped: Sequence[dict]) -> pl.DataF
     for skip in skipped:
         rows.append({"head": skip["head"], "task": skip["task"], "kind": None, "metric": None,
                      "seeds": 0, "val": "-", "test": "-", "test_mean": None, "test_se": None,
-                     "baseline_test": None, "status": f"skipped: {skip['reason']}"})
+                     "baseline_test": None,
+                     # the first clause; sweep.json and the log keep the whole reason
+                     "status": f"skipped: {skip['reason'].split(' (present:')[0]}"})
     schema = {"head": pl.Utf8, "task": pl.Utf8, "kind": pl.Utf8, "metric": pl.Utf8,
               "seeds": pl.Int64, "val": pl.Utf8, "test": pl.Utf8, "test_mean": pl.Float64,
               "test_se": pl.Float64, "baseline_test": pl.Float64, "status": pl.Utf8}
