@@ -7,6 +7,8 @@ inside the commands so ``heads --help`` answers at once.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -48,10 +50,33 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+@contextmanager
+def user_errors():
+    """Bad input (unknown names, missing files or feature sets, bad values) → a red message and
+    exit code 2 instead of a traceback."""
+    try:
+        yield
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        # KeyError's str() quotes its message; show the message itself.
+        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+
+
+# Options shared by the commands that apply a trained run.
+WhichCheckpoint = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
+RunStore = Annotated[str | None, typer.Option(help="Feature store root (default: the run's).")]
+
+
 @app.command()
 def train(
-    task: Annotated[str, typer.Option(help="Task of the catalog to learn, e.g. most_screen_time (demo).")],
-    dataset: Annotated[str, typer.Option(help="Catalog key, e.g. demo or folder.")] = "demo",
+    task: Annotated[
+        str | None, typer.Option(help="Task of the catalog to learn, e.g. most_screen_time (demo).")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml, "
+                     "under the flags."),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")] = None,
     data_root: Annotated[
         str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
     ] = None,
@@ -63,64 +88,233 @@ def train(
         list[str] | None,
         typer.Option(help="Catalog option as key=value, repeatable (folder: labels=FILE.csv)."),
     ] = None,
-    head: Annotated[str, typer.Option(help="Head to train (see `heads list`).")] = "stan",
+    head: Annotated[str | None, typer.Option(help="Head to train (see `heads list`).")] = None,
     features: Annotated[
         list[str] | None,
         typer.Option(
             "--features",
             help="Backbone or exact feature-set name, once per stream in the head's order "
-            "(stan: spatial then temporal). Default: stan → resnet18 + r2plus1d_18, "
-            "others → resnet18.",
+            "(stan: spatial then temporal). Default: the head's config file "
+            "(stan → resnet18 + r2plus1d_18).",
         ),
     ] = None,
-    plan: Annotated[str, typer.Option(help="Sampling plan of the features.")] = "scene",
-    store: Annotated[str, typer.Option(help="Feature store root.")] = "./store",
-    runs_dir: Annotated[str, typer.Option(help="Where run directories are written.")] = "runs",
-    epochs: Annotated[int, typer.Option(help="Maximum number of epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Videos per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 2,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs; 0 = off.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed for init, dropout and shuffling.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    plan: Annotated[
+        str | None, typer.Option(help="Sampling plan of the features (default: the head's).")
+    ] = None,
+    window_sec: Annotated[
+        float | None,
+        typer.Option(help="LVU protocol: train on random windows of this many seconds, evaluate "
+                     "on the mean over all windows; 0 = whole videos (default: the head's)."),
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Feature store root.")] = None,
+    runs_dir: Annotated[str | None, typer.Option(help="Where run directories are written.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum number of epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Videos per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Linear warm-up epochs.")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Max global gradient norm.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early-stopping patience in epochs; 0 = off.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for init, dropout and shuffling.")] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="Run this many seeds (seed, seed+1, ...) and report mean ± standard "
+                     "error."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")
+    ] = None,
     head_kwarg: Annotated[
         list[str] | None,
         typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
     ] = None,
 ) -> None:
-    """Train a head on cached features and print per-split metrics next to the baseline."""
-    from heads.train import TrainConfig
+    """Train a head on cached features and print per-split metrics next to the baseline.
+
+    Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then --config,
+    then the flags given here.
+    """
+    from heads.config_files import build_config
+    from heads.experiments import format_seed_summary, train_seeds
     from heads.train import train as run_training
 
-    try:
+    with user_errors():
         catalog_options = parse_key_values(catalog_option, "--catalog-option")
         if variant is not None:
             catalog_options["variant"] = variant
-        config = TrainConfig(
-            task=task,
-            dataset=dataset,
-            data_root=data_root,
-            catalog_options=catalog_options,
-            head=head,
-            features=tuple(features or ()),
-            plan=plan,
-            store=store,
-            runs_dir=runs_dir,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            patience=patience,
-            seed=seed,
-            device=device,
-            head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
+        given = {
+            "task": task, "dataset": dataset, "data_root": data_root, "head": head,
+            "features": tuple(features) if features else None, "plan": plan,
+            "window_sec": window_sec, "store": store, "runs_dir": runs_dir, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "patience": patience,
+            "seed": seed, "device": device, "amp": amp,
+            "catalog_options": catalog_options or None,
+            "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
+        }
+        train_config = build_config(
+            {k: v for k, v in given.items() if v is not None}, config_file=config
         )
-        run_training(config, log=typer.echo)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        # KeyError's str() quotes its message; show the message itself.
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+        if seeds is None:
+            run_training(train_config, log=typer.echo)
+        else:
+            if seeds < 1:
+                raise ValueError(f"--seeds must be at least 1, got {seeds}")
+            first = train_config.seed
+            summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
+            typer.echo(format_seed_summary(summary))
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[str, typer.Argument(help="Run directory of `heads train`.")],
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
+) -> None:
+    """Recompute a run's metrics on every split from its checkpoint."""
+    from heads.evaluate import evaluate_run
+    from heads.runs import format_table
+
+    with user_errors():
+        results = evaluate_run(run, which=which, store=store, log=typer.echo)
+    typer.echo(format_table(results))
+
+
+@app.command()
+def predict(
+    run: Annotated[str, typer.Argument(help="Run directory of `heads train`.")],
+    video: Annotated[
+        list[str] | None,
+        typer.Option(help="Video id, repeatable (default: every video stored in the run's "
+                     "feature sets)."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Write the predictions here (.parquet or .csv).")
+    ] = None,
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
+) -> None:
+    """Predict stored videos (labelled or not) with a trained run's checkpoint."""
+    from heads.evaluate import predict_run
+
+    with user_errors():
+        frame = predict_run(run, video_ids=video or None, which=which, store=store)
+    if out is None:
+        for row in frame.iter_rows(named=True):
+            typer.echo(f"{row['video_id']}\t{row['predicted']}")
+        return
+    if out.endswith(".csv"):
+        import polars as pl
+
+        lists = [n for n, t in frame.schema.items() if isinstance(t, pl.List)]
+        frame.with_columns(  # CSV has no lists: join them with spaces
+            pl.col(n).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for n in lists
+        ).write_csv(out)
+    else:
+        frame.write_parquet(out)
+    typer.echo(f"{frame.height} predictions written to {out}")
+
+
+@app.command()
+def runs(
+    runs_dir: Annotated[str, typer.Option(help="Parent of the run directories.")] = "runs",
+    head: Annotated[str | None, typer.Option(help="Only this head.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+) -> None:
+    """Every run under --runs-dir as a table, newest first."""
+    import polars as pl
+
+    from heads.runs import list_runs
+
+    table = list_runs(runs_dir)
+    if head:
+        table = table.filter(pl.col("head") == head)
+    if task:
+        table = table.filter(pl.col("task") == task)
+    if table.is_empty():
+        typer.echo(f"no runs under {runs_dir}")
+        return
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        typer.echo(str(table))
+
+
+@app.command()
+def sweep(
+    heads_: Annotated[
+        str, typer.Option("--heads", help="Comma-separated heads, e.g. mean,stan,vis4mer.")
+    ],
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated tasks of the catalog, or all.")
+    ] = "all",
+    seeds: Annotated[int, typer.Option(help="Seeds per cell: 0 .. N-1.")] = 3,
+    dataset: Annotated[str, typer.Option(help="Catalog key.")] = "demo",
+    data_root: Annotated[
+        str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
+    ] = None,
+    variant: Annotated[str | None, typer.Option(help="Catalog variant (demo: small).")] = None,
+    store: Annotated[str, typer.Option(help="Feature store root.")] = "./store",
+    runs_dir: Annotated[str, typer.Option(help="The sweep directory goes under this.")] = "runs",
+    config: Annotated[
+        str | None, typer.Option(help="TOML file of TrainConfig keys for every cell.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override as [HEAD.]key=value, repeatable, e.g. epochs=5 or "
+                     'vis4mer.features=["vit_b16"].'),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address; omit to start Ray locally.")
+    ] = None,
+    num_workers: Annotated[
+        int | None, typer.Option(help="Parallel runs (default: one per CPU).")
+    ] = None,
+) -> None:
+    """Train every head × task × seed on Ray and print a summary table (mean ± standard error)."""
+    from catalogs import get_catalog
+    from heads.experiments import parse_sets, run_sweep
+    from heads.runs import new_run_dir
+
+    with user_errors():
+        head_names = [h.strip() for h in heads_.split(",") if h.strip()]
+        options = {"variant": variant} if variant else {}
+        root = data_root or f"data/{dataset}"
+        catalog = get_catalog(dataset, root=root, **options)
+        task_names = list(catalog.tasks) if tasks == "all" else [
+            t.strip() for t in tasks.split(",") if t.strip()
+        ]
+        overrides = parse_sets(set_ or [], head_names)
+        base = {"dataset": dataset, "data_root": root, "store": store,
+                "catalog_options": options}
+        overrides = {h: {**base, **values} for h, values in overrides.items()}
+        out_dir = new_run_dir(Path(runs_dir), "sweep", "-".join(head_names))
+        run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
+                  overrides=overrides, out_dir=out_dir, config_file=config, address=address,
+                  num_workers=num_workers, log=typer.echo)
+
+
+@app.command()
+def explain(
+    run: Annotated[str, typer.Argument(help="Run directory of a head with a CLS token.")],
+    video: Annotated[str, typer.Option(help="Video id to explain.")],
+    out: Annotated[str | None, typer.Option(help="PNG path (default: RUN/explain/).")] = None,
+    which: WhichCheckpoint = "best",
+    store: RunStore = None,
+    top: Annotated[int, typer.Option(help="Print this many most-attended tokens.")] = 5,
+) -> None:
+    """Plot which tokens (scenes or frames, with their times) the CLS token attends to."""
+    from heads.explain import explain_video
+
+    with user_errors():
+        table, png = explain_video(run, video, which=which, store=store, out=out)
+    typer.echo(f"most attended tokens of {video}:")
+    for row in table.sort("weight", descending=True).head(top).iter_rows(named=True):
+        typer.echo(f"  token {row['token']:4d}  {row['start_sec']:7.2f}-{row['end_sec']:7.2f} s  "
+                   f"weight {row['weight']:.3f}")
+    typer.echo(f"plot written to {png}")
 
 
 @app.command("list")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def resolve_feature_sets(
                 raise ValueError(
                     f"no feature set for dataset {dataset!r}, backbone {name!r}, plan {plan!r} in "
                     f"store {store.root} (present: {', '.join(present) or 'none'}); run `pipeline "
-                    f"extract --dataset {dataset} --backbone {name}` with this store and plan "
+                    f"extract --dataset {dataset} --backbone {name} --plan {plan}` with this store "
                     "first, or pass an exact feature-set name to --features"
                 )
             if len(matches) > 1:
@@ -162,6 +162,8 @@ class TaskData:
             tokens, (T_i, N, D_i) in the stored dtype for patch tokens.
         targets: Split → encoded targets (see :func:`encode_labels`).
         num_dropped: Reason → number of catalog videos left out.
+        times: Split → per video, one (T_i, 2) float64 [start_sec, end_sec] array per stream
+            (for the windows of :mod:`heads.windows`).
     """
 
     task: Task
@@ -170,6 +172,7 @@ class TaskData:
     tokens: dict[str, list[list[np.ndarray]]]
     targets: dict[str, np.ndarray]
     num_dropped: dict[str, int]
+    times: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)
 
 
 def load_task_data(
@@ -178,6 +181,7 @@ def load_task_data(
     feature_sets: Sequence[FeatureSet],
     *,
     log: Callable[[str], None] = print,
+    cache: dict | None = None,
 ) -> TaskData:
     """Read the tokens and labels of every usable video of ``task_name``.
 
@@ -186,6 +190,10 @@ def load_task_data(
     task video is used when it has a label, a file on disk, is ``ok`` in every feature set and
     has finite tokens; the others are counted per reason and reported via ``log``, as are
     empty val/test splits (the trainer then selects on train loss / reports no test metrics).
+
+    ``cache``, when given, maps a feature set's path to ``{video_id: VideoFeatures}`` already
+    read; videos found there are not read again and the ones read are added, so a sweep worker
+    reads each feature set once whatever the number of runs it serves.
 
     Raises:
         KeyError: the catalog has no such task.
@@ -229,17 +237,21 @@ def load_task_data(
         kept[split].append(video_id)
 
     all_ids = [v for split in SPLITS for v in kept[split]]
-    read = [fs.read_many(all_ids) for fs in feature_sets]
+    read = [_read_cached(fs, all_ids, cache) for fs in feature_sets]
     tokens: dict[str, list[list[np.ndarray]]] = {}
+    times: dict[str, list[list[np.ndarray]]] = {}
     video_ids: dict[str, list[str]] = {}
     for split in SPLITS:
-        tokens[split], video_ids[split] = [], []
+        tokens[split], times[split], video_ids[split] = [], [], []
         for video_id in kept[split]:
             streams = [_in_memory(r[video_id].tokens) for r in read]
             if not all(np.isfinite(s).all() for s in streams):
                 dropped["non-finite tokens"] += 1
                 continue
             tokens[split].append(streams)
+            times[split].append(
+                [np.stack([r[video_id].start_sec, r[video_id].end_sec], axis=1) for r in read]
+            )  # per stream (T_i, 2)
             video_ids[split].append(video_id)
     targets = {
         split: encode_labels(task, ids, [labels[v] for v in ids])
@@ -267,7 +279,19 @@ def load_task_data(
         tokens=tokens,
         targets=targets,
         num_dropped=dict(dropped),
+        times=times,
     )
+
+
+def _read_cached(fs: FeatureSet, video_ids: list[str], cache: dict | None) -> dict:
+    """``fs.read_many(video_ids)``, through ``cache`` (see :func:`load_task_data`)."""
+    if cache is None:
+        return fs.read_many(video_ids)
+    known = cache.setdefault(str(fs.path), {})
+    missing = [v for v in video_ids if v not in known]
+    if missing:
+        known.update(fs.read_many(missing))
+    return {v: known[v] for v in video_ids}
 
 
 def _in_memory(tokens: np.ndarray) -> np.ndarray:

@@ -1,9 +1,14 @@
 """Metrics per task kind, and the majority baseline they are read against.
 
-- classification: top-1 accuracy;
+- classification: top-1 accuracy, top-5 when there are more than 5 classes, and a confusion
+  matrix (:func:`details`);
 - multilabel: mAP weighted by class frequency (as reported in STAN, Fish et al. 2022, Tab. 3),
-  macro mAP over the classes present, and weighted precision / recall / F1 at probability 0.5;
+  macro mAP over the classes present, weighted precision / recall / F1 at probability 0.5, and
+  a per-class AP table (STAN Tab. 3's rows; :func:`details`);
 - regression: mean squared error.
+
+Computed with scikit-learn (``top_k_accuracy_score``, ``average_precision_score``,
+``precision_recall_fscore_support``, ``confusion_matrix``, ``mean_squared_error``).
 
 All functions take numpy arrays: ``outputs`` are what a head returns (logits, or the regression
 value in target units), ``targets`` are the encoded labels of ``heads.data``.
@@ -29,6 +34,60 @@ def top1(logits: np.ndarray, targets: np.ndarray) -> float:
         targets: (N,) class indices.
     """
     return float(np.mean(np.argmax(logits, axis=1) == targets))
+
+
+def top_k(logits: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Fraction of videos whose true class is among the ``k`` highest logits.
+
+    Args:
+        logits: (N, K) with K > k.
+        targets: (N,) class indices.
+    """
+    from sklearn.metrics import top_k_accuracy_score
+
+    num_classes = logits.shape[1]
+    return float(
+        top_k_accuracy_score(targets, logits, k=k, labels=np.arange(num_classes))
+    )
+
+
+def per_class_ap(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Average precision of each class (STAN Tab. 3 reports these per genre).
+
+    Args:
+        scores: (N, K) any monotone score.
+        targets: (N, K) multi-hot {0, 1}.
+
+    Returns:
+        K floats; NaN for a class without any positive (its AP is undefined).
+    """
+    from sklearn.metrics import average_precision_score
+
+    return [
+        float(average_precision_score(targets[:, k], scores[:, k]))
+        if targets[:, k].sum() > 0
+        else float("nan")
+        for k in range(targets.shape[1])
+    ]
+
+
+def confusion(logits: np.ndarray, targets: np.ndarray) -> list[list[int]]:
+    """Confusion matrix, rows = true class, columns = predicted (arg-max) class.
+
+    Args:
+        logits: (N, K).
+        targets: (N,) class indices.
+
+    Returns:
+        (K, K) counts as nested lists (JSON-ready).
+    """
+    from sklearn.metrics import confusion_matrix
+
+    num_classes = logits.shape[1]
+    matrix = confusion_matrix(
+        targets, np.argmax(logits, axis=1), labels=np.arange(num_classes)
+    )
+    return matrix.tolist()
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -58,7 +117,9 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> dict[str,
 
 def mse(outputs: np.ndarray, targets: np.ndarray) -> float:
     """Mean squared error; ``outputs`` and ``targets`` of the same shape, e.g. (N, 1)."""
-    return float(np.mean((outputs - targets) ** 2))
+    from sklearn.metrics import mean_squared_error
+
+    return float(mean_squared_error(targets, outputs))
 
 
 def compute_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -70,8 +131,8 @@ def compute_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict
         targets: (N,) class indices, (N, K) multi-hot, or (N, 1) values.
 
     Returns:
-        ``{"top1"}``, ``{"mAP", "mAP_macro", "precision", "recall", "f1"}`` or ``{"mse"}``;
-        an empty dict when N is 0.
+        ``{"top1"}`` (plus ``top5`` when K > 5), ``{"mAP", "mAP_macro", "precision", "recall",
+        "f1"}`` or ``{"mse"}``; an empty dict when N is 0.
 
     Raises:
         ValueError: unknown ``kind``.
@@ -82,7 +143,10 @@ def compute_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict
     if len(targets) == 0:
         return {}
     if kind == "classification":
-        return {"top1": top1(outputs, targets)}
+        result = {"top1": top1(outputs, targets)}
+        if outputs.shape[1] > 5:
+            result["top5"] = top_k(outputs, targets, 5)
+        return result
     if kind == "regression":
         return {"mse": mse(outputs, targets.astype(np.float64))}
     from sklearn.metrics import precision_recall_fscore_support
@@ -94,6 +158,35 @@ def compute_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict
     )
     result.update(precision=float(precision), recall=float(recall), f1=float(f1))
     return result
+
+
+def details(kind: str, outputs: np.ndarray, targets: np.ndarray, classes) -> dict:
+    """Tables that go next to the scalar metrics in ``metrics.json``.
+
+    Args:
+        kind: Task kind.
+        outputs: As in :func:`compute_metrics`.
+        targets: As in :func:`compute_metrics`.
+        classes: Class names, in output order.
+
+    Returns:
+        classification: ``{"confusion": {"classes": [...], "matrix": (K, K)}}`` (rows true);
+        multilabel: ``{"per_class": [{"class", "ap", "num_positives"}, ...]}``;
+        regression or N = 0: ``{}``.
+    """
+    outputs, targets = np.asarray(outputs, dtype=np.float64), np.asarray(targets)
+    if len(targets) == 0 or kind == "regression":
+        return {}
+    if kind == "classification":
+        return {"confusion": {"classes": list(classes), "matrix": confusion(outputs, targets)}}
+    aps = per_class_ap(outputs, targets)
+    positives = targets.sum(axis=0).astype(int).tolist()
+    return {
+        "per_class": [
+            {"class": name, "ap": ap, "num_positives": n}
+            for name, ap, n in zip(classes, aps, positives)
+        ]
+    }
 
 
 def majority_baseline(

@@ -1,26 +1,40 @@
-"""Run directories of ``heads train``: create, write, read back.
+"""Run directories of ``heads train``: create, write, read back, list.
 
 Layout of ``<runs_dir>/<UTC time>-<head>-<task>/``:
 
-- ``config.json``: ``config`` (the resolved :class:`heads.train.TrainConfig`), ``catalog`` (its
-  name), ``task`` (name, kind, classes) and ``feature_sets`` (name, backbone, plan, dim and
-  fingerprint of each, in stream order);
-- ``checkpoint.pt``: ``model`` (best weights), ``head`` and ``head_args`` (the ``create_head``
-  arguments that rebuild it), ``standardizer`` (per-stream mean/std), ``target_norm`` (regression
-  target mean/std, else null), ``config``, ``task``, ``feature_sets``, ``best_epoch``; loadable
-  with ``torch.load(weights_only=True)``;
-- ``metrics.json``: ``num_videos``, ``metrics`` and ``baseline`` per split, ``num_dropped``,
-  ``selection`` (metric, best epoch) and the per-epoch ``history``.
+- ``config.json``: ``config`` (the resolved :class:`heads.train.TrainConfig`, including the
+  ``config_files`` it came from), ``catalog`` (its name), ``task`` (name, kind, classes) and
+  ``feature_sets`` (name, backbone, plan, token kind, dim and fingerprint of each, in stream
+  order: the feature-set fingerprint that pins the inputs);
+- ``environment.json``: Python, platform, package versions, the git commit (and whether the
+  tree had uncommitted changes), torch's CUDA, the host;
+- ``checkpoint.pt`` (best on val) and ``checkpoint_last.pt`` (last epoch, rewritten each epoch):
+  ``model``, ``head`` and ``head_args`` (the ``create_head`` arguments that rebuild it),
+  ``standardizer`` (per-stream mean/std), ``target_norm`` (regression target mean/std, else
+  null), ``config``, ``task``, ``feature_sets``, ``epoch``; loadable with
+  ``torch.load(weights_only=True)``;
+- ``metrics.json``: ``num_videos``, ``metrics``, ``baseline`` and ``details`` (confusion matrix
+  or per-class AP) per split, ``num_dropped``, ``selection`` (metric, best epoch), ``seed`` and
+  the per-epoch ``history``;
+- ``predictions.parquet``: one row per video and split: ``video_id``, ``split``, ``target``,
+  ``predicted`` (class name(s) or value) and the head's ``outputs`` (list of floats);
+- ``curves.png``: loss and validation metric per epoch (matplotlib);
+- ``tensorboard/``: the same scalars as TensorBoard event files (``tensorboard --logdir RUNS``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import platform
 import re
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import torch
 from torch import nn
 
@@ -28,43 +42,32 @@ from catalogs.base import SPLITS
 from heads.metrics import PRIMARY_METRIC
 from heads.models import create_head
 
+CHECKPOINTS = {"best": "checkpoint.pt", "last": "checkpoint_last.pt"}
+# Distributions whose versions decide a run's numbers; recorded in environment.json.
+PACKAGES = ("longvid", "torch", "numpy", "scikit-learn", "polars", "zarr", "ray", "torchvision")
 
-def write_run(
-    runs_dir: str | Path, *, head: str, task: str, config: dict, checkpoint: dict, metrics: dict
-) -> Path:
-    """Create a new run directory and write its three files.
+
+def load_head(path: str | Path, *, which: str = "best") -> tuple[nn.Module, dict]:
+    """Rebuild a trained head from a run directory or a checkpoint file.
 
     Args:
-        runs_dir: Parent directory (created if missing).
-        head: Head name, for the directory name.
-        task: Task name, for the directory name.
-        config: Content of ``config.json``.
-        checkpoint: Content of ``checkpoint.pt``.
-        metrics: Content of ``metrics.json``.
+        path: A run directory, or a ``.pt`` file.
+        which: For a run directory: ``best`` (``checkpoint.pt``) or ``last``
+            (``checkpoint_last.pt``).
 
     Returns:
-        The run directory.
-    """
-    run_dir = new_run_dir(Path(runs_dir), head, task)
-    write_json(run_dir / "config.json", config)
-    torch.save(checkpoint, run_dir / "checkpoint.pt")
-    write_json(run_dir / "metrics.json", metrics)
-    return run_dir
-
-
-def load_head(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a trained head from a run directory or its ``checkpoint.pt``.
-
-    Returns:
-        ``(model, checkpoint)``: the model in eval mode with the best weights, and the checkpoint
+        ``(model, checkpoint)``: the model in eval mode with the weights, and the checkpoint
         dict (``standardizer``, ``target_norm``, ``config``, ``task``, ``feature_sets``, ...).
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
+        ValueError: ``which`` is neither ``best`` nor ``last``.
     """
     path = Path(path)
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINTS[which]
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run directory of `heads train`")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,3 +125,178 @@ def write_json(path: Path, payload: dict) -> None:
         return value
 
     path.write_text(json.dumps(clean(payload), indent=2, default=str) + "\n")
+
+
+def environment() -> dict:
+    """What a run's numbers may depend on besides its config: interpreter, platform, package
+    versions, the longvid git commit (``git_dirty`` when the tree had uncommitted changes),
+    torch's CUDA and cuDNN, and the host."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                                  text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "packages": versions,
+        "git_sha": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+class TrainingLog:
+    """Per-epoch scalars to TensorBoard event files (``torch.utils.tensorboard``).
+
+    Args:
+        log_dir: Directory of the event files.
+    """
+
+    def __init__(self, log_dir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def add(self, record: dict) -> None:
+        """Write every number of ``record`` (one :func:`heads.train.train` history entry) at
+        step ``record["epoch"]``; ``train_loss`` is written as ``train/loss``, ``val_top1`` as
+        ``val/top1``."""
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> None:
+    """Training curves as a PNG: train/val loss on the left, the val metric on the right.
+
+    Args:
+        history: Per-epoch records (``epoch``, ``train_loss``, optional ``val_loss`` and one
+            ``val_<metric>``).
+        path: PNG file to write.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; safe in workers
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    metric_keys = sorted({k for r in history for k in r} - {"epoch", "train_loss", "val_loss", "lr"})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(epochs, [r["train_loss"] for r in history], label="train")
+    if any("val_loss" in r for r in history):
+        axes[0].plot(epochs, [r.get("val_loss", np.nan) for r in history], label="val")
+    axes[0].set(xlabel="epoch", ylabel="loss")
+    axes[0].legend()
+    for key in metric_keys:
+        axes[1].plot(epochs, [r.get(key, np.nan) for r in history], label=key)
+    axes[1].set(xlabel="epoch", ylabel="metric")
+    if metric_keys:
+        axes[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def predictions_frame(
+    task: dict, video_ids: dict[str, list[str]], outputs: dict[str, np.ndarray],
+    targets: dict[str, np.ndarray],
+) -> pl.DataFrame:
+    """Per-video predictions of every split as one frame (``predictions.parquet``).
+
+    Args:
+        task: ``{"name", "kind", "classes"}``.
+        video_ids: Split → video ids.
+        outputs: Split → (N, K) or (N, 1) head outputs in target units.
+        targets: Split → encoded targets (``heads.data.encode_labels``); may be empty for
+            videos without labels (``heads predict``), then ``target`` is null.
+
+    Returns:
+        Columns ``video_id``, ``split``, ``target``, ``predicted``, ``outputs`` (list[f64]):
+        class names (classification), lists of class names with logit > 0 (multilabel), or
+        floats (regression).
+    """
+    kind, classes = task["kind"], task["classes"]
+
+    def decode(row: np.ndarray, is_output: bool):
+        if kind == "regression":
+            return float(row.reshape(-1)[0])
+        if kind == "classification":
+            index = int(np.argmax(row)) if is_output else int(row)
+            return classes[index]
+        chosen = row > 0 if is_output else row > 0.5
+        return [c for c, on in zip(classes, chosen) if on]
+
+    rows = []
+    for split, ids in video_ids.items():
+        split_targets = targets.get(split)
+        for i, video_id in enumerate(ids):
+            out = np.asarray(outputs[split][i], dtype=np.float64)
+            has_target = split_targets is not None and len(split_targets) > i
+            rows.append({
+                "video_id": video_id,
+                "split": split,
+                "target": decode(np.asarray(split_targets[i]), False) if has_target else None,
+                "predicted": decode(out, True),
+                "outputs": out.tolist(),
+            })
+    value = {"regression": pl.Float64, "classification": pl.Utf8}.get(kind, pl.List(pl.Utf8))
+    schema = {"video_id": pl.Utf8, "split": pl.Utf8, "target": value, "predicted": value,
+              "outputs": pl.List(pl.Float64)}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def list_runs(runs_dir: str | Path) -> pl.DataFrame:
+    """One row per run directory under ``runs_dir`` (newest first): ``run``, ``head``,
+    ``task``, ``seed``, ``features``, ``best_epoch``, ``metric``, ``val``, ``test`` (the task's
+    primary metric) and ``status`` (``done``, or ``running / stopped`` without metrics.json)."""
+    rows = []
+    for run_dir in sorted(Path(runs_dir).glob("*/config.json"), reverse=True):
+        run_dir = run_dir.parent
+        saved = json.loads((run_dir / "config.json").read_text())
+        config, kind = saved["config"], saved["task"]["kind"]
+        metric = PRIMARY_METRIC[kind][0]
+        row = {
+            "run": run_dir.name, "head": config["head"], "task": saved["task"]["name"],
+            "seed": config["seed"], "features": "+".join(config["features"]),
+            "best_epoch": None, "metric": metric, "val": None, "test": None,
+            "status": "running / stopped",
+        }
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.is_file():
+            result = json.loads(metrics_path.read_text())
+            row.update(
+                best_epoch=result["selection"]["best_epoch"],
+                val=result["metrics"]["val"].get(metric),
+                test=result["metrics"]["test"].get(metric),
+                status="done",
+            )
+        rows.append(row)
+    schema = {"run": pl.Utf8, "head": pl.Utf8, "task": pl.Utf8, "seed": pl.Int64,
+              "features": pl.Utf8, "best_epoch": pl.Int64, "metric": pl.Utf8,
+              "val": pl.Float64, "test": pl.Float64, "status": pl.Utf8}
+    return pl.DataFrame(rows, schema=schema)

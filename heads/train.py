@@ -1,19 +1,25 @@
 """``heads train``: fit a temporal head on cached features, evaluate it, write a run directory.
 
 A recipe read top to bottom: build (catalog, feature sets, in-memory data) → setup (seed,
-standardisation, model, optimiser with per-parameter settings) → train (AdamW, linear warm-up +
-cosine decay, task loss + the head's ``aux_loss``, gradient clipping, best-on-val selection with
-early stopping) → evaluate the best checkpoint on every split next to the majority baseline →
-write ``runs/<UTC time>-<head>-<task>/`` (``config.json``, ``checkpoint.pt``, ``metrics.json``;
-see :mod:`heads.runs`, whose ``load_head`` rebuilds the model).
+standardisation, random windows for the LVU protocol, model, optimiser with per-parameter
+settings, the run directory) → train (AdamW, linear warm-up + cosine decay, mixed precision on
+CUDA, task loss + the head's ``aux_loss``, gradient clipping, best-on-val selection with early
+stopping, TensorBoard scalars and the last checkpoint every epoch) → evaluate the best
+checkpoint on every split (averaging over windows) next to the majority baseline → write the
+metrics, predictions, best checkpoint and curves into ``runs/<UTC time>-<head>-<task>/`` (see
+:mod:`heads.runs` for the layout; ``load_head`` rebuilds the model).
+
+Defaults come from :class:`TrainConfig`, then ``heads/configs/<head>.toml`` (see
+:mod:`heads.config_files`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import random
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,24 +34,38 @@ from heads.data import (
     load_task_data,
     resolve_feature_sets,
 )
-from heads.metrics import PRIMARY_METRIC, compute_metrics, majority_baseline
+from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
 from heads.models import create_head, num_streams_for
-from heads.runs import format_table, write_run
+from heads.optim import lr_factor, mixed_precision, param_groups, seed_everything
+from heads.runs import (
+    TrainingLog,
+    environment,
+    format_table,
+    new_run_dir,
+    plot_curves,
+    predictions_frame,
+    write_json,
+)
+from heads.windows import RandomWindowDataset, predict_videos
 
-# Backbones a head reads when --features is not given: STAN's streams are the 2D (spatial) and
-# 3D (temporal) scene features of its paper; single-feature heads take the 2D one.
-_STAN_FEATURES = ("resnet18", "r2plus1d_18")
-DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {
-    "stan": _STAN_FEATURES,
-    "stan_gated": _STAN_FEATURES,
-    "stan_distill": _STAN_FEATURES,
-}
-FALLBACK_FEATURES: tuple[str, ...] = ("resnet18",)
+__all__ = ["TrainConfig", "param_groups", "resolve_config", "train"]
+
+# Used when a head has no heads/configs/<head>.toml, or the file leaves a field unset.
+FALLBACK_DEFAULTS: dict = {"features": ("resnet18",), "plan": "scene", "window_sec": 0.0}
+
+
+def head_defaults(head: str) -> dict:
+    """The head's file defaults (``heads/configs/<head>.toml``), over :data:`FALLBACK_DEFAULTS`."""
+    from heads.config_files import head_config_path, read_toml
+
+    path = head_config_path(head)
+    values = read_toml(path) if path.is_file() else {}
+    return {**FALLBACK_DEFAULTS, **values}
 
 
 def default_features(head: str) -> tuple[str, ...]:
-    """The ``--features`` used for ``head`` when none are given."""
-    return DEFAULT_FEATURES.get(head, FALLBACK_FEATURES)
+    """The ``--features`` used for ``head`` when none are given (its config file's)."""
+    return tuple(head_defaults(head)["features"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +91,10 @@ class TrainConfig:
     catalog_options: dict = field(default_factory=dict)
     head: str = "stan"  # registry key of the head (`heads list`)
     features: tuple[str, ...] = ()  # one backbone or feature-set name per stream; () = head default
-    plan: str = "scene"  # sampling plan of the features (STAN: one token per scene)
+    plan: str | None = None  # sampling plan of the features; None = the head's (stan: scene)
+    # LVU protocol (ViS4mer §4-5): train on random windows of this many seconds, evaluate on the
+    # mean over all windows of a video; 0 = whole videos; None = the head's (vis4mer: 60).
+    window_sec: float | None = None
     store: str = "store"  # feature store root written by `pipeline extract`
     runs_dir: str = "runs"  # parent of the run directories
     epochs: int = 50  # upper bound; early stopping usually ends sooner on small datasets
@@ -83,10 +106,13 @@ class TrainConfig:
     patience: int = 10  # stop after this many epochs without val improvement; 0 = never
     seed: int = 0  # seeds init, dropout and shuffling: same seed, same run
     device: str = "cpu"  # `cpu`, `cuda` or `auto`; light heads train fine on CPU
+    amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
     head_kwargs: dict = field(default_factory=dict)  # passed to create_head (`--head-kwarg`)
+    config_files: tuple[str, ...] = ()  # TOML files the config was built from (provenance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "config_files", tuple(self.config_files))
         checks = {
             "--epochs": (self.epochs >= 1, "at least 1", self.epochs),
             "--batch-size": (self.batch_size >= 1, "at least 1", self.batch_size),
@@ -95,6 +121,9 @@ class TrainConfig:
             "--warmup-epochs": (self.warmup_epochs >= 0, "non-negative", self.warmup_epochs),
             "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
             "--patience": (self.patience >= 0, "non-negative", self.patience),
+            "--window-sec": (
+                self.window_sec is None or self.window_sec >= 0, "non-negative", self.window_sec
+            ),
         }
         for flag, (ok, wanted, value) in checks.items():
             if not ok:
@@ -110,57 +139,22 @@ class TrainConfig:
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with the defaults that depend on other fields filled in."""
+    """``config`` with the defaults that depend on other fields (the head's file) filled in."""
+    defaults = head_defaults(config.head)
     return replace(
         config,
         data_root=config.data_root or f"data/{config.dataset}",
-        features=config.features or default_features(config.head),
+        features=config.features or tuple(defaults["features"]),
+        plan=config.plan or defaults["plan"],
+        window_sec=float(
+            defaults["window_sec"] if config.window_sec is None else config.window_sec
+        ),
     )
 
 
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: ``weight_decay`` on weight matrices, none on biases and norms.
-
-    A parameter may carry its own settings in an ``_optim`` dict attribute (e.g. S4's A, B and
-    dt: ``{"lr": 1e-3, "weight_decay": 0.0}``, see ``heads.models.s4``); its entries override
-    the defaults. Parameters with equal settings share a group. The learning-rate schedule
-    multiplies every group's lr by the same factor, so a group keeps its ratio to ``lr``.
-
-    Args:
-        model: The head.
-        lr: Default (peak) learning rate.
-        weight_decay: Default decay for parameters with >= 2 dims.
-
-    Returns:
-        ``[{"params": [...], "lr": ..., "weight_decay": ...}, ...]``, trainable parameters only.
-    """
-    groups: dict[tuple, list[nn.Parameter]] = {}
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        settings = {"lr": lr, "weight_decay": weight_decay if param.dim() >= 2 else 0.0}
-        settings.update(getattr(param, "_optim", {}))
-        groups.setdefault(tuple(sorted(settings.items())), []).append(param)
-    return [{"params": params, **dict(key)} for key, params in groups.items()]
-
-
-def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device) -> np.ndarray:
-    """Head outputs for every batch of ``loader``, (N, K) or (N, 1) float32, in loader order."""
-    model.eval()
-    outputs = [model(*(t.to(device) for t in inputs)).float().cpu() for inputs, _ in loader]
-    return torch.cat(outputs).numpy()
-
-
-def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> dict:
+def train(
+    config: TrainConfig, *, catalog: Catalog | None = None, log=print, cache: dict | None = None
+) -> dict:
     """Train ``config.head`` on ``config.task`` and evaluate it on every split.
 
     Args:
@@ -168,6 +162,7 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
         catalog: The dataset; built with ``catalogs.get_catalog(config.dataset,
             root=config.data_root)`` when not given.
         log: Where progress lines and the final table go.
+        cache: Feature reads kept across calls (see :func:`heads.data.load_task_data`).
 
     Returns:
         The content of ``metrics.json`` plus ``run_dir`` (str).
@@ -199,40 +194,39 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
         prefer={"dataset_variant": variant} if variant is not None else None,
         token_kinds=head_token_kinds(config.head),
     )
-    data = load_task_data(catalog, config.task, feature_sets, log=log)
+    data = load_task_data(catalog, config.task, feature_sets, log=log, cache=cache)
     task, kind = data.task, data.task.kind
     metric_name, higher_is_better = PRIMARY_METRIC[kind]
 
     # ------------------------------------------------------------------ setup
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
+    autocast, scaler = mixed_precision(device, config.amp)
     standardizer = Standardizer.fit(data.tokens["train"])
+    tokens = {s: [standardizer.apply(v) for v in data.tokens[s]] for s in SPLITS}
     target_norm = None
+    targets = dict(data.targets)
     if kind == "regression":
         # Regress standardised targets so the output layer's scale does not depend on the units.
         train_y = data.targets["train"]
         target_norm = (float(train_y.mean()), float(max(train_y.std(), 1e-6)))
-    datasets = {
-        split: FeatureDataset(
-            [standardizer.apply(v) for v in data.tokens[split]],
-            data.targets[split]
-            if target_norm is None
-            else ((data.targets[split] - target_norm[0]) / target_norm[1]).astype(np.float32),
+        targets = {s: ((y - target_norm[0]) / target_norm[1]).astype(np.float32)
+                   for s, y in targets.items()}
+    if config.window_sec > 0:  # LVU protocol: a fresh random window of each video every epoch
+        train_set = RandomWindowDataset(
+            tokens["train"], data.times["train"], targets["train"],
+            window_sec=config.window_sec, seed=config.seed,
         )
-        for split in SPLITS
-    }
-    loader_args = {"batch_size": config.batch_size, "collate_fn": collate}
+    else:
+        train_set = FeatureDataset(tokens["train"], targets["train"])
     train_loader = torch.utils.data.DataLoader(
-        datasets["train"], shuffle=True, generator=torch.Generator().manual_seed(config.seed),
-        **loader_args,
+        train_set, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
     )
-    eval_loaders = {s: torch.utils.data.DataLoader(datasets[s], **loader_args) for s in SPLITS}
 
     in_dim = [int(fs.attrs["dim"]) for fs in feature_sets]
     head_args = {"in_dim": in_dim, "num_outputs": task.num_outputs, **config.head_kwargs}
@@ -248,7 +242,7 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: _lr_factor(
+        lambda step: lr_factor(
             step,
             warmup_steps=config.warmup_epochs * steps_per_epoch,
             total_steps=config.epochs * steps_per_epoch,
@@ -261,9 +255,13 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
     }[kind]
 
     def evaluate(split: str) -> tuple[np.ndarray, float]:
-        """Outputs in target units (N, K) or (N, 1), and the mean training loss, on ``split``."""
-        outputs = predict(model, eval_loaders[split], device)
-        loss = loss_fn(torch.from_numpy(outputs), datasets[split].targets).item()
+        """Per-video outputs in target units (N, K) or (N, 1), averaged over windows, and the
+        loss of those outputs, on ``split``."""
+        outputs = predict_videos(
+            model, tokens[split], data.times[split], window_sec=config.window_sec,
+            batch_size=config.batch_size, device=device, autocast=autocast,
+        )
+        loss = loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets[split])).item()
         if target_norm is not None:
             outputs = outputs * target_norm[1] + target_norm[0]
         return outputs, loss
@@ -275,28 +273,66 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
     if not select_on_val:
         log(f"no usable val split for {metric_name}: selecting the checkpoint on train loss")
 
+    # The run directory exists from here on: config and environment first, then the curves
+    # and the last checkpoint every epoch, so an interrupted run keeps what it did.
+    feature_info = [
+        {
+            "name": fs.name,
+            "backbone": fs.spec.get("backbone"),
+            "plan": fs.spec.get("plan"),
+            "token_kind": fs.attrs.get("token_kind"),
+            "dim": int(fs.attrs["dim"]),
+            "fingerprint": fs.attrs.get("fingerprint"),
+        }
+        for fs in feature_sets
+    ]
+    task_info = {"name": task.name, "kind": kind, "classes": list(task.classes)}
+    config_dict = asdict(config)
+    run_dir = new_run_dir(Path(config.runs_dir), config.head, task.name)
+    write_json(run_dir / "config.json", {"config": config_dict, "catalog": catalog.name,
+                                         "task": task_info, "feature_sets": feature_info})
+    write_json(run_dir / "environment.json", environment())
+
+    def checkpoint(state: dict, epoch: int) -> dict:
+        """Everything :func:`heads.runs.load_head` needs to rebuild the model at ``epoch``."""
+        return {
+            "head": config.head,
+            "head_args": head_args,
+            "model": {k: v.detach().cpu() for k, v in state.items()},
+            "standardizer": standardizer.state_dict(),
+            "target_norm": list(target_norm) if target_norm else None,
+            "config": config_dict,
+            "task": task_info,
+            "feature_sets": feature_info,
+            "epoch": epoch,
+        }
+
     # ------------------------------------------------------------------ train
     best_score, best_epoch, best_state, epochs_since_best = None, 0, None, 0
     history = []
+    curves = TrainingLog(run_dir / "tensorboard")
     progress = tqdm(range(1, config.epochs + 1), desc=f"{config.head}/{task.name}", disable=None)
     try:
         for epoch in progress:
             model.train()
             total_loss = 0.0
-            for inputs, targets in train_loader:
-                outputs = model(*(t.to(device) for t in inputs))
-                loss = loss_fn(outputs, targets.to(device))
-                aux_loss = getattr(model, "aux_loss", None)  # set by the head in this forward
-                if isinstance(aux_loss, torch.Tensor):
-                    loss = loss + aux_loss
+            for inputs, batch_targets in train_loader:
+                with autocast() if autocast else nullcontext():
+                    outputs = model(*(t.to(device) for t in inputs))
+                    loss = loss_fn(outputs.float(), batch_targets.to(device))
+                    aux_loss = getattr(model, "aux_loss", None)  # set by the head in this forward
+                    if isinstance(aux_loss, torch.Tensor):
+                        loss = loss + aux_loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
-                total_loss += loss.item() * len(targets)
-            train_loss = total_loss / len(datasets["train"])
-            record = {"epoch": epoch, "train_loss": train_loss}
+                total_loss += loss.item() * len(batch_targets)
+            train_loss = total_loss / len(train_set)
+            record = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
             if select_on_val:
                 val_outputs, val_loss = evaluate("val")
                 val = compute_metrics(kind, val_outputs, data.targets["val"])
@@ -307,7 +343,9 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
                 score = (-train_loss,)
             improved = best_score is None or score > best_score
             history.append(record)
+            curves.add(record)
             progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+            torch.save(checkpoint(model.state_dict(), epoch), run_dir / "checkpoint_last.pt")
             if improved:
                 best_score, best_epoch, epochs_since_best = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -318,71 +356,48 @@ def train(config: TrainConfig, *, catalog: Catalog | None = None, log=print) -> 
 
         # -------------------------------------------------------------- evaluate
         model.load_state_dict(best_state)
+        selection_metric = f"val_{metric_name}" if select_on_val else "train_loss"
         results = {
             "task": task.name,
             "kind": kind,
             "head": config.head,
+            "seed": config.seed,
             "selection": {
-                "metric": f"val_{metric_name}" if select_on_val else "train_loss",
+                "metric": selection_metric,
                 "best_epoch": best_epoch,
-                "best_value": history[best_epoch - 1].get(
-                    f"val_{metric_name}" if select_on_val else "train_loss"
-                ),
+                "best_value": history[best_epoch - 1].get(selection_metric),
                 "num_epochs_run": len(history),
             },
-            "num_videos": {s: len(datasets[s]) for s in SPLITS},
+            "num_videos": {s: len(tokens[s]) for s in SPLITS},
             "num_dropped": data.num_dropped,
             "metrics": {},
             "baseline": {},
+            "details": {},
             "history": history,
         }
+        split_outputs = {}
         for split in SPLITS:
-            has_videos = len(datasets[split]) > 0
+            has_videos = len(tokens[split]) > 0
+            outputs = evaluate(split)[0] if has_videos else np.zeros((0, task.num_outputs))
+            split_outputs[split] = outputs
             results["metrics"][split] = (
-                compute_metrics(kind, evaluate(split)[0], data.targets[split]) if has_videos else {}
+                compute_metrics(kind, outputs, data.targets[split]) if has_videos else {}
             )
+            results["details"][split] = details(kind, outputs, data.targets[split], task.classes)
             results["baseline"][split] = majority_baseline(
                 data.targets["train"], data.targets[split], kind
             )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        curves.close()
 
     # ------------------------------------------------------------------ write
-    feature_info = [
-        {
-            "name": fs.name,
-            "backbone": fs.spec.get("backbone"),
-            "plan": fs.spec.get("plan"),
-            "dim": int(fs.attrs["dim"]),
-            "fingerprint": fs.attrs.get("fingerprint"),
-        }
-        for fs in feature_sets
-    ]
-    task_info = {"name": task.name, "kind": kind, "classes": list(task.classes)}
-    config_dict = asdict(config)
-    run_dir = write_run(
-        config.runs_dir,
-        head=config.head,
-        task=task.name,
-        config={
-            "config": config_dict,
-            "catalog": catalog.name,
-            "task": task_info,
-            "feature_sets": feature_info,
-        },
-        checkpoint={
-            "head": config.head,
-            "head_args": head_args,
-            "model": {k: v.cpu() for k, v in best_state.items()},
-            "standardizer": standardizer.state_dict(),
-            "target_norm": list(target_norm) if target_norm else None,
-            "config": config_dict,
-            "task": task_info,
-            "feature_sets": feature_info,
-            "best_epoch": best_epoch,
-        },
-        metrics=results,
+    torch.save(checkpoint(best_state, best_epoch), run_dir / "checkpoint.pt")
+    write_json(run_dir / "metrics.json", results)
+    predictions_frame(task_info, data.video_ids, split_outputs, data.targets).write_parquet(
+        run_dir / "predictions.parquet"
     )
+    plot_curves(history, run_dir / "curves.png", title=f"{config.head} / {task.name}")
     log(format_table(results))
     log(f"run written to {run_dir}")
     return {**results, "run_dir": str(run_dir)}

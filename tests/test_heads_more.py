@@ -379,7 +379,7 @@ SMALL_TRAIN = {
 )
 def test_train_end_to_end(tiny_store, tmp_path, patch_aware_train, head, features, kind):
     config = TrainConfig(
-        dataset="tiny", task=TASK_BY_KIND[kind], head=head, features=(features,),
+        dataset="tiny", task=TASK_BY_KIND[kind], head=head, features=(features,), plan="scene",
         store=str(tiny_store), runs_dir=str(tmp_path / "runs"), epochs=2, batch_size=4,
         warmup_epochs=1, head_kwargs=SMALL_TRAIN[head],
     )

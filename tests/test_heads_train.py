@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -144,7 +145,19 @@ def test_train_writes_a_complete_run(toy_store, tmp_path, head, kind):
     run_dir = Path(result["run_dir"])
     assert run_dir.parent == tmp_path / "runs"
     assert run_dir.name.endswith(f"-{head}-{task}")
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "checkpoint.pt", "metrics.json"}
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.json", "environment.json", "checkpoint.pt", "checkpoint_last.pt", "metrics.json",
+        "predictions.parquet", "curves.png", "tensorboard",
+    }
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["packages"]["torch"] == importlib.metadata.version("torch")
+    assert env["git_sha"] is None or len(env["git_sha"]) == 40
+
+    predictions = pl.read_parquet(run_dir / "predictions.parquet")
+    assert predictions.height == 24
+    assert predictions.group_by("split").len().sort("split")["len"].to_list() == [5, 14, 5]
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["kind"] == kind
@@ -161,11 +174,21 @@ def test_train_writes_a_complete_run(toy_store, tmp_path, head, kind):
     assert [fs["backbone"] for fs in saved["feature_sets"]] == ["resnet18", "r2plus1d_18"]
     assert all(len(fs["fingerprint"]) == 64 for fs in saved["feature_sets"])
 
-    # The checkpoint rebuilds the selected model.
+    # The checkpoints rebuild the selected and the last model.
     model, checkpoint = load_head(run_dir)
     assert checkpoint["head_args"]["in_dim"] == [DIM, DIM]
     assert checkpoint["task"]["kind"] == kind
     assert len(checkpoint["standardizer"]["mean"]) == 2
+    assert checkpoint["epoch"] == metrics["selection"]["best_epoch"]
+    _, last = load_head(run_dir, which="last")
+    assert last["epoch"] == metrics["selection"]["num_epochs_run"]
+
+    # Confusion matrix / per-class AP next to the scalars, counting every test video.
+    test_details = metrics["details"]["test"]
+    if kind == "classification":
+        assert np.sum(test_details["confusion"]["matrix"]) == 5
+    elif kind == "multilabel":
+        assert [row["class"] for row in test_details["per_class"]] == list(TAGS)
 
 
 def test_stan_beats_the_majority_baseline(toy_store, tmp_path):

@@ -1,0 +1,89 @@
+"""``heads explain``: which tokens a head's CLS token attends to, over one video's timeline.
+
+VTN (Neimark et al. 2021, Fig. 3) and STAM (Sharir et al. 2021, Fig. 2) show the attention of
+the classification token on each frame to explain a prediction. Heads with a CLS token expose
+``cls_attention(x, mask) -> (B, T)`` (the last layer's CLS-to-token weights, averaged over
+attention heads); this module runs it on one stored video and plots the weights against the
+tokens' time spans (scenes or frames, from the store's ``start_sec``/``end_sec``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from heads.data import _in_memory
+
+
+def heads_with_cls_attention() -> list[str]:
+    """Registered heads whose class defines ``cls_attention``."""
+    from heads.models import get_head_class, list_heads
+
+    return [h for h in list_heads() if hasattr(get_head_class(h), "cls_attention")]
+
+
+def explain_video(
+    run_dir: str | Path, video_id: str, *, which: str = "best", store: str | Path | None = None,
+    out: str | Path | None = None,
+) -> tuple[pl.DataFrame, Path]:
+    """CLS attention of a trained run on every token of one video, as a table and a plot.
+
+    Args:
+        run_dir: A run of a head with a CLS token (see :func:`heads_with_cls_attention`).
+        video_id: A video stored ``ok`` in the run's feature set.
+        which: ``best`` or ``last`` checkpoint.
+        store: Store root (default: the run's).
+        out: PNG path (default: ``<run_dir>/explain/<video>.png``).
+
+    Returns:
+        ``(table, png)``: ``token``, ``start_sec``, ``end_sec``, ``scene_idx``, ``weight`` (sums
+        to 1 minus the CLS's weight on itself), and the plot's path.
+
+    Raises:
+        ValueError: the head has no CLS attention to show.
+        KeyError: the video is not stored in the run's feature set.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from heads.evaluate import load_run
+    from pipeline.store import video_key
+
+    run = load_run(run_dir, which=which)
+    head = run.checkpoint["head"]
+    if not hasattr(run.model, "cls_attention"):
+        raise ValueError(
+            f"head {head!r} has no CLS token to explain; heads that have one: "
+            f"{', '.join(heads_with_cls_attention())}"
+        )
+    (fs,) = run.feature_sets(store)  # heads with cls_attention take one stream
+    video = fs.read(video_id)
+    (x,) = run.standardizer.apply([_in_memory(video.tokens)])
+    x = torch.from_numpy(np.ascontiguousarray(x)).float().unsqueeze(0)  # (1, T, D)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)  # (1, T)
+    weights = run.model.cls_attention(x, mask)[0].float().numpy()  # (T,)
+    table = pl.DataFrame({
+        "token": np.arange(len(weights)),
+        "start_sec": np.asarray(video.start_sec, dtype=np.float64),
+        "end_sec": np.asarray(video.end_sec, dtype=np.float64),
+        "scene_idx": np.asarray(video.scene_idx, dtype=np.int64),
+        "weight": weights.astype(np.float64),
+    })
+
+    out = Path(out) if out else run.run_dir / "explain" / f"{video_key(video_id)}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    widths = np.maximum(table["end_sec"] - table["start_sec"], 1e-3)
+    ax.bar(table["start_sec"], table["weight"], width=widths, align="edge",
+           edgecolor="black", linewidth=0.5)
+    ax.set(xlabel="time (s)", ylabel="CLS attention",
+           title=f"{head} on {video_id}: attention of the CLS token on each token")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return table, out

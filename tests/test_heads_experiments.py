@@ -1,0 +1,342 @@
+"""Metrics against hand-computed values, the LVU windows against a direct computation, config
+files, seeds, and the `heads eval / predict / runs / explain / sweep` commands on a toy store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from heads.cli import app
+from heads.metrics import compute_metrics, details, per_class_ap, top_k
+from heads.models import create_head
+from heads.windows import RandomWindowDataset, predict_videos, tile_windows, window_streams
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# ----------------------------------------------------------------------------- metrics
+
+# Hand-computed: arg-max predictions 0, 1, 0, 2 against 0, 2, 2, 2.
+LOGITS = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 0.5], [0.0, 0.0, 1.0]])
+LABELS = np.array([0, 2, 2, 2])
+
+
+def test_top1_and_confusion_by_hand():
+    assert compute_metrics("classification", LOGITS, LABELS) == {"top1": 0.5}  # no top5: K=3
+    table = details("classification", LOGITS, LABELS, ["a", "b", "c"])["confusion"]
+    assert table["classes"] == ["a", "b", "c"]
+    # rows = true class: a→a once; c→b, c→a, c→c once each.
+    assert table["matrix"] == [[1, 0, 0], [0, 0, 0], [1, 1, 1]]
+
+
+def test_top5_only_when_more_than_five_classes():
+    logits = np.array([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])
+    targets = np.array([5, 4])  # ranks 6 (miss) and 5 (hit)
+    assert top_k(logits, targets, 5) == 0.5
+    assert compute_metrics("classification", logits, targets) == {"top1": 0.0, "top5": 0.5}
+
+
+def test_multilabel_metrics_by_hand():
+    # Class A: positives ranked 1st and 3rd of 4 → AP = (1/1 + 2/3) / 2 = 5/6.
+    # Class B: its only positive ranked 1st → AP = 1. Weighted by positives (2, 1): 8/9.
+    scores = np.array([[2.0, -1.0], [1.0, 2.0], [-0.5, 1.0], [-1.0, -2.0]])
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], dtype=np.float32)
+    m = compute_metrics("multilabel", scores, targets)
+    assert m["mAP"] == pytest.approx(8 / 9)
+    assert m["mAP_macro"] == pytest.approx((5 / 6 + 1) / 2)
+    # Predicted (logit > 0): A = {0, 1} → P = R = F1 = 1/2; B = {1, 2} → P 1/2, R 1, F1 2/3.
+    assert m["precision"] == pytest.approx((2 * 0.5 + 0.5) / 3)
+    assert m["recall"] == pytest.approx((2 * 0.5 + 1.0) / 3)
+    assert m["f1"] == pytest.approx((2 * 0.5 + 2 / 3) / 3)
+    rows = details("multilabel", scores, targets, ["A", "B"])["per_class"]
+    assert rows == [{"class": "A", "ap": pytest.approx(5 / 6), "num_positives": 2},
+                    {"class": "B", "ap": pytest.approx(1.0), "num_positives": 1}]
+
+
+def test_per_class_ap_is_nan_without_positives():
+    aps = per_class_ap(np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[1, 0], [0, 0]]))
+    assert aps[0] == pytest.approx(0.5) and math.isnan(aps[1])  # its positive ranked 2nd of 2
+
+
+def test_mse_by_hand():
+    outputs = np.array([[1.0], [2.0], [4.0]])
+    assert compute_metrics("regression", outputs, np.ones((3, 1))) == {
+        "mse": pytest.approx(10 / 3)
+    }
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def scene_times(starts: list[float], ends: list[float]) -> np.ndarray:
+    return np.stack([np.asarray(starts, float), np.asarray(ends, float)], axis=1)  # (T, 2)
+
+
+def test_tile_windows_cuts_by_time():
+    times = scene_times(np.arange(0, 150, 10), np.arange(10, 160, 10))  # 15 tokens, 0-150 s
+    x = np.arange(15, dtype=np.float32)[:, None]  # (T, 1): token i holds i
+    windows = tile_windows([x], [times], 60.0)
+    assert [w[0][:, 0].tolist() for w in windows] == [
+        list(range(0, 6)), list(range(6, 12)), list(range(12, 15))
+    ]
+    # A token straddling a boundary (55-65 s) belongs to both windows; 0 = the whole video.
+    straddle = scene_times([0, 55, 65], [55, 65, 100])
+    cut = window_streams([np.arange(3)], [straddle], 60.0, 120.0)
+    assert cut[0].tolist() == [1, 2]
+    assert len(tile_windows([x], [times], 0.0)) == 1
+
+
+def test_windowed_prediction_equals_direct_computation():
+    torch.manual_seed(0)
+    model = create_head("mean", in_dim=4, num_outputs=3, hidden_dim=8, dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    videos, times = [], []
+    for num_tokens, step in [(30, 5.0), (7, 20.0), (3, 10.0)]:  # 150 s, 140 s, 30 s videos
+        videos.append([rng.normal(size=(num_tokens, 4)).astype(np.float32)])
+        starts = np.arange(num_tokens) * step
+        times.append([scene_times(starts, starts + step)])
+    got = predict_videos(model, videos, times, window_sec=60.0, batch_size=3)
+
+    expected = []
+    for (x,), (t,) in zip(videos, times):
+        duration = t[:, 1].max()
+        outs = []
+        for k in range(math.ceil(duration / 60.0)) if duration > 60 else [None]:
+            keep = np.ones(len(t), bool) if k is None else (
+                (t[:, 0] < (k + 1) * 60.0) & (t[:, 1] > k * 60.0))
+            if keep.any():
+                xw = torch.from_numpy(x[keep])[None]  # (1, T_w, D)
+                with torch.no_grad():
+                    outs.append(model(xw, torch.ones(xw.shape[:2], dtype=torch.bool))[0].numpy())
+        expected.append(np.mean(outs, axis=0))
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-6)
+    # Whole-video prediction differs for the long videos: the windows matter.
+    whole = predict_videos(model, videos, times, window_sec=0.0)
+    assert not np.allclose(whole[0], got[0]) and np.allclose(whole[2], got[2], atol=1e-6)
+
+
+def test_random_windows_are_seeded_and_at_most_window_long():
+    times = [[scene_times(np.arange(0, 300, 2.0), np.arange(2, 302, 2.0))]]  # 150 tokens, 300 s
+    x = [[np.arange(150, dtype=np.float32)[:, None]]]
+
+    def draws(seed):
+        data = RandomWindowDataset(x, times, np.zeros(1, np.int64), window_sec=60.0, seed=seed)
+        return [data[0][0][0][:, 0].numpy() for _ in range(5)]
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    for window in first:
+        assert 30 <= len(window) <= 31  # 60 s of 2 s tokens (+1 straddling the start)
+        assert np.all(np.diff(window) == 1)  # a contiguous run of tokens
+    assert len({int(w[0]) for w in first}) > 1  # different starts
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    from heads.config_files import build_config
+
+    config = build_config({"task": "genre", "head": "vis4mer"})
+    assert config.features == ("vit_l16",) and config.plan == "fps" and config.window_sec == 60
+    assert config.config_files[0].endswith("vis4mer.toml")
+
+    user = tmp_path / "mine.toml"
+    user.write_text('head = "vis4mer"\nlr = 0.01\nepochs = 7\n[head_kwargs]\nd_model = 64\n')
+    config = build_config({"task": "genre", "epochs": 3, "head_kwargs": {"dropout": 0.0}},
+                          config_file=user)
+    assert (config.lr, config.epochs, config.plan) == (0.01, 3, "fps")  # flag beats file
+    assert config.head_kwargs == {"d_model": 64, "dropout": 0.0}
+
+    user.write_text("lr = 0.01\nlearning_rate = 0.1\n")
+    with pytest.raises(ValueError, match=r"mine.toml: unknown key\(s\) learning_rate"):
+        build_config({"task": "genre"}, config_file=user)
+
+
+def test_every_head_config_file_is_valid():
+    from heads.config_files import CONFIG_DIR, read_toml
+    from heads.models import list_heads
+
+    names = {p.stem for p in CONFIG_DIR.glob("*.toml")}
+    assert names == set(list_heads())
+    for name in names:
+        assert read_toml(CONFIG_DIR / f"{name}.toml")["features"]
+
+
+# ----------------------------------------------------------------- runs on the toy store
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from test_heads_train import write_toy_store
+
+    root = tmp_path_factory.mktemp("exp")
+    write_toy_store(root / "store")
+    return root
+
+
+def toy_config(toy: Path, **overrides):
+    from heads.train import TrainConfig
+    from test_heads_train import DATASET, MEAN_SMALL
+
+    fields = dict(dataset=DATASET, task="genre", head="mean", store=str(toy / "store"),
+                  runs_dir=str(toy / "runs"), epochs=4, batch_size=4, lr=2e-3,
+                  head_kwargs=MEAN_SMALL, features=("resnet18",), plan="scene")
+    return TrainConfig(**{**fields, **overrides})
+
+
+def test_windowed_training_reproduces_its_metrics(toy):
+    from heads.evaluate import evaluate_run
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    result = train(toy_config(toy, window_sec=8.0), catalog=toy_catalog(), log=lambda _: None)
+    again = evaluate_run(result["run_dir"], catalog=toy_catalog(), log=lambda _: None)
+    assert again["metrics"] == result["metrics"]
+    assert again["details"] == json.loads(json.dumps(result["details"]))
+
+
+def test_seeds_report_mean_and_standard_error(toy):
+    from heads.experiments import format_seed_summary, train_seeds
+    from test_heads_train import toy_catalog
+
+    summary = train_seeds(toy_config(toy), [0, 1, 2], catalog=toy_catalog(), log=lambda _: None)
+    values = [r["metrics"]["test"]["top1"] for r in summary["results"]]
+    cell = summary["metrics"]["test"]["top1"]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(np.mean(values))
+    assert cell["se"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(3))
+    assert "±" in format_seed_summary(summary) or len(set(values)) == 1
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy):
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    config = toy_config(toy, head="temporal_transformer", runs_dir=str(toy / "tt_runs"),
+                        head_kwargs={"d_model": 16, "num_heads": 2, "num_layers": 1,
+                                     "ff_dim": 32, "dropout": 0.0})
+    return Path(train(config, catalog=toy_catalog(), log=lambda _: None)["run_dir"])
+
+
+def test_cli_eval_predict_runs_explain(toy, toy_run, monkeypatch, tmp_path):
+    import catalogs
+    from test_heads_train import toy_catalog
+
+    monkeypatch.setattr(catalogs, "get_catalog", lambda name, **kw: toy_catalog())
+    runner = CliRunner()
+    saved = json.loads((toy_run / "metrics.json").read_text())
+
+    result = runner.invoke(app, ["eval", str(toy_run)])
+    assert result.exit_code == 0, result.output
+    assert f"{saved['metrics']['test']['top1']:.4f}" in result.output
+
+    out = tmp_path / "pred.parquet"
+    result = runner.invoke(app, ["predict", str(toy_run), "--video", "toy/v20",
+                                 "--video", "toy/v01", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pl.read_parquet(out)
+    assert frame["video_id"].to_list() == ["toy/v20", "toy/v01"]
+    stored = pl.read_parquet(toy_run / "predictions.parquet")
+    expected = stored.filter(pl.col("video_id") == "toy/v20")["outputs"].to_list()[0]
+    np.testing.assert_allclose(frame["outputs"].to_list()[0], expected, rtol=1e-5)
+
+    result = runner.invoke(app, ["predict", str(toy_run), "--video", "toy/nope"])
+    assert result.exit_code != 0 and "toy/nope" in result.output
+
+    result = runner.invoke(app, ["runs", "--runs-dir", str(toy_run.parent)])
+    assert result.exit_code == 0, result.output
+    assert toy_run.name in result.output and "temporal_transformer" in result.output
+
+    png = tmp_path / "explain.png"
+    result = runner.invoke(app, ["explain", str(toy_run), "--video", "toy/v03",
+                                 "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:4] == b"\x89PNG" and "most attended tokens" in result.output
+
+
+def test_explain_weights_sum_with_cls_to_one(toy_run):
+    from heads.explain import explain_video
+
+    table, _ = explain_video(toy_run, "toy/v03")
+    assert 0 < table["weight"].sum() <= 1 + 1e-6
+    assert table["start_sec"].to_list() == sorted(table["start_sec"].to_list())
+
+
+def test_explain_refuses_a_head_without_cls(toy):
+    from heads.explain import explain_video
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    result = train(toy_config(toy, epochs=1), catalog=toy_catalog(), log=lambda _: None)
+    with pytest.raises(ValueError, match="no CLS token.*temporal_transformer"):
+        explain_video(result["run_dir"], "toy/v03")
+
+
+# ------------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_summary_with_a_skipped_head(toy, ray_local, tmp_path):
+    from heads.experiments import parse_sets, run_sweep
+    from test_heads_train import DATASET, MEAN_SMALL, toy_catalog
+
+    heads = ["mean", "vis4mer"]  # vis4mer's vit_l16 features are not in the toy store
+    overrides = parse_sets(["epochs=2", "batch_size=8",
+                            f"mean.head_kwargs={json.dumps(MEAN_SMALL)}"], heads)
+    overrides = {h: {**v, "dataset": DATASET, "store": str(toy / "store")}
+                 for h, v in overrides.items()}
+    lines = []
+    table = run_sweep(toy_catalog(), heads=heads, tasks=["genre", "score"], seeds=[0, 1],
+                      overrides=overrides, out_dir=tmp_path / "sweep", log=lines.append)
+    rows = {(r["head"], r["task"]): r for r in table.iter_rows(named=True)}
+    assert set(rows) == {("mean", "genre"), ("mean", "score"), ("vis4mer", "genre"),
+                         ("vis4mer", "score")}
+    assert rows[("mean", "genre")]["seeds"] == 2 and rows[("mean", "genre")]["status"] == "ok"
+    assert rows[("mean", "score")]["metric"] == "mse"
+    assert rows[("vis4mer", "genre")]["status"].startswith("skipped: no feature set")
+    assert (tmp_path / "sweep" / "summary.csv").is_file()
+    markdown = (tmp_path / "sweep" / "summary.md").read_text()
+    assert markdown.startswith("| head | task |") and "skipped" in markdown
+    assert len(list((tmp_path / "sweep" / "runs").iterdir())) == 4  # 1 head × 2 tasks × 2 seeds
+    # The test value is the mean of the runs' own test metrics.
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    genre = [o["metrics"]["test"]["top1"] for o in sweep["outcomes"] if o["task"] == "genre"]
+    assert rows[("mean", "genre")]["test_mean"] == pytest.approx(np.mean(genre))
+
+
+def test_parse_sets_rejects_unknown_head():
+    from heads.experiments import parse_sets
+
+    assert parse_sets(["epochs=2", "stan.epochs=5"], ["mean", "stan"]) == {
+        "mean": {"epochs": 2}, "stan": {"epochs": 5}}
+    with pytest.raises(ValueError, match="head 'lstm' is not in the sweep"):
+        parse_sets(["lstm.epochs=5"], ["mean"])
+
+
+def test_mixed_precision_is_off_on_cpu(toy):
+    from heads.optim import mixed_precision
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    autocast, scaler = mixed_precision(torch.device("cpu"), True)
+    assert autocast is None and not scaler.is_enabled()
+    on = train(toy_config(toy, epochs=2, amp=True), catalog=toy_catalog(), log=lambda _: None)
+    off = train(toy_config(toy, epochs=2, amp=False), catalog=toy_catalog(), log=lambda _: None)
+    assert on["history"] == off["history"]
+
+
+@pytest.mark.gpu
+def test_mixed_precision_on_cuda_trains(toy):
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    result = train(toy_config(toy, epochs=2, device="cuda"), catalog=toy_catalog(),
+                   log=lambda _: None)
+    assert all(np.isfinite(r["train_loss"]) for r in result["history"])
