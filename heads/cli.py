@@ -131,11 +131,22 @@ def train(
         list[str] | None,
         typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
     ] = None,
+    end_to_end: Annotated[
+        bool,
+        typer.Option("--end-to-end", help="Train backbone(s) and head together from decoded "
+                     "frames instead of cached features: the `heads finetune` recipe, with its "
+                     "defaults for everything not given here (see `heads finetune --help`)."),
+    ] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="--end-to-end: stan_small, stan_large, vtn or stat (default: from "
+                     "--head: stan → stan_small, longformer → vtn, stat → stat)."),
+    ] = None,
 ) -> None:
     """Train a head on cached features and print per-split metrics next to the baseline.
 
     Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then --config,
-    then the flags given here.
+    then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
     """
     from heads.config_files import build_config
     from heads.experiments import format_seed_summary, train_seeds
@@ -145,6 +156,21 @@ def train(
         catalog_options = parse_key_values(catalog_option, "--catalog-option")
         if variant is not None:
             catalog_options["variant"] = variant
+        if end_to_end:
+            cached_only = {"--config": config, "--features": features, "--window-sec": window_sec,
+                           "--store": store, "--seeds": seeds,
+                           "--amp/--no-amp": amp}
+            _train_end_to_end(
+                preset=preset, task=task, dataset=dataset, data_root=data_root,
+                catalog_options=catalog_options, head=head, plan=plan, runs_dir=runs_dir,
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                warmup_epochs=warmup_epochs, grad_clip=grad_clip, patience=patience, seed=seed,
+                device=device, head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
+                cached_only=[flag for flag, value in cached_only.items() if value is not None],
+            )
+            return
+        if preset is not None:
+            raise ValueError("--preset is an --end-to-end option")
         given = {
             "task": task, "dataset": dataset, "data_root": data_root, "head": head,
             "features": tuple(features) if features else None, "plan": plan,
@@ -166,6 +192,33 @@ def train(
             first = train_config.seed
             summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
             typer.echo(format_seed_summary(summary))
+
+
+# Head → end-to-end preset of `heads train --end-to-end` when --preset is not given.
+_END_TO_END_PRESETS = {"stan": "stan_small", "longformer": "vtn", "stat": "stat"}
+
+
+def _train_end_to_end(*, preset, head, task, cached_only: list[str], **given) -> None:
+    """`heads train --end-to-end`: the flags both modes share, handed to `heads finetune`'s
+    recipe (heads/finetune.py); flags that only mean something for cached features are an
+    error rather than silently ignored."""
+    from heads.finetune import finetune as run_finetune
+    from heads.finetune_setup import FinetuneConfig
+
+    if cached_only:
+        raise ValueError(f"{', '.join(cached_only)}: cached-feature option(s), not valid with "
+                         "--end-to-end (see `heads finetune --help` for its options)")
+    if task is None:
+        raise ValueError("--task is required")
+    if preset is None:
+        if head not in _END_TO_END_PRESETS:
+            raise ValueError(f"--end-to-end: no preset for head {head!r}; give --preset "
+                             "(stan_small, stan_large, vtn, stat) or --head "
+                             f"{' | '.join(_END_TO_END_PRESETS)}")
+        preset = _END_TO_END_PRESETS[head]
+        head = None  # the preset's own head
+    kwargs = {k: v for k, v in given.items() if v not in (None, {})}
+    run_finetune(FinetuneConfig(task=task, preset=preset, head=head, **kwargs), log=typer.echo)
 
 
 @app.command("eval")

@@ -27,6 +27,7 @@ import math
 import random
 from contextlib import nullcontext
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
     from tqdm.auto import tqdm
 
     from heads.metrics import PRIMARY_METRIC, compute_metrics, majority_baseline
-    from heads.runs import format_table, write_run
+    from heads.runs import environment, format_table, new_run_dir, write_json
 
     # ------------------------------------------------------------------ build
     config = resolve_config(config)
@@ -316,28 +317,28 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
     task_info = {"name": task.name, "kind": kind, "classes": list(task.classes)}
     config_dict = asdict(config)
     state = model.state_dict()
-    run_dir = write_run(
-        config.runs_dir, head=config.preset, task=task.name,
-        config={"config": config_dict, "catalog": catalog.name, "task": task_info,
-                "encoders": encoders, "streams": [asdict(s) for s in streams],
-                "parameters": counts},
-        checkpoint={
-            "kind": "finetune",
-            "head": config.head,
-            "head_args": head_args,
-            "model": {k[len("head."):]: v.cpu() for k, v in state.items()
-                      if k.startswith("head.")},
-            "encoder_states": {str(i): {k: v.cpu() for k, v in e.state_dict().items()}
-                               for i, e in enumerate(model.encoders) if e.trainable},
-            "standardizer": _standardizer_state(model),
-            "target_norm": list(target_norm) if target_norm else None,
-            "config": config_dict,
-            "task": task_info,
-            "encoders": encoders,
-            "best_epoch": best_epoch,
-        },
-        metrics=results,
-    )
+    run_dir = new_run_dir(Path(config.runs_dir), config.preset, task.name)
+    write_json(run_dir / "config.json", {
+        "config": config_dict, "catalog": catalog.name, "task": task_info,
+        "encoders": encoders, "streams": [asdict(s) for s in streams], "parameters": counts,
+    })
+    write_json(run_dir / "environment.json", environment())
+    torch.save({
+        "kind": "finetune",
+        "head": config.head,
+        "head_args": head_args,
+        "model": {k[len("head."):]: v.cpu() for k, v in state.items()
+                  if k.startswith("head.")},
+        "encoder_states": {str(i): {k: v.cpu() for k, v in e.state_dict().items()}
+                           for i, e in enumerate(model.encoders) if e.trainable},
+        "standardizer": _standardizer_state(model),
+        "target_norm": list(target_norm) if target_norm else None,
+        "config": config_dict,
+        "task": task_info,
+        "encoders": encoders,
+        "best_epoch": best_epoch,
+    }, run_dir / "checkpoint.pt")
+    write_json(run_dir / "metrics.json", results)
     log(format_table(results))
     if failed:
         log(f"{len(failed)} video(s) could not be decoded: "

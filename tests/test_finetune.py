@@ -85,7 +85,7 @@ def preset_run(demo_small, tmp_path_factory):
 def test_preset_trains_from_pixels_on_the_demo(preset, preset_run):
     _, result = preset_run(preset)
     run_dir = Path(result["run_dir"])
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "checkpoint.pt", "metrics.json"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.json", "environment.json", "checkpoint.pt", "metrics.json"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_videos"] == {"train": 4, "val": 2, "test": 2}
     assert all(set(metrics["metrics"][s]) == {"top1"} for s in ("train", "val", "test"))
@@ -308,3 +308,28 @@ def test_cli_finetune(demo_small, tmp_path):
     assert bad.exit_code == 2 and "not an encoder of this run" in bad.output
     bad = CliRunner().invoke(app, args + ["--num-workers", "2"])
     assert bad.exit_code == 2 and "--num-workers 0" in bad.output
+
+
+def test_heads_train_end_to_end_hands_shared_flags_to_the_finetune_recipe(monkeypatch):
+    import heads.finetune
+
+    seen = []
+    monkeypatch.setattr(heads.finetune, "finetune", lambda config, log: seen.append(config))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--end-to-end", "--head", "longformer", "--task", "t",
+                                 "--variant", "small", "--epochs", "3", "--lr", "0.001",
+                                 "--head-kwarg", "num_layers=1"])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert (config.preset, config.head, config.task, config.epochs, config.lr) == (
+        "vtn", None, "t", 3, 0.001)
+    assert config.catalog_options == {"variant": "small"}
+    assert config.head_kwargs == {"num_layers": 1}
+    result = runner.invoke(app, ["train", "--end-to-end", "--preset", "stan_large", "--task", "t"])
+    assert result.exit_code == 0 and seen[-1].preset == "stan_large"
+    # cached-feature flags are refused, not ignored; a head without a preset is named
+    result = runner.invoke(app, ["train", "--end-to-end", "--head", "stan", "--task", "t",
+                                 "--store", "s"])
+    assert result.exit_code == 2 and "--store" in result.output
+    result = runner.invoke(app, ["train", "--end-to-end", "--head", "mean", "--task", "t"])
+    assert result.exit_code == 2 and "no preset for head 'mean'" in result.output
