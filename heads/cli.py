@@ -365,8 +365,9 @@ def explain(
         table, png = explain_video(run, video, which=which, store=store, out=out)
     typer.echo(f"most attended tokens of {video}:")
     for row in table.sort("weight", descending=True).head(top).iter_rows(named=True):
-        typer.echo(f"  token {row['token']:4d}  {row['start_sec']:7.2f}-{row['end_sec']:7.2f} s  "
-                   f"weight {row['weight']:.3f}")
+        stream = f"{row['stream']:>12s} " if "stream" in row else ""
+        typer.echo(f"  {stream}token {row['token']:4d}  "
+                   f"{row['start_sec']:7.2f}-{row['end_sec']:7.2f} s  weight {row['weight']:.3f}")
     typer.echo(f"plot written to {png}")
 
 

@@ -3,8 +3,10 @@
 VTN (Neimark et al. 2021, Fig. 3) and STAM (Sharir et al. 2021, Fig. 2) show the attention of
 the classification token on each frame to explain a prediction. Heads with a CLS token expose
 ``cls_attention(x, mask) -> (B, T)`` (the last layer's CLS-to-token weights, averaged over
-attention heads); this module runs it on one stored video and plots the weights against the
-tokens' time spans (scenes or frames, from the store's ``start_sec``/``end_sec``).
+attention heads); two-stream heads (STAN: one CLS per stream) take ``(x_1, mask_1, x_2,
+mask_2)`` and return one (B, T_i) per stream. This module runs it on one stored video and plots
+the weights against the tokens' time spans (scenes or frames, from the store's
+``start_sec``/``end_sec``), one row per stream.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def explain_video(
 
     Returns:
         ``(table, png)``: ``token``, ``start_sec``, ``end_sec``, ``scene_idx``, ``weight`` (sums
-        to 1 minus the CLS's weight on itself), and the plot's path.
+        to 1 minus the CLS's weight on itself, per stream), plus ``stream`` (the feature set's
+        backbone) for two-stream heads; and the plot's path.
 
     Raises:
         ValueError: the head has no CLS attention to show.
@@ -61,28 +64,43 @@ def explain_video(
             f"head {head!r} has no CLS token to explain; heads that have one: "
             f"{', '.join(heads_with_cls_attention())}"
         )
-    (fs,) = run.feature_sets(store)  # heads with cls_attention take one stream
-    video = fs.read(video_id)
-    (x,) = run.standardizer.apply([_in_memory(video.tokens)])
-    x = torch.from_numpy(np.ascontiguousarray(x)).float().unsqueeze(0)  # (1, T, D)
-    mask = torch.ones(x.shape[:2], dtype=torch.bool)  # (1, T)
-    weights = run.model.cls_attention(x, mask)[0].float().numpy()  # (T,)
-    table = pl.DataFrame({
-        "token": np.arange(len(weights)),
-        "start_sec": np.asarray(video.start_sec, dtype=np.float64),
-        "end_sec": np.asarray(video.end_sec, dtype=np.float64),
-        "scene_idx": np.asarray(video.scene_idx, dtype=np.int64),
-        "weight": weights.astype(np.float64),
-    })
+    feature_sets = run.feature_sets(store)
+    videos = [fs.read(video_id) for fs in feature_sets]
+    streams = run.standardizer.apply([_in_memory(v.tokens) for v in videos])
+    inputs = []
+    for x in streams:
+        x = torch.from_numpy(np.ascontiguousarray(x)).float().unsqueeze(0)  # (1, T, D)
+        inputs += [x, torch.ones(x.shape[:2], dtype=torch.bool)]  # mask (1, T): no padding
+    with torch.no_grad():
+        weights = run.model.cls_attention(*inputs)
+    weights = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+    names = ([fs.spec.get("backbone", fs.name) for fs in feature_sets] if len(videos) > 1
+             else [None])
+    table = pl.concat([
+        pl.DataFrame({
+            "stream": [name or ""] * len(video.start_sec),
+            "token": np.arange(len(video.start_sec)),
+            "start_sec": np.asarray(video.start_sec, dtype=np.float64),
+            "end_sec": np.asarray(video.end_sec, dtype=np.float64),
+            "scene_idx": np.asarray(video.scene_idx, dtype=np.int64),
+            "weight": w[0].float().numpy().astype(np.float64),
+        })
+        for name, video, w in zip(names, videos, weights)
+    ])
+    if len(videos) == 1:
+        table = table.drop("stream")
 
     out = Path(out) if out else run.run_dir / "explain" / f"{video_key(video_id)}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(10, 3))
-    widths = np.maximum(table["end_sec"] - table["start_sec"], 1e-3)
-    ax.bar(table["start_sec"], table["weight"], width=widths, align="edge",
-           edgecolor="black", linewidth=0.5)
-    ax.set(xlabel="time (s)", ylabel="CLS attention",
-           title=f"{head} on {video_id}: attention of the CLS token on each token")
+    fig, axes = plt.subplots(len(videos), 1, figsize=(10, 3 * len(videos)), squeeze=False)
+    for ax, name, video, w in zip(axes[:, 0], names, videos, weights):
+        start = np.asarray(video.start_sec, dtype=np.float64)
+        widths = np.maximum(np.asarray(video.end_sec, dtype=np.float64) - start, 1e-3)
+        ax.bar(start, w[0].float().numpy(), width=widths, align="edge", edgecolor="black",
+               linewidth=0.5)
+        stream = f" ({name} stream)" if name else ""
+        ax.set(xlabel="time (s)", ylabel="CLS attention",
+               title=f"{head} on {video_id}{stream}: attention of the CLS token on each token")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -270,6 +270,39 @@ def test_explain_weights_sum_with_cls_to_one(toy_run):
     assert table["start_sec"].to_list() == sorted(table["start_sec"].to_list())
 
 
+def test_explain_stan_shows_each_streams_cls_attention(toy):
+    from heads.explain import explain_video
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    config = toy_config(toy, head="stan", features=("resnet18", "r2plus1d_18"), epochs=1,
+                        runs_dir=str(toy / "stan_runs"),
+                        head_kwargs={"d_model": 16, "num_heads": 2, "num_layers": 2,
+                                     "ff_dim": 32, "dropout": 0.0})
+    run_dir = train(config, catalog=toy_catalog(), log=lambda _: None)["run_dir"]
+    table, png = explain_video(run_dir, "toy/v03")
+    assert png.exists() and table["stream"].unique().sort().to_list() == ["r2plus1d_18", "resnet18"]
+    for stream in ("resnet18", "r2plus1d_18"):
+        weights = table.filter(pl.col("stream") == stream)["weight"]
+        assert 0 < weights.sum() <= 1 + 1e-6 and (weights > 0).all()
+
+
+def test_stan_cls_attention_ignores_padding():
+    from heads.models import create_head
+
+    torch.manual_seed(0)
+    model = create_head("stan", in_dim=(8, 6), num_outputs=3, d_model=16, num_heads=2,
+                        num_layers=2, ff_dim=32, dropout=0.0).eval()
+    xs, xt = torch.randn(1, 5, 8), torch.randn(1, 4, 6)
+    ms, mt = torch.ones(1, 5, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    ws, wt = model.cls_attention(xs, ms, xt, mt)
+    pad_s = torch.cat([xs, torch.full((1, 3, 8), 7.0)], dim=1)  # 3 padded scenes
+    pad_ms = torch.cat([ms, torch.zeros(1, 3, dtype=torch.bool)], dim=1)
+    ws_pad, wt_pad = model.cls_attention(pad_s, pad_ms, xt, mt)
+    assert torch.allclose(ws_pad[:, :5], ws, atol=1e-5) and (ws_pad[:, 5:] == 0).all()
+    assert torch.allclose(wt_pad, wt, atol=1e-5)
+
+
 def test_explain_refuses_a_head_without_cls(toy):
     from heads.explain import explain_video
     from heads.train import train

@@ -210,6 +210,24 @@ class StreamEncoder(nn.Module):
         out = self.encoder(self.dropout(seq), src_key_padding_mask=ignore)  # (B, 1 + T, d_model)
         return out[:, 0]  # (B, d_model)
 
+    def cls_attention(self, x: torch.Tensor, mask: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        """(B, T) attention of the CLS on each token in the last layer, averaged over heads (0 at
+        padding); arguments as :meth:`forward`. Call in eval mode."""
+        batch, num_tokens = mask.shape
+        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        cls = self.cls_token.expand(batch, -1, -1)  # (B, 1, d_model)
+        seq = torch.cat([cls, self.proj(x)], dim=1) + pe[: num_tokens + 1]  # (B, 1 + T, d_model)
+        cls_real = torch.ones(batch, 1, dtype=torch.bool, device=mask.device)
+        ignore = ~torch.cat([cls_real, mask], dim=1)  # (B, 1 + T)
+        for layer in self.encoder.layers[:-1]:
+            seq = layer(seq, src_key_padding_mask=ignore)  # (B, 1 + T, d_model)
+        last = self.encoder.layers[-1]
+        h = last.norm1(seq)  # pre-norm: the last attention's input
+        _, weights = last.self_attn(
+            h[:, :1], h, h, key_padding_mask=ignore, need_weights=True, average_attn_weights=True
+        )  # (B, 1, 1 + T)
+        return weights[:, 0, 1:]  # (B, T)
+
 
 FUSIONS = ("sum", "gated", "distill")
 # The distillation loss matching each task kind's own loss (softmax CE, sigmoid BCE, MSE).
@@ -379,6 +397,22 @@ class STAN(nn.Module):
                 student, teacher, temperature=self.distill_temperature, kind=self.distill_loss
             )
         return out
+
+    def cls_attention(
+        self,
+        x_spatial: torch.Tensor,
+        mask_spatial: torch.Tensor,
+        x_temporal: torch.Tensor,
+        mask_temporal: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of each stream's CLS token on that stream's scenes in its last layer,
+        averaged over heads: ((B, T_s), (B, T_t)), 0 at padding. Call in eval mode."""
+        num_positions = max(x_spatial.shape[1], x_temporal.shape[1]) + 1
+        pe = sinusoidal_encoding(
+            num_positions, self.d_model, device=x_spatial.device, dtype=x_spatial.dtype
+        )  # (1 + max(T_s, T_t), d_model)
+        return (self.spatial.cls_attention(x_spatial, mask_spatial, pe),
+                self.temporal.cls_attention(x_temporal, mask_temporal, pe))
 
 
 @register_head("stan_gated")
