@@ -96,14 +96,15 @@ def test_rerun_retries_only_failed_videos(extracted, catalog_with_bad_files, bad
 
 
 def test_complete_store_does_no_backbone_work(extracted, demo_small, monkeypatch):
-    import pipeline.extract as extract
+    import pipeline.execution as execution
 
     config, _ = extracted
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a complete store started extraction work")
 
-    monkeypatch.setattr(extract, "_run_on_ray", must_not_run)
+    monkeypatch.setattr(execution, "run_on_ray", must_not_run)
+    monkeypatch.setattr(execution, "run_here", must_not_run)
     summary = run_extract(config, catalog=demo_small, progress=False)
     assert summary.num_skipped == demo_small.videos.height
     assert summary.wall_sec < 10

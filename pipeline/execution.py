@@ -1,0 +1,193 @@
+"""Running an extraction's to-do list: one :class:`~pipeline.worker.VideoExtractor` per Ray
+worker kept busy (embedded Ray, or a cluster with ``address``), or in this process
+(``num_workers = 0``); a worker that dies has its video retried on a fresh one; a progress bar
+feeds the run's :class:`~pipeline.extract.ExtractSummary`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from pipeline.store import FeatureStore
+
+if TYPE_CHECKING:
+    from pipeline.extract import ExtractConfig, ExtractSummary
+
+
+class WorkerStartError(RuntimeError):
+    """An extractor could not be constructed on a Ray worker (code or weights missing there)."""
+
+
+def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+                progress: bool) -> None:
+    """Keep one extractor per worker busy until every video in ``todo`` is done or failed.
+
+    A worker process that dies takes only its current video with it: the driver starts a fresh
+    extractor and hands the video to a worker again, up to ``config.crash_retries`` times, so a
+    killed worker costs no video. Extractors are spread over the cluster's nodes.
+    """
+    import ray
+
+    from pipeline.worker import VideoExtractor, VideoResult
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
+        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        resources = ray.cluster_resources()
+        if config.gpus_per_worker:
+            default = int(resources.get("GPU", 0) / config.gpus_per_worker)
+            if not default:
+                raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
+                                 f"{resources.get('GPU', 0)} GPU(s)")
+        else:
+            default = int(resources.get("CPU", 1))
+        num_workers = min(config.num_workers or max(1, default), len(todo))
+        actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
+            VideoExtractor
+        )
+        kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
+                  "device": "cuda" if config.gpus_per_worker else "cpu"}
+
+        def new_actor():
+            actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
+            nodes[actor] = actor.node_id.remote()
+            return actor
+
+        nodes = {}  # actor -> ObjectRef of its Ray node id
+        actors = [new_actor() for _ in range(num_workers)]
+        queue = list(reversed(todo))  # (video_id, path, feature sets), popped from the end
+        crashes = {}  # video_id -> times its worker died under it
+        inflight = {}  # ObjectRef -> (actor, (video_id, path, feature sets))
+
+        def submit(actor) -> None:
+            if queue:
+                item = queue.pop()
+                inflight[actor.process.remote(*item)] = (actor, item)
+
+        for actor in actors:
+            submit(actor)
+        progress_bar = _Progress(summary, len(todo), enabled=progress)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ref = ready[0]
+            actor, item = inflight.pop(ref)
+            video_id, path, names = item
+            try:
+                result = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
+                if getattr(err, "actor_init_failed", False):
+                    # The extractor could not even start (wrong code or missing weights on a
+                    # node): every video would fail the same way, so stop and say why.
+                    raise WorkerStartError(
+                        f"an extractor failed to start on a Ray worker; the videos stored so "
+                        f"far are kept. Cause: {err}"
+                    ) from err
+                # The worker process died (OOM kill, decoder segfault, lost node). Whatever it
+                # left is unpublished or unindexed, so the video is simply done again, on a
+                # fresh extractor; one that keeps killing workers is recorded as failed.
+                summary.num_worker_crashes += 1
+                nodes.pop(actor, None)
+                crashes[video_id] = crashes.get(video_id, 0) + 1
+                if crashes[video_id] <= config.crash_retries:
+                    queue.append(item)
+                else:
+                    message = _record_crash(store_root, names, path, video_id, err, crashes[video_id])
+                    progress_bar.record(VideoResult(video_id, "failed", error=message))
+                actor = new_actor()
+            else:
+                progress_bar.record(result)
+                node = _node_of(ray, nodes.get(actor))
+                summary.videos_per_node[node] = summary.videos_per_node.get(node, 0) + 1
+            submit(actor)
+        progress_bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _node_of(ray, ref) -> str:
+    """The Ray node id (shortened) an extractor runs on; ``?`` if it cannot be told."""
+    try:
+        return ray.get(ref, timeout=5)[:12]
+    except Exception:  # a dead actor or a slow node only costs the statistic
+        return "?"
+
+
+def _forwarded_env() -> dict[str, str]:
+    """``LONGVID_*`` variables of the driver, passed on to every worker (on any node)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("LONGVID_")}
+
+
+def _record_crash(
+    store_root: str, names: list[str], path: str, video_id: str, err, attempts: int
+) -> str:
+    message = (
+        f"{path}: the worker process died while extracting it, {attempts} time(s) "
+        f"({type(err).__name__}); run again to retry"
+    )
+    store = FeatureStore(store_root)
+    for name in names:
+        store.open(name).write_status(video_id, "failed", message)
+    return message
+
+
+def _extractor_kwargs(config: ExtractConfig) -> dict:
+    """Keyword arguments of :class:`~pipeline.worker.VideoExtractor` for this run."""
+    return dict(
+        scene_config=config.scene_config(),
+        plan_config=config.plan_config(),
+        short_side_px=config.short_side_px,
+        batch_size=config.batch_size,
+    )
+
+
+def run_here(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+              progress: bool) -> None:
+    """Extract in this process, one video after another (``num_workers=0``: debugging,
+    profiling, tests)."""
+    from pipeline.worker import VideoExtractor
+
+    extractor = VideoExtractor(store_root, jobs, num_threads=None, **_extractor_kwargs(config))
+    progress_bar = _Progress(summary, len(todo), enabled=progress)
+    for video_id, path, names in todo:
+        progress_bar.record(extractor.process(video_id, path, names))
+    progress_bar.close()
+
+
+class _Progress:
+    """Progress bar of videos done and failed and frames/s, feeding the summary's counts."""
+
+    def __init__(self, summary: ExtractSummary, total: int, *, enabled: bool):
+        from tqdm import tqdm
+
+        self.summary = summary
+        self.t_start = time.perf_counter()
+        self.bar = tqdm(total=total, unit="video", desc="extract", disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def record(self, result) -> None:
+        summary = self.summary
+        summary.num_frames += result.num_frames
+        if result.status == "ok":
+            summary.num_ok += 1
+        else:
+            summary.num_failed += 1
+            summary.failed[result.video_id] = result.error
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.t_start
+        self.bar.set_postfix(ok=summary.num_ok, failed=summary.num_failed,
+                             fps=f"{summary.num_frames / elapsed:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
