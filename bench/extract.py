@@ -99,7 +99,7 @@ def _decode_one(args: tuple[str, bool]) -> int:
 
     path, convert = args
     num_frames = 0
-    for frame in VideoReader(path):
+    for frame in VideoReader(path, decode_threads=1):  # one process per core, as Ray workers
         if convert:
             frame.bgr  # colour conversion + scaling to the working resolution
         num_frames += 1

@@ -158,7 +158,8 @@ def run_here(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
     profiling, tests)."""
     from pipeline.worker import VideoExtractor
 
-    extractor = VideoExtractor(store_root, jobs, num_threads=None, **_extractor_kwargs(config))
+    extractor = VideoExtractor(store_root, jobs, num_threads=None, decode_threads=0,
+                               **_extractor_kwargs(config))
     progress_bar = _Progress(summary, len(todo), enabled=progress)
     for video_id, path, names in todo:
         progress_bar.record(extractor.process(video_id, path, names))

@@ -69,6 +69,8 @@ class VideoExtractor:
             frames_per_clip`` clips, at least 1); also the number of windows sampled before
             the backbones run, which bounds the frames held in memory.
         num_threads: Torch intra-op threads (1 per worker avoids oversubscribing cores).
+        decode_threads: Decoder threads per video (see :class:`~pipeline.decode.VideoReader`):
+            1 for a worker that holds one core, 0 for FFmpeg's frame threading on every core.
         device: Torch device for the backbones.
         env: Environment variables to set in this process first (the driver forwards its
             ``LONGVID_*`` ones, e.g. :mod:`pipeline.faults`, to workers it does not share a
@@ -85,6 +87,7 @@ class VideoExtractor:
         short_side_px: int = 256,
         batch_size: int = 32,
         num_threads: int | None = 1,
+        decode_threads: int = 1,
         device: str = "cpu",
         env: dict[str, str] | None = None,
     ):
@@ -117,6 +120,7 @@ class VideoExtractor:
         self.scene_config = scene_config
         self.plan_config = plan_config
         self.short_side_px = short_side_px
+        self.decode_threads = decode_threads
         self.batch_size = batch_size
 
     def ready(self) -> bool:
@@ -152,7 +156,8 @@ class VideoExtractor:
     def _process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:
         t0 = time.perf_counter()
         maybe_crash("start", video_id)
-        reader = VideoReader(path, short_side_px=self.short_side_px)
+        reader = VideoReader(path, short_side_px=self.short_side_px,
+                             decode_threads=self.decode_threads)
         fps = reader.info.fps
         detect = self.scene_config.detector != "none"
         segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
