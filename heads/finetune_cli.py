@@ -96,7 +96,7 @@ def finetune(
 ) -> None:
     """Train backbone(s) and head together from decoded frames (end-to-end) and print per-split
     metrics next to the majority baseline."""
-    from heads.cli import _fail, parse_key_values
+    from heads.cli_common import _fail, parse_key_values
     from heads.finetune import finetune as run_finetune
     from heads.finetune_setup import FinetuneConfig
     from pipeline.weights import WeightsError
