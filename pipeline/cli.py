@@ -287,7 +287,7 @@ def export(
     store: str = typer.Option("store", help="Feature store directory."),
 ) -> None:
     """Export a feature set's ok videos to HDF5 (one group per video) or .npy files."""
-    from pipeline.interop import export_features
+    from pipeline.export import export_features
 
     try:
         path = export_features(store, feature_set, out, format=format, video_ids=video_id or None)

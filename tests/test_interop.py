@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.interop import export_features, import_features
+from pipeline.export import export_features
+from pipeline.interop import import_features
 from pipeline.store import FeatureStore, fingerprint
 
 KINDS = {"pooled": (8,), "patch": (5, 8)}  # token kind -> per-token shape (D,) or (N, D)
