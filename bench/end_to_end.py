@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 
-from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+from _memory import memory_baseline, peak_bytes_since  # bench/ is sys.path[0] when run as a script
 
 PRESETS = ("stan_small", "stan_large")
 FULL = {"size_px": None, "frames_per_clip": 12, "scenes": 16, "videos": 2, "steps": 5}
@@ -43,7 +43,6 @@ QUICK = {"size_px": 32, "frames_per_clip": 4, "scenes": 4, "videos": 2, "steps":
 
 def measure(preset: str, cfg: dict, device: str) -> dict:
     """One preset in this (fresh) process: median step seconds, extra peak MiB, parameters."""
-    import resource
 
     import torch
 
@@ -84,17 +83,12 @@ def measure(preset: str, cfg: dict, device: str) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    baseline = current_rss_bytes()
+    baseline = memory_baseline("cpu")  # on CPU the warm-up's allocations count
     step()  # warm-up: kernels, allocator pools, optimiser state
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
+        baseline = memory_baseline(device)
     times = [step() for _ in range(cfg["steps"])]
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # KiB → B
+    peak = peak_bytes_since(device, baseline)
     counts = model.parameter_counts()
     return {"preset": preset, "step_s": statistics.median(times), "clips": num_clips,
             "mib": peak / 2**20, "trainable": counts["trainable"], "frozen": counts["frozen"],

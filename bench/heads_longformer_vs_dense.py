@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 
-from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+from _memory import memory_baseline, peak_bytes_since  # bench/ is sys.path[0] when run as a script
 
 FULL = {"lengths": [250, 1000, 4000], "d_model": 768, "num_heads": 12, "num_layers": 3,
         "ff_dim": 3072, "window": 32, "batch": 1, "repeats": 3, "budget_s": 40.0}
@@ -44,7 +44,6 @@ QUICK = {"lengths": [64, 256], "d_model": 64, "num_heads": 4, "num_layers": 2, "
 
 def measure(impl: str, length: int, cfg: dict, device: str) -> dict:
     """One configuration, in this (fresh) process: step times (ms) and peak extra memory (MiB)."""
-    import resource
 
     import torch
 
@@ -66,22 +65,14 @@ def measure(impl: str, length: int, cfg: dict, device: str) -> dict:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) * 1e3
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = current_rss_bytes()
+    baseline = memory_baseline(device)
     step()  # warm-up: allocator pools, kernels, gradient buffers
     model.zero_grad(set_to_none=False)  # keep the gradient buffers: part of a training step
     times = [step()]
     # More steps only while they are cheap: the dense T = 4000 step alone takes tens of seconds.
     while len(times) < cfg["repeats"] and sum(times) < cfg["budget_s"] * 1e3:
         times.append(step())
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # KiB on Linux
+    peak = peak_bytes_since(device, baseline)
     return {"impl": impl, "length": length, "ms": statistics.median(times), "steps": len(times),
             "mib": peak / 2**20, "threads": torch.get_num_threads()}
 

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from _memory import current_rss_bytes  # bench/ is sys.path[0] when run as a script
+from _memory import memory_baseline, peak_bytes_since  # bench/ is sys.path[0] when run as a script
 
 HEADS = ("vis4mer", "lst")
 # Timed steps: at least `repeats`, and more (up to 50) until `min_time_s` is spent, so that the
@@ -54,7 +54,6 @@ PAPER = {"vis4mer": (4.95, 5.15), "lst": (1.88, 41.38)}
 
 def measure(head: str, num_patches: int, cfg: dict, device: str) -> dict:
     """One configuration in this (fresh) process: median step seconds and peak extra MiB."""
-    import resource
 
     import torch
 
@@ -79,21 +78,13 @@ def measure(head: str, num_patches: int, cfg: dict, device: str) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = current_rss_bytes()
+    baseline = memory_baseline(device)
     step()  # warm-up: allocator pools, kernels, optimiser state
     times = []
     while len(times) < cfg["repeats"] or (sum(times) < cfg["min_time_s"] and len(times) < 50):
         times.append(step())
     seconds = statistics.median(times)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # KiB on Linux
+    peak = peak_bytes_since(device, baseline)
     return {"head": head, "tokens": cfg["frames"] * num_patches, "step_s": seconds,
             "num_steps": len(times), "mib": peak / 2**20, "threads": torch.get_num_threads()}
 
