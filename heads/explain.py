@@ -74,6 +74,7 @@ def explain_video(
     with torch.no_grad():
         weights = run.model.cls_attention(*inputs)
     weights = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+    weights = [w[0].float().numpy().astype(np.float64) for w in weights]  # (T_i,) per stream
     names = ([fs.spec.get("backbone", fs.name) for fs in feature_sets] if len(videos) > 1
              else [None])
     table = pl.concat([
@@ -83,7 +84,7 @@ def explain_video(
             "start_sec": np.asarray(video.start_sec, dtype=np.float64),
             "end_sec": np.asarray(video.end_sec, dtype=np.float64),
             "scene_idx": np.asarray(video.scene_idx, dtype=np.int64),
-            "weight": w[0].float().numpy().astype(np.float64),
+            "weight": w,
         })
         for name, video, w in zip(names, videos, weights)
     ])
@@ -96,7 +97,7 @@ def explain_video(
     for ax, name, video, w in zip(axes[:, 0], names, videos, weights):
         start = np.asarray(video.start_sec, dtype=np.float64)
         widths = np.maximum(np.asarray(video.end_sec, dtype=np.float64) - start, 1e-3)
-        ax.bar(start, w[0].float().numpy(), width=widths, align="edge", edgecolor="black",
+        ax.bar(start, w, width=widths, align="edge", edgecolor="black",
                linewidth=0.5)
         stream = f" ({name} stream)" if name else ""
         ax.set(xlabel="time (s)", ylabel="CLS attention",

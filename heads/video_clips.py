@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.decode import VideoError, VideoReader
-from pipeline.sampling import PlanConfig, Window, make_sampler
+from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 
 
@@ -77,11 +77,7 @@ def decode_windows(
     num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
     sampler = make_sampler(plan, num_frames=num_frames, fps=fps, counts=counts)
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
-    windows: list[Window] = []
-    for frame in reader:
-        cuts = segmenter.push(frame) if segmenter else []
-        windows += sampler.push(frame, cuts)
-    windows += sampler.finish(segmenter.finish() if segmenter else [])
+    windows: list[Window] = list(stream_windows(reader, sampler, segmenter))
     if not windows:
         raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
     return windows

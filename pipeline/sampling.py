@@ -295,6 +295,31 @@ def make_sampler(config: PlanConfig, *, num_frames: int, fps: float, counts: set
     return FixedSampler(fixed_windows(config, num_frames, fps), counts, fps)
 
 
+def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = None):
+    """Windows of one video in time order, each as soon as the frames it samples are decoded.
+
+    Args:
+        frames: The video's :class:`~pipeline.decode.Frame` s in decode order (a reader).
+        sampler: From :func:`make_sampler`.
+        segmenter: A :class:`~pipeline.scenes.SceneSegmenter` that sees every frame, or ``None``
+            (no detection: no cuts).
+        cuts: If given, every cut the detector reports is appended to it (first frame of each
+            new scene), e.g. to assign scene indices once the video is done.
+
+    Yields:
+        :class:`Window` s with their sampled frames.
+    """
+    for frame in frames:
+        new_cuts = segmenter.push(frame) if segmenter is not None else []
+        if cuts is not None:
+            cuts += new_cuts
+        yield from sampler.push(frame, new_cuts)
+    last_cuts = segmenter.finish() if segmenter is not None else []
+    if cuts is not None:
+        cuts += last_cuts
+    yield from sampler.finish(last_cuts)
+
+
 def _nearest(sorted_idx: np.ndarray, target: float) -> int:
     """Position in ``sorted_idx`` of the value nearest ``target``."""
     pos = int(np.searchsorted(sorted_idx, target))

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.decode import VideoError, VideoReader
 from pipeline.faults import maybe_crash
-from pipeline.sampling import PlanConfig, Window, make_sampler
+from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.store import FeatureStore
 
@@ -175,17 +175,12 @@ class VideoExtractor:
         spans: list[tuple[int, int, int, float, float]] = []  # (scene, start, end, start_sec, end_sec)
         cuts: list[int] = []
         backbone_sec = 0.0
-        for frame in reader:
-            new_cuts = segmenter.push(frame) if detect else []
-            cuts += new_cuts
-            pending += sampler.push(frame, new_cuts)
+        for window in stream_windows(reader, sampler, segmenter, cuts):
+            pending.append(window)
             if len(pending) >= self.batch_size:
                 backbone_sec += self._run_backbones(pending, feature_sets, tokens)
                 spans += [_span(w) for w in pending]
                 pending = []
-        last_cuts = segmenter.finish() if detect else []
-        cuts += last_cuts
-        pending += sampler.finish(last_cuts)
         backbone_sec += self._run_backbones(pending, feature_sets, tokens)
         spans += [_span(w) for w in pending]
         if not spans:
