@@ -70,6 +70,7 @@ def extract(
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
+    compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
     from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
@@ -84,7 +85,7 @@ def extract(
             detector=detector,
             threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
-            gpus_per_worker=gpus_per_worker,
+            gpus_per_worker=gpus_per_worker, compact=compact,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
@@ -95,6 +96,7 @@ def extract(
         f"{summary.num_videos} videos: {summary.num_ok} extracted, {summary.num_skipped} already "
         f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
         f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s)"
+        + (f"; parts packed in {summary.compact_sec:.1f} s" if summary.compact_sec else "")
     )
     if summary.num_worker_crashes:
         typer.echo(f"  {summary.num_worker_crashes} worker process(es) died; their videos were retried")
@@ -227,6 +229,28 @@ def verify(
     if damaged:
         typer.secho("damage found: `pipeline verify --fix` marks those videos for redo", fg="red", err=True)
         raise typer.Exit(code=1)
+
+
+@app.command()
+def compact(
+    feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
+    store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
+    target_mib: float = typer.Option(256.0, help="Tokens per packed part, MiB."),
+) -> None:
+    """Pack one-video parts into large parts: one read per part when training (only while
+    nothing writes to the feature set)."""
+    from pipeline.compact import compact_feature_set
+    from pipeline.store import FeatureStore
+
+    st = FeatureStore(store)
+    try:
+        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+        for fs in sets:
+            r = compact_feature_set(fs, target_mib=target_mib, progress=True)
+            typer.echo(f"{fs.name}: {r.parts_before} -> {r.parts_after} parts, {r.videos_moved} "
+                       f"videos moved, {r.bytes_written / 2**20:.1f} MiB written in {r.seconds:.1f} s")
+    except (KeyError, ValueError) as err:
+        _fail(str(err).strip("'\""))
 
 
 @app.command()

@@ -75,6 +75,9 @@ class ExtractConfig:
     crash_retries: int = 2
     # Process only the first N videos of the catalog (smoke runs).
     limit: int | None = None
+    # At the end, pack the run's one-video parts into large parts (pipeline.compact): training
+    # then reads a part at a time instead of opening one Zarr group per video.
+    compact: bool = True
     # Catalog-specific options (e.g. {"variant": "small"} for the demo).
     catalog_options: dict = field(default_factory=dict)
 
@@ -138,7 +141,8 @@ class ExtractSummary:
     num_worker_crashes: int = 0  # worker processes that died; their videos were retried
     videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
     num_frames: int = 0
-    wall_sec: float = 0.0
+    wall_sec: float = 0.0  # decoding and extraction, compaction not included
+    compact_sec: float = 0.0  # packing the parts written (ExtractConfig.compact)
 
     @property
     def frames_per_sec(self) -> float:
@@ -262,6 +266,11 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     elif todo:
         execution.run_on_ray(config, jobs, todo, summary, store.url, progress=progress)
     summary.wall_sec = time.perf_counter() - t0
+    if config.compact and summary.num_ok:
+        from pipeline.compact import compact_feature_set
+
+        for fs in feature_sets:
+            summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
 

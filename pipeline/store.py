@@ -36,6 +36,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,10 @@ INDEX_SCHEMA = {
     "info_json": pl.Utf8,
 }
 _TOKEN_CHUNK = 1024  # tokens per Zarr chunk along T: ~1 MiB at D=512 float16
+ARRAYS = ("tokens", "start_sec", "end_sec", "scene_idx")  # the arrays of every part
+# Write chunks even when they hold only the fill value (a one-token video starting at 0 s):
+# `pipeline verify` tells a lost chunk file by a chunk that is not there.
+EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def fingerprint(spec: dict) -> str:
@@ -77,6 +82,8 @@ def video_key(video_id: str) -> str:
 @dataclass(frozen=True)
 class VideoFeatures:
     """One video's tokens as stored.
+
+    Arrays not asked of :meth:`FeatureSet.read_many` are ``None``.
 
     Attributes:
         video_id: Catalog id.
@@ -179,13 +186,17 @@ class FeatureSet:
         dtype = np.dtype(self.attrs["dtype"])
         data = np.ascontiguousarray(tokens, dtype=dtype)
         chunk_t = max(1, min(num_tokens, _TOKEN_CHUNK))
-        group.create_array("tokens", data=data, chunks=(chunk_t, *data.shape[1:]))
+        group.create_array(
+            "tokens", data=data, chunks=(chunk_t, *data.shape[1:]), config=EVERY_CHUNK
+        )
         for name, values, dt in (
             ("start_sec", start_sec, np.float32),
             ("end_sec", end_sec, np.float32),
             ("scene_idx", scene_idx, np.int32),
         ):
-            group.create_array(name, data=np.asarray(values, dtype=dt), chunks=(chunk_t,))
+            group.create_array(
+                name, data=np.asarray(values, dtype=dt), chunks=(chunk_t,), config=EVERY_CHUNK
+            )
         maybe_crash("mid_part", video_id)
         if self.loc.atomic_rename:
             self.loc.rename(tmp, f"parts/{part_id}")  # publish the part atomically
@@ -232,6 +243,23 @@ class FeatureSet:
         # the row appears whole or not at all
         self.loc.write_bytes(f"index/{video_key(video_id)}.parquet", buffer.getvalue())
 
+    def relocate(self, row: dict, part_id: str, offset: int) -> None:
+        """Rewrite the index fragment of ``row``'s video to name ``part_id`` at ``offset``.
+
+        For :mod:`pipeline.compact`, which has copied the video's arrays there; every other
+        field of ``row`` (an index row, ``INDEX_SCHEMA``) is kept.
+        """
+        self._write_index_row(
+            row["video_id"],
+            status=row["status"],
+            error=row["error"],
+            num_tokens=row["num_tokens"],
+            part=part_id,
+            offset=offset,
+            duration_sec=row["duration_sec"],
+            info=json.loads(row["info_json"] or "{}"),
+        )
+
     def write_run_record(self, name: str, record: dict) -> None:
         """Save one run's config and counts as ``runs/<name>.json``."""
         self.loc.mkdir("runs")
@@ -245,8 +273,8 @@ class FeatureSet:
 
     def read_index_file(self, name: str) -> pl.DataFrame:
         """One index fragment (one row)."""
-        if self.loc.is_local:
-            return pl.read_parquet(self.loc.path / "index" / name)
+        # Whole bytes, one open: polars reading a path may reopen it for the row groups after
+        # a writer replaced the fragment (compaction, a retry), and see the new file's bytes.
         return read_parquet_bytes(self.loc.read_bytes(f"index/{name}"))
 
     def open_part(self, part_id: str):
@@ -263,7 +291,7 @@ class FeatureSet:
         """Every recorded video: one row each, columns of ``INDEX_SCHEMA``."""
         if self.loc.is_local:
             files = sorted((self.path / "index").glob("[!.]*.parquet"))
-            frames = [pl.read_parquet(f) for f in files]
+            frames = [read_parquet_bytes(f.read_bytes()) for f in files]  # see read_index_file
         else:
             frames = [self.read_index_file(name) for name in self.index_files()]
         if not frames:
@@ -301,20 +329,83 @@ class FeatureSet:
             scene_idx=group["scene_idx"][lo:hi],
         )
 
-    def read_many(self, video_ids: list[str]) -> dict[str, VideoFeatures]:
-        """Tokens of several videos, reading the index once.
+    def read_many(
+        self, video_ids: list[str], *, arrays: Sequence[str] = ARRAYS
+    ) -> dict[str, VideoFeatures]:
+        """Several videos, reading the index once and each part once.
+
+        Videos are grouped by the part they live in; when the requested videos cover at least
+        half of the span between the first and the last of them in a part (a compacted part,
+        :mod:`pipeline.compact`), that span is fetched with one read per array and sliced.
+        A part that fails to read because compaction moved its videos since the index was
+        listed is looked up again in the videos' index fragments.
+
+        Args:
+            video_ids: The videos.
+            arrays: Which arrays to read (a subset of ``tokens``, ``start_sec``, ``end_sec``,
+                ``scene_idx``); the others are ``None`` in the result.
 
         Raises:
             KeyError: a video is missing or not ``ok``; the message names it.
         """
         index = self.index()
         rows = {r["video_id"]: r for r in index.iter_rows(named=True)}
-        out = {}
+        by_part: dict[str, list[dict]] = {}
         for video_id in video_ids:
             if video_id not in rows:
                 raise KeyError(f"video {video_id!r} is not in feature set {self.name}")
-            out[video_id] = self.read(video_id, row=rows[video_id])
+            row = rows[video_id]
+            if row["status"] != "ok":
+                raise KeyError(
+                    f"video {video_id!r} has status {row['status']!r} in feature set "
+                    f"{self.name}: {row['error']}"
+                )
+            by_part.setdefault(row["part"], []).append(row)
+        out = {}
+        for part_rows in by_part.values():
+            try:
+                out.update(self._read_part(part_rows, arrays))
+            except Exception:  # zarr's errors for a part deleted under us vary
+                fresh = [
+                    self.read_index_file(f"{video_key(r['video_id'])}.parquet").row(0, named=True)
+                    for r in part_rows
+                ]
+                if all(f["part"] == r["part"] for f, r in zip(fresh, part_rows)):
+                    raise  # the videos did not move: a real problem
+                for row in fresh:  # compacted meanwhile: follow the fresh index rows
+                    out[row["video_id"]] = self._select(self.read(row["video_id"], row=row), arrays)
+        return {v: out[v] for v in video_ids}
+
+    def _read_part(self, rows: list[dict], arrays: Sequence[str]) -> dict[str, VideoFeatures]:
+        """The videos of ``rows``, all in one part (see :meth:`read_many`)."""
+        group = self.open_part(rows[0]["part"])
+        lo = min(r["offset"] for r in rows)
+        hi = max(r["offset"] + r["num_tokens"] for r in rows)
+        wanted = sum(r["num_tokens"] for r in rows)
+        if 2 * wanted >= hi - lo:
+            block = {name: group[name][lo:hi] for name in arrays}
+            base = lo
+        else:
+            block, base = None, 0
+        out = {}
+        for row in rows:
+            a, b = row["offset"] - base, row["offset"] - base + row["num_tokens"]
+            values = {
+                name: (block[name][a:b] if block is not None else group[name][a:b])
+                for name in arrays
+            }
+            out[row["video_id"]] = VideoFeatures(
+                video_id=row["video_id"], **{name: values.get(name) for name in ARRAYS}
+            )
         return out
+
+    @staticmethod
+    def _select(video: VideoFeatures, arrays: Sequence[str]) -> VideoFeatures:
+        """``video`` with the arrays not in ``arrays`` set to ``None``."""
+        return VideoFeatures(
+            video_id=video.video_id,
+            **{name: getattr(video, name) if name in arrays else None for name in ARRAYS},
+        )
 
     def size_bytes(self) -> int:
         """Bytes on disk (or in the object store) under this feature set."""

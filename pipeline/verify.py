@@ -10,7 +10,8 @@ Checks, per ``ok`` row of the index (see :mod:`pipeline.store` for the layout):
 1. the index fragment parses and holds the video its file name says;
 2. the part it names exists and has the four arrays ``tokens``, ``start_sec``, ``end_sec``,
    ``scene_idx``, of one length, with the feature set's dim and dtype;
-3. the rows naming a part tile it exactly (``offset``/``num_tokens`` vs the arrays' length);
+3. the rows naming a part tile it exactly (``offset``/``num_tokens`` vs the arrays' length),
+   or, in a part packed by :mod:`pipeline.compact`, lie inside it without overlapping;
 4. unless ``quick``: every chunk of those arrays exists and decodes, tokens are finite and
    ``start_sec <= end_sec``.
 
@@ -26,9 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.store import FeatureSet, video_key
-
-ARRAYS = ("tokens", "start_sec", "end_sec", "scene_idx")
+from pipeline.compact import is_packed
+from pipeline.store import ARRAYS, FeatureSet, video_key
 
 
 @dataclass
@@ -102,8 +102,9 @@ def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = 
     dim, dtype = fs.attrs["dim"], np.dtype(fs.attrs["dtype"])
     bar = tqdm(total=len(ok_rows), unit="video", desc=f"verify {fs.name}", disable=not progress)
     for part_id, part_rows in sorted(by_part.items()):
-        problem = _check_part(fs, part_id, part_rows, published, dim, dtype, quick=quick)
+        problems = _check_part(fs, part_id, part_rows, published, dim, dtype, quick=quick)
         for row in part_rows:
+            problem = problems if isinstance(problems, str) else problems.get(row["video_id"])
             if problem:
                 report.damaged[row["video_id"]] = problem
             bar.update(1)
@@ -111,8 +112,9 @@ def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = 
     return report
 
 
-def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | None:
-    """The first problem of a part and the rows naming it, or None."""
+def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | dict[str, str]:
+    """The first problem of a part and the rows naming it (a str: every video of the part is
+    damaged), or per video the problem of its own slice (empty: all fine)."""
     if not part_id:
         return "its index row names no part"
     if part_id not in published:
@@ -132,16 +134,11 @@ def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | Non
             f"part {part_id}: tokens {tokens.shape} {tokens.dtype}, but the feature set "
             f"stores dim {dim} {dtype}"
         )
-    covered = 0
-    for row in sorted(rows, key=lambda r: r["offset"] or 0):
-        if row["offset"] != covered or not row["num_tokens"]:
-            break
-        covered += row["num_tokens"]
-    if covered != length:
+    if not _rows_fit(rows, length, packed=is_packed(part_id)):
         counts = ", ".join(f"{r['num_tokens']} at offset {r['offset']}" for r in rows)
         return f"token count mismatch: the index says {counts}, part {part_id} holds {length}"
     if quick:
-        return None
+        return {}
     for name, array in arrays.items():
         if array.nchunks_initialized != array.nchunks:
             return (
@@ -152,11 +149,27 @@ def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | Non
         values = {name: array[:] for name, array in arrays.items()}
     except Exception as err:  # a truncated or corrupt chunk fails to decode
         return f"part {part_id}: a chunk cannot be decoded ({type(err).__name__}: {err})"
-    if not np.isfinite(values["tokens"].astype(np.float32)).all():
-        return f"part {part_id}: tokens hold NaN or inf"
-    if (values["start_sec"] > values["end_sec"]).any():
-        return f"part {part_id}: a token ends before it starts"
-    return None
+    problems = {}
+    for row in rows:  # a packed part holds many videos: blame each slice alone
+        lo, hi = row["offset"], row["offset"] + row["num_tokens"]
+        if not np.isfinite(values["tokens"][lo:hi].astype(np.float32)).all():
+            problems[row["video_id"]] = f"part {part_id}: tokens hold NaN or inf"
+        elif (values["start_sec"][lo:hi] > values["end_sec"][lo:hi]).any():
+            problems[row["video_id"]] = f"part {part_id}: a token ends before it starts"
+    return problems
+
+
+def _rows_fit(rows: list[dict], length: int, *, packed: bool) -> bool:
+    """Whether the rows' (offset, num_tokens) slices tile a part of ``length`` tokens exactly,
+    or, for a packed part (:mod:`pipeline.compact`), lie inside it without overlapping (a
+    video re-extracted since, or an interrupted compaction, leaves an unnamed slice)."""
+    end = 0
+    for row in sorted(rows, key=lambda r: r["offset"] or 0):
+        offset, num_tokens = row["offset"] or 0, row["num_tokens"]
+        if not num_tokens or offset < end or (not packed and offset != end):
+            return False
+        end = offset + num_tokens
+    return end <= length if packed else end == length
 
 
 def mark_for_redo(fs: FeatureSet, report: VerifyReport) -> list[str]:
