@@ -90,6 +90,12 @@ def train(
         list[str] | None,
         typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
     ] = None,
+    data_loading: Annotated[
+        str | None,
+        typer.Option(help="preload (tokens in RAM), stream (read from the store part by part "
+                     "every epoch), or auto: stream when preloading would take over a quarter "
+                     "of the RAM (default)."),
+    ] = None,
     end_to_end: Annotated[
         bool,
         typer.Option("--end-to-end", help="Train backbone(s) and head together from decoded "
@@ -118,7 +124,7 @@ def train(
         if end_to_end:
             cached_only = {"--config": config, "--features": features, "--window-sec": window_sec,
                            "--store": store, "--seeds": seeds,
-                           "--amp/--no-amp": amp}
+                           "--amp/--no-amp": amp, "--data-loading": data_loading}
             _train_end_to_end(
                 preset=preset, task=task, dataset=dataset, data_root=data_root,
                 catalog_options=catalog_options, head=head, plan=plan, runs_dir=runs_dir,
@@ -136,7 +142,7 @@ def train(
             "window_sec": window_sec, "store": store, "runs_dir": runs_dir, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "patience": patience,
-            "seed": seed, "device": device, "amp": amp,
+            "seed": seed, "device": device, "amp": amp, "data_loading": data_loading,
             "catalog_options": catalog_options or None,
             "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
         }

@@ -2,7 +2,10 @@
 
 ``resolve_feature_sets`` turns ``--features`` values into feature sets, ``load_task_data`` reads
 every needed video's tokens into memory once (a 2-minute clip is tens of scene tokens, so a
-whole dataset fits), ``Standardizer`` rescales features with train-split statistics, and
+whole dataset of pooled tokens fits) or, for patch tokens too large for RAM, hands out
+:class:`StoredVideos` that read them from the store part by part while training
+(:class:`PartLocalSampler` orders each epoch so that a few parts serve many consecutive
+videos); ``Standardizer`` rescales features with train-split statistics, and
 ``FeatureDataset`` + ``collate`` feed a head ``forward(x_0, mask_0, x_1, mask_1, ...)``.
 
 Tokens are pooled (T, D) or patch (T, N, D) (see :mod:`pipeline.store`). Patch tokens are ~200x
@@ -14,7 +17,7 @@ float32 throughout. A head takes patch tokens when its class lists ``"patch"`` i
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +185,18 @@ def load_task_data(
     *,
     log: Callable[[str], None] = print,
     cache: dict | None = None,
+    loading: str = "preload",
+    max_preload_bytes: int | None = None,
+    stream_cache_mib: float = 1024.0,
 ) -> TaskData:
     """Read the tokens and labels of every usable video of ``task_name``.
+
+    ``loading`` says where tokens live while training: ``preload`` reads them all now;
+    ``stream`` leaves them in the store (``TaskData.tokens[split]`` are :class:`StoredVideos`,
+    read on access through a cache of ``stream_cache_mib``; token times are read now, and
+    non-finite tokens raise when a video is read instead of dropping it); ``auto`` streams when
+    the tokens would take more than ``max_preload_bytes`` in memory (default: a quarter of the
+    machine's RAM).
 
     Splits are the task's own (:meth:`catalogs.Catalog.task_split`: LVU's tasks each have
     theirs); videos outside the task (no split and no label for it) are not considered. A
@@ -237,6 +250,18 @@ def load_task_data(
         kept[split].append(video_id)
 
     all_ids = [v for split in SPLITS for v in kept[split]]
+    if loading not in ("preload", "stream", "auto"):
+        raise ValueError(f"loading must be preload, stream or auto, got {loading!r}")
+    if loading == "auto":
+        needed = sum(_memory_bytes(fs, all_ids) for fs in feature_sets)
+        limit = max_preload_bytes if max_preload_bytes is not None else _physical_ram() // 4
+        loading = "stream" if needed > limit else "preload"
+        if loading == "stream":
+            log(f"tokens take {needed / 2**30:.1f} GiB in memory (> {limit / 2**30:.1f} GiB): "
+                "streaming them from the store")
+    if loading == "stream":
+        return _stream_task_data(task, feature_sets, kept, labels, dropped, num_total, log,
+                                 catalog.name, cache_mib=stream_cache_mib)
     read = [_read_cached(fs, all_ids, cache) for fs in feature_sets]
     tokens: dict[str, list[list[np.ndarray]]] = {}
     times: dict[str, list[list[np.ndarray]]] = {}
@@ -258,6 +283,22 @@ def load_task_data(
         for split, ids in video_ids.items()
     }
 
+    _report_counts(task, video_ids, dropped, num_total, log, catalog.name)
+    return TaskData(
+        task=task,
+        feature_sets=tuple(feature_sets),
+        video_ids=video_ids,
+        tokens=tokens,
+        targets=targets,
+        num_dropped=dict(dropped),
+        times=times,
+    )
+
+
+def _report_counts(
+    task: Task, video_ids: dict, dropped: Counter, num_total: int, log, catalog: str
+) -> None:
+    """Log the split sizes and what was dropped; raise when no train video is left."""
     counts = ", ".join(f"{split} {len(video_ids[split])}" for split in SPLITS)
     log(f"task {task.name} ({task.kind}): {counts} videos")
     if dropped:
@@ -269,18 +310,62 @@ def load_task_data(
             log(f"no usable {split} video for task {task.name}: {consequence}")
     if not video_ids["train"]:
         raise ValueError(
-            f"no usable train video for task {task.name!r} of catalog {catalog.name!r} "
+            f"no usable train video for task {task.name!r} of catalog {catalog!r} "
             f"({dict(dropped) or 'the catalog has no train split'}); check `pipeline status`"
         )
+
+
+def _stream_task_data(
+    task, feature_sets, kept, labels, dropped, num_total, log, catalog, *, cache_mib
+):
+    """:func:`load_task_data` with ``loading="stream"``: token times now, tokens on access."""
+    rows = [{r["video_id"]: r for r in fs.index().iter_rows(named=True)} for fs in feature_sets]
+    all_ids = [v for split in SPLITS for v in kept[split]]
+    read = [fs.read_many(all_ids, arrays=("start_sec", "end_sec")) for fs in feature_sets]
+    cache = PartCache(cache_mib * 2**20)
+    video_ids, tokens, times = {}, {}, {}
+    for split in SPLITS:
+        # Stream 0's storage order: evaluation then reads each part once.
+        ids = sorted(kept[split], key=lambda v: (rows[0][v]["part"], rows[0][v]["offset"]))
+        video_ids[split] = ids
+        tokens[split] = StoredVideos(
+            feature_sets, [[r[v] for v in ids] for r in rows], cache=cache
+        )
+        times[split] = [
+            [np.stack([r[v].start_sec, r[v].end_sec], axis=1) for r in read] for v in ids
+        ]
+    targets = {
+        split: encode_labels(task, ids, [labels[v] for v in ids])
+        for split, ids in video_ids.items()
+    }
+    _report_counts(task, video_ids, dropped, num_total, log, catalog)
     return TaskData(
-        task=task,
-        feature_sets=tuple(feature_sets),
-        video_ids=video_ids,
-        tokens=tokens,
-        targets=targets,
-        num_dropped=dict(dropped),
-        times=times,
+        task=task, feature_sets=tuple(feature_sets), video_ids=video_ids, tokens=tokens,
+        targets=targets, num_dropped=dict(dropped), times=times,
     )
+
+
+def _token_shape(fs: FeatureSet) -> tuple[int, ...]:
+    """(D,) or (N, D): the shape of one stored token, read from one part."""
+    row = next(r for r in fs.index().iter_rows(named=True) if r["status"] == "ok")
+    return tuple(fs.open_part(row["part"])["tokens"].shape[1:])
+
+
+def _memory_bytes(fs: FeatureSet, video_ids: Sequence[str]) -> int:
+    """Bytes the tokens of ``video_ids`` take once preloaded (see :func:`_in_memory`)."""
+    index = fs.index()
+    wanted = set(video_ids)
+    num_tokens = sum(n for v, n in zip(index["video_id"], index["num_tokens"]) if v in wanted)
+    shape = _token_shape(fs) if num_tokens else (0,)
+    itemsize = 2 if len(shape) >= 2 and fs.attrs.get("dtype") == "float16" else 4
+    return int(num_tokens * np.prod(shape) * itemsize)
+
+
+def _physical_ram() -> int:
+    """Bytes of RAM of this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _read_cached(fs: FeatureSet, video_ids: list[str], cache: dict | None) -> dict:
@@ -299,6 +384,130 @@ def _in_memory(tokens: np.ndarray) -> np.ndarray:
     if tokens.ndim >= 3 and tokens.dtype == np.float16:
         return tokens
     return np.asarray(tokens, dtype=np.float32)
+
+
+class PartCache:
+    """The token arrays of recently read parts, least recently used dropped first.
+
+    Args:
+        max_bytes: Bytes of tokens kept. A part larger than this is never kept: its videos are
+            read alone, one slice each.
+    """
+
+    def __init__(self, max_bytes: float):
+        self.max_bytes = max_bytes
+        self._parts: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.num_reads = 0  # Zarr reads issued (parts and lone slices): for tests and benches
+
+    def slice(self, fs: FeatureSet, row: dict) -> np.ndarray:
+        """The stored tokens of the video of index row ``row`` (stored dtype)."""
+        key = (str(fs.loc), row["part"])
+        lo, hi = row["offset"], row["offset"] + row["num_tokens"]
+        if key in self._parts:
+            self._parts.move_to_end(key)
+            return self._parts[key][lo:hi]
+        array = fs.open_part(row["part"])["tokens"]
+        self.num_reads += 1
+        nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
+        if nbytes > self.max_bytes:
+            return array[lo:hi]
+        tokens = array[:]
+        self._parts[key] = tokens
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes and len(self._parts) > 1:
+            _, dropped = self._parts.popitem(last=False)
+            self._bytes -= dropped.nbytes
+        return tokens[lo:hi]
+
+
+class StoredVideos(Sequence):
+    """Videos whose tokens stay in the store until asked for (``load_task_data(loading=
+    "stream")``): item ``i`` is one array per stream, as a preloaded ``TaskData.tokens[split]``
+    item (float32 pooled, stored-dtype patch tokens), with ``transform`` applied.
+
+    Args:
+        feature_sets: One per stream.
+        rows: Per stream, the index row of each video, in item order.
+        cache: Where parts are kept between items (shared by every split of a task).
+        transform: Applied to each item's list of arrays (e.g. ``Standardizer.apply``).
+
+    Raises (on access):
+        ValueError: a video's tokens hold NaN or inf (the message names it and the set).
+    """
+
+    def __init__(self, feature_sets: Sequence[FeatureSet], rows: Sequence[Sequence[dict]], *,
+                 cache: PartCache, transform: Callable | None = None):
+        self.feature_sets, self.rows = list(feature_sets), [list(r) for r in rows]
+        self.cache, self.transform = cache, transform
+
+    def __len__(self) -> int:
+        return len(self.rows[0])
+
+    def __getitem__(self, i: int) -> list[np.ndarray]:
+        streams = []
+        for fs, rows in zip(self.feature_sets, self.rows):
+            tokens = _in_memory(self.cache.slice(fs, rows[i]))
+            if not np.isfinite(tokens).all():
+                raise ValueError(
+                    f"video {rows[i]['video_id']!r} has NaN or inf tokens in feature set "
+                    f"{fs.name}; `pipeline verify --fix` marks it for re-extraction"
+                )
+            streams.append(tokens)
+        return self.transform(streams) if self.transform else streams
+
+    def parts(self) -> list[str]:
+        """Stream 0's part of each video (what :class:`PartLocalSampler` groups by)."""
+        return [row["part"] for row in self.rows[0]]
+
+    def part_bytes(self) -> dict[str, int]:
+        """Stream 0's stored bytes named per part (an estimate of what reading it costs)."""
+        out: dict[str, int] = Counter()
+        for row in self.rows[0]:
+            out[row["part"]] += row["num_tokens"]
+        per_token = int(np.prod(_token_shape(self.feature_sets[0]))) * np.dtype(
+            self.feature_sets[0].attrs["dtype"]).itemsize if out else 0
+        return {part: n * per_token for part, n in out.items()}
+
+    def with_transform(self, transform: Callable) -> StoredVideos:
+        """The same videos and cache, each item passed through ``transform``."""
+        return StoredVideos(self.feature_sets, self.rows, cache=self.cache, transform=transform)
+
+
+class PartLocalSampler(torch.utils.data.Sampler):
+    """A shuffled order of the videos of :class:`StoredVideos` that reads each part once per
+    epoch: the parts are shuffled, cut into blocks of about ``block_bytes``, and the videos of
+    a block are shuffled among themselves (the shard shuffle of streaming loaders: with one
+    video per part it is a plain permutation).
+
+    Args:
+        videos: The videos.
+        block_bytes: Stored bytes per block; keep it at most the :class:`PartCache` budget.
+        seed: Same seed, same sequence of epochs.
+    """
+
+    def __init__(self, videos: StoredVideos, *, block_bytes: float, seed: int):
+        self.parts = videos.parts()
+        self.part_bytes = videos.part_bytes()
+        self.block_bytes = block_bytes
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __iter__(self):
+        by_part: dict[str, list[int]] = {}
+        for i, part in enumerate(self.parts):
+            by_part.setdefault(part, []).append(i)
+        names = list(by_part)
+        block, block_bytes = [], 0
+        for k in torch.randperm(len(names), generator=self.generator).tolist():
+            block += by_part[names[k]]
+            block_bytes += self.part_bytes[names[k]]
+            if block_bytes >= self.block_bytes:
+                yield from (block[j] for j in torch.randperm(len(block), generator=self.generator))
+                block, block_bytes = [], 0
+        yield from (block[j] for j in torch.randperm(len(block), generator=self.generator))
 
 
 # Rows of a video's tokens turned into float64 at a time when fitting the standardiser: bounds
@@ -398,14 +607,23 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: Sequence[Sequence[np.ndarray]], targets: np.ndarray):
         if len(tokens) != len(targets):
             raise ValueError(f"{len(tokens)} videos but {len(targets)} targets")
-        self.tokens = [[torch.from_numpy(np.ascontiguousarray(x)) for x in v] for v in tokens]
+        # Stored videos are converted when fetched; preloaded ones once, here.
+        self.tokens = tokens if isinstance(tokens, StoredVideos) else [_tensors(v) for v in tokens]
         self.targets = torch.from_numpy(np.ascontiguousarray(targets))
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.tokens[i], self.targets[i]
+        streams = self.tokens[i]
+        if isinstance(self.tokens, StoredVideos):
+            streams = _tensors(streams)
+        return streams, self.targets[i]
+
+
+def _tensors(streams: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """One video's arrays as tensors (no copy when already contiguous)."""
+    return [torch.from_numpy(np.ascontiguousarray(x)) for x in streams]
 
 
 def collate(

@@ -28,7 +28,9 @@ from torch import nn
 from catalogs.base import SPLITS, Catalog
 from heads.data import (
     FeatureDataset,
+    PartLocalSampler,
     Standardizer,
+    StoredVideos,
     collate,
     head_token_kinds,
     load_task_data,
@@ -108,6 +110,11 @@ class TrainConfig:
     device: str = "cpu"  # `cpu`, `cuda` or `auto`; light heads train fine on CPU
     amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
     head_kwargs: dict = field(default_factory=dict)  # passed to create_head (`--head-kwarg`)
+    # Where tokens live while training: `preload` (RAM), `stream` (read from the store part by
+    # part every epoch; patch tokens of LVU-sized datasets), `auto` (stream when preloading
+    # would take over a quarter of the RAM). See heads.data.load_task_data.
+    data_loading: str = "auto"
+    stream_cache_mib: float = 1024.0  # parts kept in RAM while streaming
     config_files: tuple[str, ...] = ()  # TOML files the config was built from (provenance)
 
     def __post_init__(self) -> None:
@@ -134,6 +141,12 @@ class TrainConfig:
                 f"--head-kwarg cannot set {', '.join(sorted(reserved))}: they come from the "
                 "feature sets and the task"
             )
+        if self.data_loading not in ("preload", "stream", "auto"):
+            raise ValueError(
+                f"--data-loading must be preload, stream or auto, got {self.data_loading!r}"
+            )
+        if self.stream_cache_mib <= 0:
+            raise ValueError(f"--stream-cache-mib must be positive, got {self.stream_cache_mib}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -194,7 +207,9 @@ def train(
         prefer={"dataset_variant": variant} if variant is not None else None,
         token_kinds=head_token_kinds(config.head),
     )
-    data = load_task_data(catalog, config.task, feature_sets, log=log, cache=cache)
+    data = load_task_data(catalog, config.task, feature_sets, log=log, cache=cache,
+                          loading=config.data_loading, stream_cache_mib=config.stream_cache_mib)
+    streaming = isinstance(data.tokens["train"], StoredVideos)
     task, kind = data.task, data.task.kind
     metric_name, higher_is_better = PRIMARY_METRIC[kind]
 
@@ -207,7 +222,10 @@ def train(
         device = torch.device(config.device)
     autocast, scaler = mixed_precision(device, config.amp)
     standardizer = Standardizer.fit(data.tokens["train"])
-    tokens = {s: [standardizer.apply(v) for v in data.tokens[s]] for s in SPLITS}
+    if streaming:  # standardised as each video is read
+        tokens = {s: data.tokens[s].with_transform(standardizer.apply) for s in SPLITS}
+    else:
+        tokens = {s: [standardizer.apply(v) for v in data.tokens[s]] for s in SPLITS}
     target_norm = None
     targets = dict(data.targets)
     if kind == "regression":
@@ -223,9 +241,13 @@ def train(
         )
     else:
         train_set = FeatureDataset(tokens["train"], targets["train"])
+    if streaming:  # a part read once per epoch serves all its videos
+        order = {"sampler": PartLocalSampler(tokens["train"], seed=config.seed,
+                                             block_bytes=config.stream_cache_mib * 2**20 / 2)}
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(config.seed)}
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
-        generator=torch.Generator().manual_seed(config.seed),
+        train_set, batch_size=config.batch_size, collate_fn=collate, **order
     )
 
     in_dim = [int(fs.attrs["dim"]) for fs in feature_sets]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -148,24 +149,30 @@ def predict_videos(
     """
     if window_sec > 0 and times is None:
         raise ValueError("window_sec > 0 needs the token times of every video")
-    items, owners = [], []
-    for i, streams in enumerate(tokens):
-        windows = tile_windows(streams, times[i], window_sec) if window_sec > 0 else [streams]
-        items += windows
-        owners += [i] * len(windows)
     model.eval()
-    dummy = np.zeros(len(items), dtype=np.float32)  # targets are not needed to predict
-    dataset = FeatureDataset(items, dummy)
-    outputs = []
-    for lo in range(0, len(dataset), batch_size):
-        inputs, _ = collate([dataset[j] for j in range(lo, min(lo + batch_size, len(dataset)))])
+
+    def run(batch: list) -> torch.Tensor:
+        inputs, _ = collate([([torch.from_numpy(np.ascontiguousarray(x)) for x in w], dummy)
+                             for w in batch])
         inputs = [t.to(device) for t in inputs]
-        if autocast is None:
-            out = model(*inputs)
-        else:
-            with autocast():
-                out = model(*inputs)
-        outputs.append(out.float().cpu())
+        with autocast() if autocast is not None else nullcontext():
+            return model(*inputs).float().cpu()
+
+    # Windows are cut video by video and run batch by batch, so videos streamed from the store
+    # (heads.data.StoredVideos) are read once each and never all held at once.
+    dummy = torch.zeros(())  # targets are not needed to predict
+    outputs, owners, pending = [], [], []
+    for i in range(len(tokens)):
+        streams = tokens[i]
+        windows = tile_windows(streams, times[i], window_sec) if window_sec > 0 else [streams]
+        for window in windows:
+            pending.append(window)
+            owners.append(i)
+            if len(pending) == batch_size:
+                outputs.append(run(pending))
+                pending = []
+    if pending:
+        outputs.append(run(pending))
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     window_out = torch.cat(outputs).numpy()  # (num_windows, K)
