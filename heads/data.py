@@ -387,7 +387,8 @@ def _in_memory(tokens: np.ndarray) -> np.ndarray:
 
 
 class PartCache:
-    """The token arrays of recently read parts, least recently used dropped first.
+    """The tokens of recently read parts, in memory form (:func:`_in_memory`), least recently
+    used dropped first.
 
     Args:
         max_bytes: Bytes of tokens kept. A part larger than this is never kept: its videos are
@@ -396,29 +397,40 @@ class PartCache:
 
     def __init__(self, max_bytes: float):
         self.max_bytes = max_bytes
-        self._parts: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._parts: OrderedDict[tuple[str, str], tuple[np.ndarray, bool]] = OrderedDict()
+        self._arrays: dict[tuple[str, str], object] = {}  # open Zarr arrays (metadata only)
         self._bytes = 0
         self.num_reads = 0  # Zarr reads issued (parts and lone slices): for tests and benches
 
-    def slice(self, fs: FeatureSet, row: dict) -> np.ndarray:
-        """The stored tokens of the video of index row ``row`` (stored dtype)."""
+    def clear(self) -> None:
+        """Forget every kept part."""
+        self._parts.clear()
+        self._bytes = 0
+
+    def slice(self, fs: FeatureSet, row: dict) -> tuple[np.ndarray, bool]:
+        """The tokens of the video of index row ``row`` in memory form, and whether they may
+        hold NaN or inf (False: checked finite with their whole part)."""
         key = (str(fs.loc), row["part"])
         lo, hi = row["offset"], row["offset"] + row["num_tokens"]
         if key in self._parts:
             self._parts.move_to_end(key)
-            return self._parts[key][lo:hi]
-        array = fs.open_part(row["part"])["tokens"]
+            tokens, finite = self._parts[key]
+            return tokens[lo:hi], not finite
+        if key not in self._arrays:
+            self._arrays[key] = fs.open_part(row["part"])["tokens"]
+        array = self._arrays[key]
         self.num_reads += 1
         nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
         if nbytes > self.max_bytes:
-            return array[lo:hi]
-        tokens = array[:]
-        self._parts[key] = tokens
-        self._bytes += nbytes
+            return _in_memory(array[lo:hi]), True
+        tokens = _in_memory(array[:])  # pooled: float32 once per part, not once per video
+        finite = bool(np.isfinite(tokens).all())
+        self._parts[key] = tokens, finite
+        self._bytes += tokens.nbytes
         while self._bytes > self.max_bytes and len(self._parts) > 1:
-            _, dropped = self._parts.popitem(last=False)
+            _, (dropped, _) = self._parts.popitem(last=False)
             self._bytes -= dropped.nbytes
-        return tokens[lo:hi]
+        return tokens[lo:hi], not finite
 
 
 class StoredVideos(Sequence):
@@ -447,8 +459,8 @@ class StoredVideos(Sequence):
     def __getitem__(self, i: int) -> list[np.ndarray]:
         streams = []
         for fs, rows in zip(self.feature_sets, self.rows):
-            tokens = _in_memory(self.cache.slice(fs, rows[i]))
-            if not np.isfinite(tokens).all():
+            tokens, unchecked = self.cache.slice(fs, rows[i])
+            if unchecked and not np.isfinite(tokens).all():
                 raise ValueError(
                     f"video {rows[i]['video_id']!r} has NaN or inf tokens in feature set "
                     f"{fs.name}; `pipeline verify --fix` marks it for re-extraction"

@@ -93,7 +93,9 @@ def test_a_small_cache_reads_lone_slices_and_evicts(stores):
     fs = sets[0]
     rows = [r for r in fs.index().iter_rows(named=True) if r["status"] == "ok"]
     tiny = PartCache(max_bytes=1)  # smaller than any part: never keeps one
-    np.testing.assert_array_equal(tiny.slice(fs, rows[0]), fs.read(rows[0]["video_id"]).tokens)
+    tokens, unchecked = tiny.slice(fs, rows[0])
+    assert unchecked and tokens.dtype == np.float32
+    np.testing.assert_array_equal(tokens, fs.read(rows[0]["video_id"]).tokens)
     tiny.slice(fs, rows[0])
     assert tiny.num_reads == 2 and not tiny._parts
     one_part = PartCache(max_bytes=1500)  # holds one ~1 KiB part at a time
