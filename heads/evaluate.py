@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from catalogs.base import SPLITS
-from heads.data import Standardizer, _in_memory, load_task_data
+from heads.data import Standardizer, StoredVideos, _in_memory, load_task_data
 from heads.metrics import compute_metrics, details, majority_baseline
 from heads.runs import load_head, predictions_frame
 from heads.windows import predict_videos
@@ -71,7 +71,10 @@ class LoadedRun:
 
     def predict(self, tokens, times) -> np.ndarray:
         """Outputs in target units for raw (unstandardised) per-video tokens, (N, K)/(N, 1)."""
-        standardised = [self.standardizer.apply(v) for v in tokens]
+        if isinstance(tokens, StoredVideos):  # streamed: standardised as each video is read
+            standardised = tokens.with_transform(self.standardizer.apply)
+        else:
+            standardised = [self.standardizer.apply(v) for v in tokens]
         outputs = predict_videos(
             self.model, standardised, times, window_sec=float(self.config.get("window_sec") or 0),
             batch_size=int(self.config["batch_size"]),
@@ -113,7 +116,9 @@ def evaluate_run(
     """
     run = load_run(run_dir, which=which)
     catalog = catalog or _catalog(run)
-    data = load_task_data(catalog, run.task["name"], run.feature_sets(store), log=log)
+    data = load_task_data(catalog, run.task["name"], run.feature_sets(store), log=log,
+                          loading=run.config.get("data_loading", "auto"),
+                          stream_cache_mib=run.config.get("stream_cache_mib", 1024.0))
     kind = run.task["kind"]
     results = {"task": run.task["name"], "kind": kind, "num_videos": {}, "metrics": {},
                "baseline": {}, "details": {}}

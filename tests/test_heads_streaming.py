@@ -161,3 +161,15 @@ def test_training_from_the_store_learns_like_training_from_ram(stores, tmp_path,
         assert stream < baseline and memory < baseline
     else:
         assert stream > baseline and memory > baseline
+
+
+def test_eval_of_a_streamed_run_streams_and_reproduces_its_metrics(stores, tmp_path):
+    from heads.evaluate import evaluate_run
+
+    config = small_config("mean", "genre", stores["packed"], tmp_path, epochs=3,
+                          data_loading="stream")
+    result = train(config, catalog=toy_catalog(), **QUIET)
+    again = evaluate_run(result["run_dir"], catalog=toy_catalog(), **QUIET)
+    for split in ("train", "val", "test"):
+        for name, value in result["metrics"][split].items():
+            assert again["metrics"][split][name] == pytest.approx(value, abs=1e-6)
