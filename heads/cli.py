@@ -32,8 +32,8 @@ def train(
     ] = None,
     config: Annotated[
         str | None,
-        typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml, "
-                     "under the flags."),
+        typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml "
+                     "(and its [datasets.<dataset>] table), under the flags."),
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")] = None,
     data_root: Annotated[
@@ -110,8 +110,9 @@ def train(
 ) -> None:
     """Train a head on cached features and print per-split metrics next to the baseline.
 
-    Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then --config,
-    then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
+    Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then that file's
+    [datasets.<dataset>] table for --dataset (e.g. vis4mer's CPU-sized demo settings), then
+    --config, then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
     """
     from heads.config_files import build_config
     from heads.experiments import format_seed_summary, train_seeds
@@ -291,7 +292,11 @@ def sweep(
         int | None, typer.Option(help="Parallel runs (default: one per CPU).")
     ] = None,
 ) -> None:
-    """Train every head × task × seed on Ray and print a summary table (mean ± standard error)."""
+    """Train every head × task × seed on Ray and print a summary table (mean ± standard error).
+
+    Each head's settings are resolved as for `heads train`: its config file, the file's
+    [datasets.<dataset>] table, --config, then --set.
+    """
     from catalogs import get_catalog
     from heads.experiments import parse_sets, run_sweep
     from heads.runs import new_run_dir

@@ -6,8 +6,9 @@ Ray actors, one per worker CPU. Each actor builds the catalog once and keeps eve
 set's videos it has read (``heads.data.load_task_data``'s ``cache``), so a feature set is
 read from the store at most once per worker, whatever the number of cells the worker runs.
 
-A head's features are its defaults (``heads/configs/<head>.toml``) unless ``--set
-HEAD.features=[...]`` says otherwise; a head whose feature sets the store lacks is not run:
+A head's features are its defaults (``heads/configs/<head>.toml``, with the file's
+``[datasets.<dataset>]`` table for the sweep's dataset) unless ``--set HEAD.features=[...]``
+says otherwise; a head whose feature sets the store lacks is not run:
 its cells are listed in the summary as ``skipped`` with the reason (and the ``pipeline
 extract`` command to run). A cell that fails is listed as ``failed`` with its error; the other
 cells go on.

@@ -9,8 +9,8 @@ checkpoint on every split (averaging over windows) next to the majority baseline
 metrics, predictions, best checkpoint and curves into ``runs/<UTC time>-<head>-<task>/`` (see
 :mod:`heads.runs` for the layout; ``load_head`` rebuilds the model).
 
-Defaults come from :class:`TrainConfig`, then ``heads/configs/<head>.toml`` (see
-:mod:`heads.config_files`).
+Defaults come from :class:`TrainConfig`, then ``heads/configs/<head>.toml`` and its table for
+the run's dataset (see :mod:`heads.config_files`).
 """
 
 from __future__ import annotations
@@ -56,18 +56,18 @@ __all__ = ["TrainConfig", "param_groups", "resolve_config", "train"]
 FALLBACK_DEFAULTS: dict = {"features": ("resnet18",), "plan": "scene", "window_sec": 0.0}
 
 
-def head_defaults(head: str) -> dict:
-    """The head's file defaults (``heads/configs/<head>.toml``), over :data:`FALLBACK_DEFAULTS`."""
-    from heads.config_files import head_config_path, read_toml
+def head_defaults(head: str, dataset: str | None = None) -> dict:
+    """The head's file defaults (``heads/configs/<head>.toml``, with its
+    ``[datasets.<dataset>]`` table when it has one), over :data:`FALLBACK_DEFAULTS`."""
+    from heads.config_files import head_file_values
 
-    path = head_config_path(head)
-    values = read_toml(path) if path.is_file() else {}
-    return {**FALLBACK_DEFAULTS, **values}
+    return {**FALLBACK_DEFAULTS, **head_file_values(head, dataset)}
 
 
-def default_features(head: str) -> tuple[str, ...]:
-    """The ``--features`` used for ``head`` when none are given (its config file's)."""
-    return tuple(head_defaults(head)["features"])
+def default_features(head: str, dataset: str | None = None) -> tuple[str, ...]:
+    """The ``--features`` used for ``head`` on ``dataset`` when none are given (its config
+    file's)."""
+    return tuple(head_defaults(head, dataset)["features"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +153,7 @@ class TrainConfig:
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """``config`` with the defaults that depend on other fields (the head's file) filled in."""
-    defaults = head_defaults(config.head)
+    defaults = head_defaults(config.head, config.dataset)
     return replace(
         config,
         data_root=config.data_root or f"data/{config.dataset}",

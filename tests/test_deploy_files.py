@@ -212,3 +212,25 @@ def test_the_lint_rules_catch_the_usual_mistakes(tmp_path):
     for rule in ("DL3006", "DL3000", "DL3020", "DL3009", "DL3015", "DL3014", "DL3042",
                  "constraints", "nothere", "DL3025", "DL3002"):
         assert rule in found, rule
+
+
+def test_demo_job_extracts_what_the_demo_sweep_needs():
+    """scripts/demo.sh's `pipeline extract` lines hold, for `heads sweep --dataset demo --heads
+    mean,stan,vis4mer`, each head's features (with its `[datasets.demo]` table applied) in its
+    plan and in a token kind the head accepts."""
+    from heads.config_files import build_config
+    from heads.data import head_token_kinds
+
+    script = (ROOT / "scripts" / "demo.sh").read_text().replace("\\\n", " ")
+    extracted = set()
+    for line in script.splitlines():
+        if line.startswith(".venv/bin/pipeline extract "):
+            _, params = _parse_cli(["pipeline", *shlex.split(line)[1:]])
+            assert params["dataset"] == "demo" and params["weights"] == ["none"]
+            extracted |= {(b, params["plan"], params["tokens"]) for b in params["backbone"]}
+    assert len(extracted) >= 3
+    for head in ("mean", "stan", "vis4mer"):
+        config = build_config({"task": "most_screen_time", "head": head, "dataset": "demo"})
+        for backbone in config.features:
+            assert any((backbone, config.plan, kind) in extracted
+                       for kind in head_token_kinds(head)), (head, backbone, config.plan)

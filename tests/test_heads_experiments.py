@@ -144,8 +144,9 @@ def test_random_windows_are_seeded_and_at_most_window_long():
 def test_config_precedence_and_unknown_keys(tmp_path):
     from heads.config_files import build_config
 
-    config = build_config({"task": "genre", "head": "vis4mer"})
+    config = build_config({"task": "genre", "head": "vis4mer", "dataset": "lvu"})
     assert config.features == ("vit_l16",) and config.plan == "fps" and config.window_sec == 60
+    assert len(config.config_files) == 1  # vis4mer.toml has no table for lvu
     assert config.config_files[0].endswith("vis4mer.toml")
 
     user = tmp_path / "mine.toml"
@@ -158,6 +159,47 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     user.write_text("lr = 0.01\nlearning_rate = 0.1\n")
     with pytest.raises(ValueError, match=r"mine.toml: unknown key\(s\) learning_rate"):
         build_config({"task": "genre"}, config_file=user)
+
+
+def test_dataset_table_applies_to_its_dataset_only(tmp_path):
+    from heads.config_files import build_config
+
+    paper = build_config({"task": "genre", "head": "vis4mer", "dataset": "lvu"})
+    demo = build_config({"task": "genre", "head": "vis4mer", "dataset": "demo"})
+    assert paper.features == ("vit_l16",) and paper.head_kwargs == {}
+    assert demo.features == ("vit_b16",) and demo.head_kwargs == {"d_model": 128}
+    assert demo.epochs < paper.epochs
+    # Keys the table leaves out keep the paper's values.
+    assert (demo.plan, demo.window_sec, demo.lr) == (paper.plan, paper.window_sec, paper.lr)
+    assert demo.config_files[1].endswith("vis4mer.toml [datasets.demo]")
+    assert build_config({"task": "genre", "head": "vis4mer"}).features == ("vit_b16",)  # demo
+
+    # The user's file and the flags go over the table; the file's own table over its top level.
+    user = tmp_path / "mine.toml"
+    user.write_text("epochs = 3\n[head_kwargs]\nd_model = 64\n"
+                    "[datasets.demo]\nlr = 0.01\n[datasets.lvu]\nlr = 0.02\n")
+    config = build_config({"task": "genre", "head": "vis4mer", "dataset": "demo",
+                           "features": ["vit_l16"], "batch_size": 2}, config_file=user)
+    assert config.features == ("vit_l16",) and config.head_kwargs == {"d_model": 64}
+    assert (config.epochs, config.lr, config.batch_size) == (3, 0.01, 2)
+    assert config.config_files[2:] == (str(user), f"{user} [datasets.demo]")
+
+
+def test_unknown_key_in_a_dataset_table_names_the_file(tmp_path, monkeypatch):
+    import heads.config_files as config_files
+
+    monkeypatch.setattr(config_files, "CONFIG_DIR", tmp_path)
+    (tmp_path / "mean.toml").write_text('features = ["resnet18"]\n[datasets.other]\nepoch = 2\n')
+    # Checked whatever the run's dataset: a typo in any table is found at once.
+    with pytest.raises(ValueError, match=r"mean.toml, table \[datasets.other\]: unknown key\(s\) "
+                       r"epoch;"):
+        config_files.build_config({"task": "genre", "head": "mean", "dataset": "demo"})
+    (tmp_path / "mean.toml").write_text('[datasets.demo]\nhead = "stan"\n')
+    with pytest.raises(ValueError, match=r"mean.toml, table \[datasets.demo\]: head cannot"):
+        config_files.build_config({"task": "genre", "head": "mean"})
+    (tmp_path / "mean.toml").write_text("datasets = 3\n")
+    with pytest.raises(ValueError, match=r"mean.toml: `datasets` must hold tables"):
+        config_files.build_config({"task": "genre", "head": "mean"})
 
 
 def test_every_head_config_file_is_valid():
@@ -190,6 +232,39 @@ def toy_config(toy: Path, **overrides):
                   runs_dir=str(toy / "runs"), epochs=4, batch_size=4, lr=2e-3,
                   head_kwargs=MEAN_SMALL, features=("resnet18",), plan="scene")
     return TrainConfig(**{**fields, **overrides})
+
+
+def test_dataset_table_reaches_the_run_directory_and_the_sweep(toy, monkeypatch, tmp_path):
+    import heads.config_files as config_files
+    from heads.experiments import plan_sweep
+    from heads.train import train
+    from test_heads_train import DATASET, MEAN_SMALL, toy_catalog
+
+    monkeypatch.setattr(config_files, "CONFIG_DIR", tmp_path)
+    (tmp_path / "mean.toml").write_text(
+        'features = ["no_such_backbone"]\nplan = "scene"\nepochs = 50\nbatch_size = 4\n'
+        f'[datasets.{DATASET}]\nfeatures = ["resnet18"]\nepochs = 2\n'
+        f"[datasets.{DATASET}.head_kwargs]\n"
+        + "".join(f"{k} = {v}\n" for k, v in MEAN_SMALL.items())
+    )
+    given = {"task": "genre", "head": "mean", "dataset": DATASET, "store": str(toy / "store"),
+             "runs_dir": str(tmp_path / "runs")}
+    result = train(config_files.build_config(given), catalog=toy_catalog(), log=lambda _: None)
+    saved = json.loads((Path(result["run_dir"]) / "config.json").read_text())["config"]
+    assert saved["features"] == ["resnet18"] and saved["epochs"] == 2
+    assert saved["head_kwargs"] == MEAN_SMALL and saved["batch_size"] == 4
+    assert saved["config_files"][-1] == f"{tmp_path / 'mean.toml'} [datasets.{DATASET}]"
+    assert len(result["history"]) == 2  # two epochs trained
+
+    cells, skipped = plan_sweep(toy_catalog(), heads=["mean"], tasks=["genre"], seeds=[0],
+                                overrides={"mean": {k: v for k, v in given.items()
+                                                    if k not in ("task", "head")}})
+    assert not skipped and cells[0]["config"]["epochs"] == 2
+    # Another dataset gets the file's top level (features the store does not hold).
+    cells, skipped = plan_sweep(toy_catalog(name="other"), heads=["mean"], tasks=["genre"],
+                                seeds=[0], overrides={"mean": {"dataset": "other",
+                                                               "store": str(toy / "store")}})
+    assert not cells and "backbone 'no_such_backbone'" in skipped[0]["reason"]
 
 
 def test_windowed_training_reproduces_its_metrics(toy):
