@@ -69,15 +69,19 @@ class SceneSegmenter:
         kwargs: dict = {"min_scene_len": config.min_scene_len}
         if config.threshold is not None:
             kwargs[threshold_kw] = config.threshold
-        self._detector = getattr(scenedetect, cls_name)(**kwargs)
+        if config.detector == "content":
+            from pipeline.scene_detectors import FastContentDetector  # same cuts, less CPU
+
+            self._detector = FastContentDetector(**kwargs)
+        else:
+            self._detector = getattr(scenedetect, cls_name)(**kwargs)
+        self._timecode_cls = scenedetect.FrameTimecode
         self._fps = float(fps)  # PySceneDetect rejects an int frame rate
         self._width_px = config.detect_width_px
         self._last_idx = -1
 
     def _timecode(self, frame_idx: int):
-        from scenedetect import FrameTimecode
-
-        return FrameTimecode(frame_idx, fps=self._fps)
+        return self._timecode_cls(frame_idx, fps=self._fps)
 
     def push(self, frame: Frame) -> list[int]:
         """Feed the next frame (in decode order); returns first-frame indices of new scenes.

@@ -1,0 +1,79 @@
+"""The CPU cuts of the per-frame path change no number: detector scores, cuts and pixels are
+the same as PySceneDetect's and swscale's own, on real footage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scenedetect
+from scenedetect import FrameTimecode
+
+from pipeline.decode import VideoReader
+from pipeline.scene_detectors import FastContentDetector
+from pipeline.scenes import SceneDetectConfig, SceneSegmenter
+
+
+def _thumbnails(path, width_px=160, limit=None):
+    frames = []
+    for frame in VideoReader(path, decode_threads=1):
+        frames.append(frame.thumbnail(width_px).copy())  # (h, w, 3) BGR
+        if limit and len(frames) == limit:
+            break
+    return frames
+
+
+def _scores_and_cuts(detector, frames, fps=25.0):
+    scores, cuts = [], []
+    for i, bgr in enumerate(frames):
+        cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(i, fps=fps), bgr)]
+        scores.append(detector._frame_score)
+    cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(frames) - 1, fps=fps))]
+    return scores, cuts
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"threshold": 12.0, "min_scene_len": 5},
+                                    {"weights": scenedetect.ContentDetector.Components(1.0, 0.5, 2.0, 0.0)}])
+def test_fast_content_detector_scores_equal_pyscenedetect_on_real_footage(demo_small, kwargs):
+    path = demo_small.videos.sort("video_id")["path"][0]
+    frames = _thumbnails(path)
+    ours, ours_cuts = _scores_and_cuts(FastContentDetector(**kwargs), frames)
+    theirs, theirs_cuts = _scores_and_cuts(scenedetect.ContentDetector(**kwargs), frames)
+    assert len(ours) == len(frames) > 100
+    assert ours == theirs  # bit for bit, every frame
+    assert ours_cuts == theirs_cuts and len(theirs_cuts) >= 2
+
+
+def test_fast_content_detector_defers_to_pyscenedetect_for_edges(demo_small):
+    path = demo_small.videos.sort("video_id")["path"][1]
+    frames = _thumbnails(path, limit=120)
+    weights = scenedetect.ContentDetector.Components(1.0, 1.0, 1.0, 1.0)
+    ours, _ = _scores_and_cuts(FastContentDetector(weights=weights), frames)
+    theirs, _ = _scores_and_cuts(scenedetect.ContentDetector(weights=weights), frames)
+    assert ours == theirs and max(theirs) > 0
+
+
+def test_segmenter_uses_the_fast_detector_only_for_content():
+    assert isinstance(SceneSegmenter(SceneDetectConfig("content"), 25)._detector, FastContentDetector)
+    assert not isinstance(SceneSegmenter(SceneDetectConfig("adaptive"), 25)._detector,
+                          FastContentDetector)
+
+
+def test_single_thread_conversion_gives_the_same_pixels(demo_small):
+    # decode_threads=1 also makes swscale convert in the calling thread (a worker's setting);
+    # the default (0) lets FFmpeg and swscale thread: pixels must not depend on it.
+    path = demo_small.videos.sort("video_id")["path"][2]
+    one = [(f.thumbnail(160).copy(), f.thumbnail(64).copy(), f.bgr) for f, _ in
+           zip(VideoReader(path, decode_threads=1), range(60))]
+    auto = [(f.thumbnail(160).copy(), f.thumbnail(64).copy(), f.bgr) for f, _ in
+            zip(VideoReader(path, decode_threads=0), range(60))]
+    assert len(one) == len(auto) == 60
+    for a, b in zip(one, auto):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_frame_nbytes_matches_the_decoded_planes(demo_small):
+    path = demo_small.videos.sort("video_id")["path"][0]
+    for frame, _ in zip(VideoReader(path), range(5)):
+        planes = sum(p.buffer_size for p in frame._picture.planes)
+        assert frame.nbytes == planes > 320 * 180 * 3 // 2
