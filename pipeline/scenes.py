@@ -8,9 +8,9 @@ the video is never decoded twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from pipeline.decode import Frame
+from pipeline.decode import THUMBNAIL_INTERPOLATIONS, Frame
 
 # Detector key → (class name in scenedetect, name of its threshold keyword).
 DETECTORS: dict[str, tuple[str, str]] = {
@@ -34,22 +34,42 @@ class SceneDetectConfig:
             never converted at all).
         threshold: Detector threshold; ``None`` keeps PySceneDetect's default.
         min_scene_len: Minimum scene length in frames (PySceneDetect's ``min_scene_len``).
-        detect_width_px: Frames wider than this are downscaled (area interpolation, straight
-            from the decoded picture) before detection, as PySceneDetect's own SceneManager
-            does; ``None`` keeps the working resolution. At 160 px the detector costs 2.4× less per frame and still found 101
-            of 101 hard cuts within ±2 frames on 16 demo videos.
+        detect_width_px: Frames wider than this are downscaled (straight from the decoded
+            picture) before detection, as PySceneDetect's own SceneManager does; ``None`` keeps
+            the working resolution. At 160 px the detector costs 2.4× less per frame and still
+            found 101 of 101 hard cuts within ±2 frames on 16 demo videos.
+        detect_interpolation: How the detector's thumbnail is scaled (swscale):
+            ``fast_bilinear`` (default) or ``area`` (the default before: ``fast_bilinear``
+            costs 100 µs less per 720p frame; on the 96 demo videos 804 of 809 cuts fall on the
+            same frame, 807 within ±2 frames, and the same 652 of 662 hard cuts are found;
+            on 720p-class footage all 41 cuts are the same) or ``bilinear``.
     """
 
     detector: str = "content"
     threshold: float | None = None
     min_scene_len: int = 15
     detect_width_px: int | None = 160
+    detect_interpolation: str = "fast_bilinear"
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS and self.detector != "none":
             raise ValueError(
                 f"unknown scene detector {self.detector!r}; valid: {', '.join(DETECTORS)}, none"
             )
+        if self.detect_interpolation not in THUMBNAIL_INTERPOLATIONS:
+            raise ValueError(
+                f"unknown detect_interpolation {self.detect_interpolation!r}; valid: "
+                f"{', '.join(THUMBNAIL_INTERPOLATIONS)}"
+            )
+
+    def identity(self) -> dict:
+        """The settings that shape cuts (fingerprinted with every feature set). Without a
+        detector the thumbnail's interpolation shapes nothing, and is left out so that such
+        feature sets keep the fingerprints they had before the option existed."""
+        fields = asdict(self)
+        if self.detector == "none":
+            del fields["detect_interpolation"]
+        return fields
 
 
 class SceneSegmenter:
@@ -78,6 +98,7 @@ class SceneSegmenter:
         self._timecode_cls = scenedetect.FrameTimecode
         self._fps = float(fps)  # PySceneDetect rejects an int frame rate
         self._width_px = config.detect_width_px
+        self._interpolation = config.detect_interpolation
         self._last_idx = -1
 
     def _timecode(self, frame_idx: int):
@@ -89,7 +110,7 @@ class SceneSegmenter:
         The detector sees the frame's BGR thumbnail at most ``detect_width_px`` wide.
         """
         self._last_idx = frame.frame_idx
-        bgr = frame.thumbnail(self._width_px)  # (h, w, 3) uint8 BGR
+        bgr = frame.thumbnail(self._width_px, self._interpolation)  # (h, w, 3) uint8 BGR
         cuts = self._detector.process_frame(self._timecode(frame.frame_idx), bgr)
         return [c.frame_num for c in cuts if c.frame_num > 0]
 

@@ -77,3 +77,58 @@ def test_frame_nbytes_matches_the_decoded_planes(demo_small):
     for frame, _ in zip(VideoReader(path), range(5)):
         planes = sum(p.buffer_size for p in frame._picture.planes)
         assert frame.nbytes == planes > 320 * 180 * 3 // 2
+
+
+@pytest.mark.parametrize("interpolation, swscale", [("area", "AREA"), ("fast_bilinear", "FAST_BILINEAR")])
+def test_thumbnail_is_swscale_scaling_with_the_chosen_interpolation(demo_small, interpolation, swscale):
+    path = demo_small.videos.sort("video_id")["path"][3]
+    for frame, _ in zip(VideoReader(path, decode_threads=1), range(10)):
+        # reference: PyAV's own one-shot conversion (a fresh swscale context per frame)
+        expected = frame._picture.to_ndarray(width=160, height=90, format="bgr24",
+                                             interpolation=swscale)
+        np.testing.assert_array_equal(frame.thumbnail(160, interpolation), expected)
+
+
+def test_fast_bilinear_thumbnail_finds_the_cuts_area_does(demo_small):
+    # The evidence behind the default (see SceneDetectConfig.detect_interpolation), small demo.
+    found = {"area": [], "fast_bilinear": []}
+    for path in demo_small.videos.sort("video_id")["path"]:
+        segmenters = {k: SceneSegmenter(SceneDetectConfig(detect_interpolation=k), 25.0) for k in found}
+        cuts = {k: [] for k in found}
+        for frame in VideoReader(path, decode_threads=1):
+            for k, segmenter in segmenters.items():
+                cuts[k] += segmenter.push(frame)
+        for k, segmenter in segmenters.items():
+            found[k] += [(path, c) for c in cuts[k] + segmenter.finish()]
+    area, fast = found["area"], found["fast_bilinear"]
+    assert len(area) >= 25
+    near = sum(any(p == q and abs(c - d) <= 2 for q, d in fast) for p, c in area)
+    assert near >= 0.95 * len(area) and abs(len(fast) - len(area)) <= 0.05 * len(area)
+
+
+def test_detect_interpolation_is_in_the_fingerprint_only_with_a_detector():
+    import polars as pl
+
+    from catalogs.base import Catalog
+    from pipeline.extract import ExtractConfig, feature_set_name, feature_set_spec
+
+    catalog = Catalog(name="demo", root=".", videos=pl.DataFrame({"video_id": ["a"], "path": ["a.mp4"],
+                                                                  "split": ["train"]}))
+
+    def name(**kw):
+        spec = feature_set_spec(ExtractConfig(**kw), catalog, "resnet18", {"kind": "none"}, "fp32")
+        return feature_set_name(spec), spec["scene_detection"]
+
+    fast, area = name(plan="scene"), name(plan="scene", detect_interpolation="area")
+    assert fast[0] != area[0] and area[1]["detect_interpolation"] == "area"
+    off_fast = name(plan="uniform", detector="none")
+    off_area = name(plan="uniform", detector="none", detect_interpolation="area")
+    assert off_fast == off_area
+    # the keys fingerprinted before the option existed: such feature sets keep their names
+    assert off_fast[1] == {"detector": "none", "threshold": None, "min_scene_len": 15,
+                           "detect_width_px": 160}
+
+
+def test_unknown_interpolation_lists_valid_ones():
+    with pytest.raises(ValueError, match="fast_bilinear"):
+        SceneDetectConfig(detect_interpolation="cubic")
