@@ -82,6 +82,7 @@ class SceneSegmenter:
 
     def __init__(self, config: SceneDetectConfig, fps: float):
         import scenedetect
+        from scenedetect.common import framerate_to_fraction
 
         if config.detector == "none":
             raise ValueError("scene detection is off (detector 'none'): nothing to segment")
@@ -96,7 +97,9 @@ class SceneSegmenter:
         else:
             self._detector = getattr(scenedetect, cls_name)(**kwargs)
         self._timecode_cls = scenedetect.FrameTimecode
-        self._fps = float(fps)  # PySceneDetect rejects an int frame rate
+        # PySceneDetect rejects an int frame rate, and turns a float one into a Fraction for
+        # every timecode (limit_denominator: ~2 µs a frame): done once here, same Fraction.
+        self._fps = framerate_to_fraction(float(fps))
         self._width_px = config.detect_width_px
         self._interpolation = config.detect_interpolation
         self._last_idx = -1
