@@ -149,3 +149,16 @@ def test_weights_file_with_a_buffer_it_lacks_falls_back_to_a_plain_build(tmp_pat
     model = build_with_weights(WithDerived, ref)
     assert not model.scale.is_meta and torch.equal(model.scale, torch.full((2,), 2.0))
     assert torch.equal(model.linear.weight, torch.load(path)["linear.weight"])
+
+
+def test_explicit_precision_resolves_without_importing_torch():
+    # The driver resolves precision before it starts any worker: with --precision fp32/bf16 it
+    # must not spend a second importing torch first.
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.backbones import resolve_precision; "
+            "assert resolve_precision('fp32') == 'fp32' and resolve_precision('bf16') == 'bf16'; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
