@@ -39,20 +39,21 @@ from extract import _demo_paths, hd_footage  # noqa: E402  (bench/ is sys.path[0
 clock = time.process_time  # all threads: swscale and OpenCV may run helper threads
 
 
-def _extractor(store: Path):
-    from pipeline.backbones import resolve_precision
+def _extractor(store: Path, detect_interpolation: str | None = None):
+    from pipeline.backbones import backbone_spec, resolve_precision
     from pipeline.sampling import PlanConfig
     from pipeline.scenes import SceneDetectConfig
-    from pipeline.worker import FeatureSetJob, VideoExtractor
     from pipeline.store import FeatureStore
-    from pipeline.backbones import backbone_spec
+    from pipeline.worker import FeatureSetJob, VideoExtractor
 
     spec = backbone_spec("resnet18")
     FeatureStore(store).create("cpu__resnet18", spec={"bench": "cpu"}, token_kind="pooled",
                                dim=spec.dim, dtype="float16")
     job = FeatureSetJob("cpu__resnet18", "resnet18", "none", 0,
                         precision=resolve_precision("auto", "cpu"))
-    return VideoExtractor(str(store), [job], scene_config=SceneDetectConfig(),
+    scenes = SceneDetectConfig(**({"detect_interpolation": detect_interpolation}
+                                  if detect_interpolation else {}))
+    return VideoExtractor(str(store), [job], scene_config=scenes,
                           plan_config=PlanConfig("scene"), num_threads=1, decode_threads=1)
 
 
@@ -149,8 +150,9 @@ def breakdown(totals: dict[str, float], total_sec: float) -> dict[str, float]:
     return parts
 
 
-def measure(label: str, paths: list[str], work: Path, repeats: int) -> None:
-    extractor = _extractor(work / f"store-{label[:4]}")
+def measure(label: str, paths: list[str], work: Path, repeats: int,
+            detect_interpolation: str | None) -> None:
+    extractor = _extractor(work / f"store-{label[:4]}", detect_interpolation)
     frames_dec, sec_dec = min((decode_only(paths) for _ in range(repeats)), key=lambda r: r[1])
     frames, sec = min((pipeline_total(extractor, paths) for _ in range(repeats)), key=lambda r: r[1])
     assert frames == frames_dec, (frames, frames_dec)
@@ -196,13 +198,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="uninstrumented passes (best kept)")
     parser.add_argument("--footage", choices=("demo", "720p", "both"), default="both")
     parser.add_argument("--start-up", action="store_true", help="also time an extractor's start-up")
+    parser.add_argument("--detect-interpolation", help="scene detector thumbnail scaling "
+                        "(default: SceneDetectConfig's)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_extract_cpu_"))
     if args.footage in ("demo", "both"):
-        measure("demo 320x180", _demo_paths(2 if args.quick else args.videos), work, args.repeats)
+        measure("demo 320x180", _demo_paths(2 if args.quick else args.videos), work, args.repeats,
+                args.detect_interpolation)
     if args.footage in ("720p", "both"):
         hd = hd_footage(work, num_videos=2, duration_sec=10 if args.quick else 30)
-        measure("720p-class", hd, work, args.repeats)
+        measure("720p-class", hd, work, args.repeats, args.detect_interpolation)
     if args.start_up:
         start_up(1 if args.quick else 3)
 
