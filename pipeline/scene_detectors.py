@@ -1,4 +1,5 @@
-"""PySceneDetect's ContentDetector with its frame score computed in fewer passes, same numbers.
+"""PySceneDetect's content and adaptive detectors with their frame score computed in fewer
+passes, same numbers.
 
 Imported only where a detector is built (it imports scenedetect and OpenCV).
 
@@ -9,19 +10,20 @@ decoding and the backbone on 320×180 video. :class:`FastContentDetector` conver
 buffers and sums the absolute differences of all three channels in one OpenCV call. The sums
 are exact integers either way (NumPy sums int32 into int64, OpenCV into float64, exact below
 2^53), so the components, the score and every cut are bit-identical to PySceneDetect's; the
-cut logic (threshold, flash filter, ``min_scene_len``) is PySceneDetect's own, untouched.
-``tests/test_scene_detectors.py`` checks the scores frame by frame against ``ContentDetector``.
+cut logic (threshold, flash filter, ``min_scene_len``, the adaptive detector's rolling window)
+is PySceneDetect's own, untouched. ``tests/test_scene_detectors.py`` checks the scores frame by
+frame against PySceneDetect's classes.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from scenedetect import ContentDetector
+from scenedetect import AdaptiveDetector, ContentDetector
 
 
-class FastContentDetector(ContentDetector):
-    """:class:`scenedetect.ContentDetector` (same arguments, same cuts) with a cheaper score.
+class _FastScore:
+    """Mixin over :class:`scenedetect.ContentDetector` or a subclass: the same score, cheaper.
 
     Takes the fast path when the edge component is off (its default weight is 0) and no stats
     manager records the components; otherwise defers to PySceneDetect's own computation.
@@ -63,3 +65,11 @@ class FastContentDetector(ContentDetector):
             component * weight
             for (component, weight) in zip(components, self._weights, strict=True)
         ) / sum(abs(weight) for weight in self._weights)
+
+
+class FastContentDetector(_FastScore, ContentDetector):
+    """:class:`scenedetect.ContentDetector` (same arguments, same cuts) with a cheaper score."""
+
+
+class FastAdaptiveDetector(_FastScore, AdaptiveDetector):
+    """:class:`scenedetect.AdaptiveDetector` (same arguments, same cuts) with a cheaper score."""

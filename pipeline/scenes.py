@@ -90,10 +90,10 @@ class SceneSegmenter:
         kwargs: dict = {"min_scene_len": config.min_scene_len}
         if config.threshold is not None:
             kwargs[threshold_kw] = config.threshold
-        if config.detector == "content":
-            from pipeline.scene_detectors import FastContentDetector  # same cuts, less CPU
+        if config.detector in ("content", "adaptive"):
+            from pipeline import scene_detectors  # same cuts as PySceneDetect's, less CPU
 
-            self._detector = FastContentDetector(**kwargs)
+            self._detector = getattr(scene_detectors, f"Fast{cls_name}")(**kwargs)
         else:
             self._detector = getattr(scenedetect, cls_name)(**kwargs)
         self._timecode_cls = scenedetect.FrameTimecode

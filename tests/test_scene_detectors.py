@@ -9,7 +9,7 @@ import scenedetect
 from scenedetect import FrameTimecode
 
 from pipeline.decode import VideoReader
-from pipeline.scene_detectors import FastContentDetector
+from pipeline.scene_detectors import FastAdaptiveDetector, FastContentDetector
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 
 
@@ -31,16 +31,21 @@ def _scores_and_cuts(detector, frames, fps=25.0):
     return scores, cuts
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"threshold": 12.0, "min_scene_len": 5},
-                                    {"weights": scenedetect.ContentDetector.Components(1.0, 0.5, 2.0, 0.0)}])
-def test_fast_content_detector_scores_equal_pyscenedetect_on_real_footage(demo_small, kwargs):
+@pytest.mark.parametrize("ours, theirs, kwargs", [
+    (FastContentDetector, scenedetect.ContentDetector, {}),
+    (FastContentDetector, scenedetect.ContentDetector, {"threshold": 12.0, "min_scene_len": 5}),
+    (FastContentDetector, scenedetect.ContentDetector,
+     {"weights": scenedetect.ContentDetector.Components(1.0, 0.5, 2.0, 0.0)}),
+    (FastAdaptiveDetector, scenedetect.AdaptiveDetector, {}),
+])
+def test_fast_detectors_score_as_pyscenedetect_on_real_footage(demo_small, ours, theirs, kwargs):
     path = demo_small.videos.sort("video_id")["path"][0]
     frames = _thumbnails(path)
-    ours, ours_cuts = _scores_and_cuts(FastContentDetector(**kwargs), frames)
-    theirs, theirs_cuts = _scores_and_cuts(scenedetect.ContentDetector(**kwargs), frames)
-    assert len(ours) == len(frames) > 100
-    assert ours == theirs  # bit for bit, every frame
-    assert ours_cuts == theirs_cuts and len(theirs_cuts) >= 2
+    our_scores, our_cuts = _scores_and_cuts(ours(**kwargs), frames)
+    their_scores, their_cuts = _scores_and_cuts(theirs(**kwargs), frames)
+    assert len(our_scores) == len(frames) > 100
+    assert our_scores == their_scores  # bit for bit, every frame
+    assert our_cuts == their_cuts and len(their_cuts) >= 2
 
 
 def test_fast_content_detector_defers_to_pyscenedetect_for_edges(demo_small):
@@ -52,10 +57,10 @@ def test_fast_content_detector_defers_to_pyscenedetect_for_edges(demo_small):
     assert ours == theirs and max(theirs) > 0
 
 
-def test_segmenter_uses_the_fast_detector_only_for_content():
+def test_segmenter_uses_the_fast_detectors_for_content_and_adaptive():
     assert isinstance(SceneSegmenter(SceneDetectConfig("content"), 25)._detector, FastContentDetector)
-    assert not isinstance(SceneSegmenter(SceneDetectConfig("adaptive"), 25)._detector,
-                          FastContentDetector)
+    assert isinstance(SceneSegmenter(SceneDetectConfig("adaptive"), 25)._detector, FastAdaptiveDetector)
+    assert type(SceneSegmenter(SceneDetectConfig("histogram"), 25)._detector) is scenedetect.HistogramDetector
 
 
 def test_single_thread_conversion_gives_the_same_pixels(demo_small):
