@@ -53,11 +53,13 @@ class ExtractConfig:
     dtype: str = "float16"
     # Backbone arithmetic: fp32, bf16 (autocast) or auto (bf16 where the hardware has it).
     precision: str = "auto"
-    # Scene detection (PySceneDetect detector, threshold, min scene length in frames).
+    # Scene detection (PySceneDetect detector, threshold, min scene length in frames; width and
+    # swscale interpolation of the detector's thumbnail).
     detector: str = "content"
     threshold: float | None = None
     min_scene_len: int = 15
     detect_width_px: int | None = 160
+    detect_interpolation: str = "fast_bilinear"
     # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
     short_side_px: int = 256
     # Frames per backbone batch.
@@ -107,7 +109,8 @@ class ExtractConfig:
     def scene_config(self) -> SceneDetectConfig:
         """The scene detector with this run's settings."""
         return SceneDetectConfig(
-            self.detector, self.threshold, self.min_scene_len, self.detect_width_px
+            self.detector, self.threshold, self.min_scene_len, self.detect_width_px,
+            self.detect_interpolation,
         )
 
     def plan_config(self) -> PlanConfig:
@@ -171,7 +174,7 @@ def feature_set_spec(
         "plan": config.plan,
         "plan_config": {**plan.identity(), "short_side_px": config.short_side_px},
         "clip_frames": spec_.clip_frames(plan.frames_per_clip),
-        "scene_detection": asdict(config.scene_config()),
+        "scene_detection": config.scene_config().identity(),
         "token_kind": config.tokens,
         "token_shape": list(spec_.token_shape(config.tokens)),
         "dtype": config.dtype,

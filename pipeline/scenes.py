@@ -8,9 +8,9 @@ the video is never decoded twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from pipeline.decode import Frame
+from pipeline.decode import THUMBNAIL_INTERPOLATIONS, Frame
 
 # Detector key → (class name in scenedetect, name of its threshold keyword).
 DETECTORS: dict[str, tuple[str, str]] = {
@@ -34,22 +34,42 @@ class SceneDetectConfig:
             never converted at all).
         threshold: Detector threshold; ``None`` keeps PySceneDetect's default.
         min_scene_len: Minimum scene length in frames (PySceneDetect's ``min_scene_len``).
-        detect_width_px: Frames wider than this are downscaled (area interpolation, straight
-            from the decoded picture) before detection, as PySceneDetect's own SceneManager
-            does; ``None`` keeps the working resolution. At 160 px the detector costs 2.4× less per frame and still found 101
-            of 101 hard cuts within ±2 frames on 16 demo videos.
+        detect_width_px: Frames wider than this are downscaled (straight from the decoded
+            picture) before detection, as PySceneDetect's own SceneManager does; ``None`` keeps
+            the working resolution. At 160 px the detector costs 2.4× less per frame and still
+            found 101 of 101 hard cuts within ±2 frames on 16 demo videos.
+        detect_interpolation: How the detector's thumbnail is scaled (swscale):
+            ``fast_bilinear`` (default) or ``area`` (the default before: ``fast_bilinear``
+            costs 100 µs less per 720p frame; on the 96 demo videos 804 of 809 cuts fall on the
+            same frame, 807 within ±2 frames, and the same 652 of 662 hard cuts are found;
+            on 720p-class footage all 41 cuts are the same) or ``bilinear``.
     """
 
     detector: str = "content"
     threshold: float | None = None
     min_scene_len: int = 15
     detect_width_px: int | None = 160
+    detect_interpolation: str = "fast_bilinear"
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS and self.detector != "none":
             raise ValueError(
                 f"unknown scene detector {self.detector!r}; valid: {', '.join(DETECTORS)}, none"
             )
+        if self.detect_interpolation not in THUMBNAIL_INTERPOLATIONS:
+            raise ValueError(
+                f"unknown detect_interpolation {self.detect_interpolation!r}; valid: "
+                f"{', '.join(THUMBNAIL_INTERPOLATIONS)}"
+            )
+
+    def identity(self) -> dict:
+        """The settings that shape cuts (fingerprinted with every feature set). Without a
+        detector the thumbnail's interpolation shapes nothing, and is left out so that such
+        feature sets keep the fingerprints they had before the option existed."""
+        fields = asdict(self)
+        if self.detector == "none":
+            del fields["detect_interpolation"]
+        return fields
 
 
 class SceneSegmenter:
@@ -62,6 +82,7 @@ class SceneSegmenter:
 
     def __init__(self, config: SceneDetectConfig, fps: float):
         import scenedetect
+        from scenedetect.common import framerate_to_fraction
 
         if config.detector == "none":
             raise ValueError("scene detection is off (detector 'none'): nothing to segment")
@@ -69,15 +90,22 @@ class SceneSegmenter:
         kwargs: dict = {"min_scene_len": config.min_scene_len}
         if config.threshold is not None:
             kwargs[threshold_kw] = config.threshold
-        self._detector = getattr(scenedetect, cls_name)(**kwargs)
-        self._fps = float(fps)  # PySceneDetect rejects an int frame rate
+        if config.detector in ("content", "adaptive"):
+            from pipeline import scene_detectors  # same cuts as PySceneDetect's, less CPU
+
+            self._detector = getattr(scene_detectors, f"Fast{cls_name}")(**kwargs)
+        else:
+            self._detector = getattr(scenedetect, cls_name)(**kwargs)
+        self._timecode_cls = scenedetect.FrameTimecode
+        # PySceneDetect rejects an int frame rate, and turns a float one into a Fraction for
+        # every timecode (limit_denominator: ~2 µs a frame): done once here, same Fraction.
+        self._fps = framerate_to_fraction(float(fps))
         self._width_px = config.detect_width_px
+        self._interpolation = config.detect_interpolation
         self._last_idx = -1
 
     def _timecode(self, frame_idx: int):
-        from scenedetect import FrameTimecode
-
-        return FrameTimecode(frame_idx, fps=self._fps)
+        return self._timecode_cls(frame_idx, fps=self._fps)
 
     def push(self, frame: Frame) -> list[int]:
         """Feed the next frame (in decode order); returns first-frame indices of new scenes.
@@ -85,7 +113,7 @@ class SceneSegmenter:
         The detector sees the frame's BGR thumbnail at most ``detect_width_px`` wide.
         """
         self._last_idx = frame.frame_idx
-        bgr = frame.thumbnail(self._width_px)  # (h, w, 3) uint8 BGR
+        bgr = frame.thumbnail(self._width_px, self._interpolation)  # (h, w, 3) uint8 BGR
         cuts = self._detector.process_frame(self._timecode(frame.frame_idx), bgr)
         return [c.frame_num for c in cuts if c.frame_num > 0]
 

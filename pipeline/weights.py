@@ -136,6 +136,12 @@ def _default_weights_file(spec) -> Path:
 def build_with_weights(build, ref: WeightsRef):
     """Build an architecture and load ``ref``'s weights into it.
 
+    With a weights file the architecture is built on PyTorch's ``meta`` device and the file's
+    tensors are assigned to it: its random initialisation, overwritten anyway, would cost every
+    worker 0.1 s (ResNet-18), 0.4 s (R(2+1)D-18), 0.6 s (ViT-B/16) or 2 s (ViT-L/16) of CPU.
+    A tensor the file does not hold (a non-persistent buffer) would stay unmaterialised: then
+    the model is built the plain way.
+
     Args:
         build: Zero-argument callable returning the randomly initialised architecture (with the
             pretrained weights' class count, so their state dict fits).
@@ -147,15 +153,23 @@ def build_with_weights(build, ref: WeightsRef):
     import torch
 
     torch.manual_seed(ref.seed)  # `none`: same seed → identical networks on every worker
-    model = build()
     if ref.kind == "none":
-        return model
+        return build()
     state = torch.load(ref.path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model_state"):  # torchvision files are bare; pytorchvideo wraps
         if isinstance(state, dict) and key in state:
             state = state[key]
+    with torch.device("meta"):
+        model = build()
+    _load_state(model, state, ref, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model = build()
+        _load_state(model, state, ref, assign=False)
+    return model
+
+
+def _load_state(model, state, ref: WeightsRef, *, assign: bool) -> None:
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as err:
         raise WeightsError(f"{ref.path} does not fit {ref.backbone}: {err}") from err
-    return model

@@ -97,3 +97,68 @@ def test_bf16_features_stay_close_to_fp32():
     assert cosine.min() > 0.99
     with pytest.raises(ValueError, match="fp32"):
         create_backbone("resnet18", precision="fp8")
+
+
+def test_weights_file_skips_random_init_and_gives_the_same_network(tmp_path, monkeypatch):
+    # Built on the meta device and assigned the file's tensors: no real tensor is randomly
+    # initialised, every tensor is the file's own, none is left unmaterialised, and the network
+    # computes what the plain build + load does.
+    import torch
+    import torchvision
+
+    from pipeline.weights import build_with_weights
+
+    torch.manual_seed(5)
+    source = torchvision.models.video.r2plus1d_18()
+    path = tmp_path / "r2p1d.pth"
+    torch.save({"state_dict": source.state_dict()}, path)  # wrapped, as pytorchvideo files are
+    ref = resolve_weights(str(path), backbone_spec("r2plus1d_18"))
+    init_on_meta = []
+    real_init = torch.nn.init.kaiming_normal_
+
+    def spy(tensor, *args, **kwargs):
+        init_on_meta.append(tensor.is_meta)
+        return real_init(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
+    model = build_with_weights(torchvision.models.video.r2plus1d_18, ref).eval()
+    assert init_on_meta and all(init_on_meta)
+    state = model.state_dict()
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    for key, value in source.state_dict().items():
+        assert torch.equal(state[key], value), key
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(model(clip).numpy(), source.eval()(clip).numpy())
+
+
+def test_weights_file_with_a_buffer_it_lacks_falls_back_to_a_plain_build(tmp_path):
+    import torch
+
+    from pipeline.weights import build_with_weights
+
+    class WithDerived(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+            self.register_buffer("scale", torch.full((2,), 2.0), persistent=False)
+
+    path = tmp_path / "w.pth"
+    torch.save(WithDerived().state_dict(), path)
+    ref = resolve_weights(str(path), backbone_spec("resnet18"))
+    model = build_with_weights(WithDerived, ref)
+    assert not model.scale.is_meta and torch.equal(model.scale, torch.full((2,), 2.0))
+    assert torch.equal(model.linear.weight, torch.load(path)["linear.weight"])
+
+
+def test_explicit_precision_resolves_without_importing_torch():
+    # The driver resolves precision before it starts any worker: with --precision fp32/bf16 it
+    # must not spend a second importing torch first.
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.backbones import resolve_precision; "
+            "assert resolve_precision('fp32') == 'fp32' and resolve_precision('bf16') == 'bf16'; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

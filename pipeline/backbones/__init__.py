@@ -135,12 +135,12 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     Raises:
         ValueError: not one of :data:`PRECISIONS`.
     """
-    import torch
-
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: valid values are {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
+    import torch  # only here: a driver given fp32 or bf16 never imports torch (1 s of CPU)
+
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
