@@ -162,3 +162,34 @@ def test_explicit_precision_resolves_without_importing_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_auto_precision_on_cpu_is_remembered_per_machine(tmp_path):
+    # First driver: asks torch and writes the answer; the next one resolves `auto` from the
+    # cache without importing torch; a wrong cached value proves the cache is what is read.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.backbones import resolve_precision; "
+            "print(resolve_precision('auto'), 'torch' in sys.modules)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def run() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env)
+        return out.stdout.split()
+
+    import torch
+
+    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    assert run() == [expected, "True"]
+    cache = tmp_path / "longvid" / "cpu_bf16.json"
+    (key, value), = json.loads(cache.read_text()).items()
+    assert value == (expected == "bf16")
+    assert run() == [expected, "False"]
+    cache.write_text(json.dumps({key: not value}))
+    assert run() == ["fp32" if value else "bf16", "False"]
+    cache.write_text("not json")  # damaged: ignored, rewritten
+    assert run() == [expected, "True"] and json.loads(cache.read_text()) == {key: value}

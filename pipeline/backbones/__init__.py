@@ -139,11 +139,58 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
         raise ValueError(f"--precision {precision!r}: valid values are {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    import torch  # only here: a driver given fp32 or bf16 never imports torch (1 s of CPU)
-
     if device.startswith("cuda"):
+        import torch  # only here: a driver given fp32 or bf16 never imports torch (1 s of CPU)
+
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if cpu_bf16_native() else "fp32"
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU runs bf16 natively (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``),
+    remembered per machine in ``$XDG_CACHE_HOME/longvid/cpu_bf16.json``.
+
+    The driver of ``pipeline extract`` needs the answer for the fingerprint before it starts
+    its workers, and importing torch to get it delays every run by 1–2 s on 2 cores. The cache
+    key is the torch version, the CPU architecture and the CPU's feature flags, so a new torch
+    or another machine asks torch again. An unreadable or unwritable cache is ignored.
+    """
+    import hashlib
+    import importlib.metadata
+    import json
+    import os
+    import platform
+    from pathlib import Path
+
+    try:
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith(("flags", "Features"))), ""
+        )
+    except OSError:
+        flags = platform.processor()
+    key = hashlib.sha256(
+        f"{importlib.metadata.version('torch')}|{platform.machine()}|{flags}".encode()
+    ).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longvid"
+    path = cache_dir / "cpu_bf16.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), bool):
+        return known[key]
+    import torch
+
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: native}))
+        os.replace(tmp, path)  # whole or not at all: drivers may run side by side
+    except OSError:
+        pass
+    return native
 
 
 def create_backbone(
