@@ -146,7 +146,7 @@ class TrainConfig:
                 f"--data-loading must be preload, stream or auto, got {self.data_loading!r}"
             )
         if self.stream_cache_mib <= 0:
-            raise ValueError(f"--stream-cache-mib must be positive, got {self.stream_cache_mib}")
+            raise ValueError(f"stream_cache_mib must be positive, got {self.stream_cache_mib}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 
