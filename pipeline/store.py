@@ -289,11 +289,7 @@ class FeatureSet:
 
     def index(self) -> pl.DataFrame:
         """Every recorded video: one row each, columns of ``INDEX_SCHEMA``."""
-        if self.loc.is_local:
-            files = sorted((self.path / "index").glob("[!.]*.parquet"))
-            frames = [read_parquet_bytes(f.read_bytes()) for f in files]  # see read_index_file
-        else:
-            frames = [self.read_index_file(name) for name in self.index_files()]
+        frames = [self.read_index_file(name) for name in self.index_files()]
         if not frames:
             return pl.DataFrame(schema=INDEX_SCHEMA)
         return pl.concat(frames, how="vertical").sort("video_id")
@@ -330,7 +326,8 @@ class FeatureSet:
         )
 
     def read_many(
-        self, video_ids: list[str], *, arrays: Sequence[str] = ARRAYS
+        self, video_ids: list[str], *, arrays: Sequence[str] = ARRAYS,
+        index: pl.DataFrame | None = None,
     ) -> dict[str, VideoFeatures]:
         """Several videos, reading the index once and each part once.
 
@@ -344,11 +341,13 @@ class FeatureSet:
             video_ids: The videos.
             arrays: Which arrays to read (a subset of ``tokens``, ``start_sec``, ``end_sec``,
                 ``scene_idx``); the others are ``None`` in the result.
+            index: This feature set's :meth:`index`, when the caller has just read it (one
+                parquet read per video: worth not repeating on large sets).
 
         Raises:
             KeyError: a video is missing or not ``ok``; the message names it.
         """
-        index = self.index()
+        index = self.index() if index is None else index
         rows = {r["video_id"]: r for r in index.iter_rows(named=True)}
         by_part: dict[str, list[dict]] = {}
         for video_id in video_ids:
