@@ -97,7 +97,9 @@ def extract(
     typer.echo(
         f"{summary.num_videos} videos: {summary.num_ok} extracted, {summary.num_skipped} already "
         f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
-        f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s)"
+        f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s"
+        + (f"; workers ready after {summary.startup_sec:.1f} s" if summary.startup_sec else "")
+        + ")"
         + (f"; parts packed in {summary.compact_sec:.1f} s" if summary.compact_sec else "")
     )
     if summary.num_worker_crashes:

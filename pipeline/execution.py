@@ -75,6 +75,7 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 item = queue.pop()
                 inflight[actor.process.remote(*item)] = (actor, item)
 
+        live = set(actors)
         for actor in actors:
             submit(actor)
         progress_bar = _Progress(summary, len(todo), enabled=progress)
@@ -98,6 +99,7 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 # fresh extractor; one that keeps killing workers is recorded as failed.
                 summary.num_worker_crashes += 1
                 nodes.pop(actor, None)
+                live.discard(actor)
                 crashes[video_id] = crashes.get(video_id, 0) + 1
                 if crashes[video_id] <= config.crash_retries:
                     queue.append(item)
@@ -105,15 +107,30 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                     message = _record_crash(store_root, names, path, video_id, err, crashes[video_id])
                     progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
+                live.add(actor)
             else:
                 progress_bar.record(result)
                 node = _node_of(ray, nodes.get(actor))
                 summary.videos_per_node[node] = summary.videos_per_node.get(node, 0) + 1
             submit(actor)
         progress_bar.close()
+        summary.startup_sec = _startup_sec(ray, [a for a in actors if a in live], summary.started_at)
+        for actor in live:
+            # Done: end the worker processes at once. Their Python shutdown (unloading torch)
+            # costs ~1 s of CPU each, which compaction would otherwise wait for on small machines.
+            ray.kill(actor)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _startup_sec(ray, actors, started_at: float) -> float:
+    """Seconds from ``started_at`` until the last of ``actors`` was ready (0 if none answers)."""
+    try:
+        ready_at = ray.get([actor.ready.remote() for actor in actors], timeout=30)
+    except Exception:  # a statistic: a lost node must not fail a finished run
+        return 0.0
+    return max([0.0] + [at - started_at for at in ready_at])
 
 
 def _node_of(ray, ref) -> str:
@@ -160,6 +177,7 @@ def run_here(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
 
     extractor = VideoExtractor(store_root, jobs, num_threads=None, decode_threads=0,
                                **_extractor_kwargs(config))
+    summary.startup_sec = max(0.0, extractor.ready_at - summary.started_at)
     progress_bar = _Progress(summary, len(todo), enabled=progress)
     for video_id, path, names in todo:
         progress_bar.record(extractor.process(video_id, path, names))

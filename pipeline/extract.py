@@ -145,6 +145,10 @@ class ExtractSummary:
     videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
     num_frames: int = 0
     wall_sec: float = 0.0  # decoding and extraction, compaction not included
+    # From the start of the run until its last first-round extractor had its backbones loaded
+    # (Ray start, worker start, imports, weights): the part of wall_sec no frame is decoded in.
+    startup_sec: float = 0.0
+    started_at: float = 0.0  # Unix time (s) the run started
     compact_sec: float = 0.0  # packing the parts written (ExtractConfig.compact)
 
     @property
@@ -216,7 +220,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     from pipeline.weights import parse_weights_option, resolve_weights
     from pipeline.worker import FeatureSetJob
 
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     if catalog is None:
         catalog = get_catalog(config.dataset, root=config.data_root, **config.catalog_options)
     videos = catalog.videos.sort("video_id")
@@ -263,6 +267,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         num_videos=len(videos),
         num_skipped=len(videos) - len(todo),
         missing=missing_on_disk,
+        started_at=started_at,
     )
     if todo and config.num_workers == 0:
         execution.run_here(config, jobs, todo, summary, store.url, progress=progress)

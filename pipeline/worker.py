@@ -122,10 +122,12 @@ class VideoExtractor:
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
         self.batch_size = batch_size
+        self.ready_at = time.time()
 
-    def ready(self) -> bool:
-        """Returns once the backbones are loaded (lets the driver wait for start-up)."""
-        return True
+    def ready(self) -> float:
+        """When this extractor finished loading its backbones (Unix time, s): the driver's
+        measure of start-up (:attr:`~pipeline.extract.ExtractSummary.startup_sec`)."""
+        return self.ready_at
 
     def node_id(self) -> str:
         """The Ray node this extractor runs on (hex id; ``local`` outside Ray)."""

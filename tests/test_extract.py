@@ -58,6 +58,7 @@ def extracted(tmp_path_factory, catalog_with_bad_files, ray_local):
 def test_every_good_video_is_stored_and_each_bad_one_fails_alone(extracted, demo_small):
     config, summary = extracted
     assert (summary.num_ok, summary.num_failed) == (demo_small.videos.height, 5)
+    assert 0 < summary.startup_sec < summary.wall_sec  # the workers' start-up, measured in the run
     store = FeatureStore(config.store)
     sets = store.feature_sets()
     assert sorted(fs.spec["backbone"] for fs in sets) == ["r2plus1d_18", "resnet18"]

@@ -193,3 +193,27 @@ def test_auto_precision_on_cpu_is_remembered_per_machine(tmp_path):
     assert run() == ["fp32" if value else "bf16", "False"]
     cache.write_text("not json")  # damaged: ignored, rewritten
     assert run() == [expected, "True"] and json.loads(cache.read_text()) == {key: value}
+
+
+def test_building_a_backbone_skips_torch_dynamo_yet_leaves_it_whole():
+    # torchvision's roi_align imports torch._dynamo at top level (~1-2 s of CPU per worker):
+    # create_backbone imports torchvision without it; roi_align and torch.compile still work,
+    # on the real torch._dynamo, imported when first needed.
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np
+from pipeline.backbones import create_backbone
+features = create_backbone("resnet18", precision="fp32")(np.zeros((1, 64, 64, 3), np.uint8))
+print(features.shape, "torch._dynamo" in sys.modules)
+import torch, torchvision
+ra = sys.modules["torchvision.ops.roi_align"]
+boxes = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
+print(tuple(torchvision.ops.roi_align(torch.ones(1, 2, 8, 8), boxes, 2).shape),
+      ra.is_compile_supported("cpu") == torch._dynamo.utils.is_compile_supported("cpu"),
+      hasattr(sys.modules["torch._dynamo.utils"], "__file__"))  # the real module
+print(torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(2)).tolist())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:3] == ["(1, 512) False", "(1, 2, 2, 2) True True", "[3.0, 3.0]"]

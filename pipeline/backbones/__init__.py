@@ -125,6 +125,47 @@ def backbone_spec(name: str) -> BackboneSpec:
     return _SPECS[name]
 
 
+def import_torchvision():
+    """Import torchvision without torch._dynamo, which it does not use here.
+
+    torchvision 0.29's ``ops/roi_align.py`` imports ``torch._dynamo.utils`` at top level (for
+    ``is_compile_supported``, a check made only when ``roi_align`` runs), and every
+    ``torchvision.models`` import reaches it through ``torchvision.ops``: ~1–2 s of CPU in every
+    process that builds a backbone, more than the rest of torchvision (measured: 1.9 → 0.1 s).
+    While torchvision is imported, that module is stood in for by one whose
+    ``is_compile_supported`` imports the real one on first call; the stand-in is removed
+    right after, so any later ``import torch._dynamo`` (``torch.compile``) is the real one.
+    A no-op once torch._dynamo or torchvision is loaded.
+
+    Returns:
+        The ``torchvision`` module.
+    """
+    import sys
+    import types
+
+    name = "torch._dynamo.utils"
+    if "torchvision" in sys.modules or name in sys.modules or "torch._dynamo" in sys.modules:
+        import torchvision
+
+        return torchvision
+    import torch  # noqa: F401  (the real torch first: only the dynamo submodule is stood in for)
+
+    def is_compile_supported(device_type):
+        from torch._dynamo.utils import is_compile_supported as real
+
+        return real(device_type)
+
+    stand_in = types.ModuleType(name, "longvid: lazy stand-in while torchvision imports")
+    stand_in.is_compile_supported = is_compile_supported
+    sys.modules[name] = stand_in
+    try:
+        import torchvision
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+    return torchvision
+
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -212,6 +253,7 @@ def create_backbone(
     """
     from pipeline.weights import resolve_weights
 
+    import_torchvision()
     spec = backbone_spec(name)
     ref = resolve_weights(weights, spec, seed=seed)
     backbone = _BUILDERS[name](ref, device=device)
