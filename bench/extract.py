@@ -336,6 +336,7 @@ def _fps_table(paths: list[str], work: Path, num_cores: int, *, device: str, fps
     CUDA the workers (one per core) share the GPU (``--gpus-per-worker 1/cores``), and one
     minus the steady-state share is the time the GPU waits on decoding."""
     cuda = device == "cuda"
+    gpu_share = int(1e4 / num_cores) / 1e4  # Ray counts GPU shares in 1e-4: never over 1 in all
     where = f"{num_cores} workers sharing 1 GPU" if cuda else f"{num_cores} workers, 1 core each"
     print(f"2. fps plan ({fps:g} frame/s), {device}, {where} "
           "(tokens/s = frames through the backbone)")
@@ -343,7 +344,7 @@ def _fps_table(paths: list[str], work: Path, num_cores: int, *, device: str, fps
         for detector in ("none", "content"):
             frames, tokens, sec, startup = ours(
                 paths, work / f"fps-{name}-{detector}", plan="fps", fps=fps, backbones=(name,),
-                detector=detector, gpus_per_worker=1 / num_cores if cuda else 0.0)
+                detector=detector, gpus_per_worker=gpu_share if cuda else 0.0)
             ceiling = tokens / backbone_ceiling(name, tokens, num_cores, device)
             share, steady = tokens / sec / ceiling, tokens / max(1e-9, sec - startup) / ceiling
             print(f"   {name:9s} --detector {detector:8s} pipeline {tokens / sec:7.1f} tokens/s "
