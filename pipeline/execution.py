@@ -64,7 +64,7 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
             nodes[actor] = actor.node_id.remote()
             return actor
 
-        nodes = {}  # actor -> ObjectRef of its Ray node id
+        nodes = {}  # live actor -> ObjectRef of its Ray node id
         actors = [new_actor() for _ in range(num_workers)]
         queue = list(reversed(todo))  # (video_id, path, feature sets), popped from the end
         crashes = {}  # video_id -> times its worker died under it
@@ -75,7 +75,6 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 item = queue.pop()
                 inflight[actor.process.remote(*item)] = (actor, item)
 
-        live = set(actors)
         for actor in actors:
             submit(actor)
         progress_bar = _Progress(summary, len(todo), enabled=progress)
@@ -99,7 +98,6 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 # fresh extractor; one that keeps killing workers is recorded as failed.
                 summary.num_worker_crashes += 1
                 nodes.pop(actor, None)
-                live.discard(actor)
                 crashes[video_id] = crashes.get(video_id, 0) + 1
                 if crashes[video_id] <= config.crash_retries:
                     queue.append(item)
@@ -107,15 +105,14 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
                     message = _record_crash(store_root, names, path, video_id, err, crashes[video_id])
                     progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
-                live.add(actor)
             else:
                 progress_bar.record(result)
                 node = _node_of(ray, nodes.get(actor))
                 summary.videos_per_node[node] = summary.videos_per_node.get(node, 0) + 1
             submit(actor)
         progress_bar.close()
-        summary.startup_sec = _startup_sec(ray, [a for a in actors if a in live], summary.started_at)
-        for actor in live:
+        summary.startup_sec = _startup_sec(ray, [a for a in actors if a in nodes], summary.started_at)
+        for actor in nodes:  # the live extractors
             # Done: end the worker processes at once. Their Python shutdown (unloading torch)
             # costs ~1 s of CPU each, which compaction would otherwise wait for on small machines.
             ray.kill(actor)
