@@ -1,7 +1,7 @@
 """Running an extraction's to-do list: one :class:`~pipeline.worker.VideoExtractor` per Ray
 worker kept busy (embedded Ray, or a cluster with ``address``), or in this process
 (``num_workers = 0``); a worker that dies has its video retried on a fresh one; a progress bar
-feeds the run's :class:`~pipeline.extract.ExtractSummary`.
+feeds the run's :class:`~pipeline.extract_config.ExtractSummary`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
 
+from pipeline.extract_config import ExtractConfig, ExtractSummary
 from pipeline.store import FeatureStore
-
-if TYPE_CHECKING:
-    from pipeline.extract import ExtractConfig, ExtractSummary
 
 
 class WorkerStartError(RuntimeError):

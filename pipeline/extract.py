@@ -2,158 +2,22 @@
 
 The driver (this module) resolves weights, creates one feature set per backbone, works out
 which videos still need which feature sets (resume), then hands them to
-:mod:`pipeline.execution`, which keeps one :class:`VideoExtractor` per Ray worker busy. With no ``address`` Ray starts locally (embedded); with one it joins a
-cluster. Nothing here decodes video itself.
+:mod:`pipeline.execution`, which keeps one :class:`VideoExtractor` per Ray worker busy. With no
+``address`` Ray starts locally (embedded); with one it joins a cluster. Nothing here decodes
+video itself. The run's settings and counts, :class:`ExtractConfig` and :class:`ExtractSummary`,
+are defined in :mod:`pipeline.extract_config` and importable from here.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from pipeline import execution
-from pipeline.backbones import PRECISIONS, TOKEN_KINDS
-from pipeline.execution import WorkerStartError
-from pipeline.sampling import PLANS, PlanConfig
-from pipeline.scenes import SceneDetectConfig
+from pipeline.execution import WorkerStartError  # noqa: F401  (raised by run_extract)
+from pipeline.extract_config import DTYPES, ExtractConfig, ExtractSummary  # noqa: F401
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
-
-DTYPES = ("float16", "float32")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything ``pipeline extract`` needs; stored with every feature set it writes."""
-
-    # Catalog key and its directory (the demo is built there if missing).
-    dataset: str = "demo"
-    data_root: str = "data/demo"
-    # Backbones sharing one decode of each video; one feature set each.
-    backbones: tuple[str, ...] = ("resnet18", "r2plus1d_18")
-    # Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips.
-    plan: str = "scene"
-    # Plan knobs: uniform tokens per video, fps tokens per second, full tokens per video,
-    # clip window length (s), frames per clip for clip backbones (None: 12 for scene, else
-    # the backbone's own clip length).
-    num_frames: int = 16
-    fps: float = 1.0
-    full_num_frames: int = 250
-    clip_len_sec: float = 2.0
-    frames_per_clip: int | None = None
-    # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
-    tokens: str = "pooled"
-    # Store directory or fsspec URL (s3://bucket/store, file:///shared/store, ...).
-    store: str = "store"
-    # --weights values: none | default | PATH | BACKBONE=SPEC.
-    weights: tuple[str, ...] = ("none",)
-    # Seed of random-init weights (`none`).
-    seed: int = 0
-    # Stored token dtype; float16 halves the store with no loss that matters for heads.
-    dtype: str = "float16"
-    # Backbone arithmetic: fp32, bf16 (autocast) or auto (bf16 where the hardware has it).
-    precision: str = "auto"
-    # Scene detection (PySceneDetect detector, threshold, min scene length in frames; width and
-    # swscale interpolation of the detector's thumbnail).
-    detector: str = "content"
-    threshold: float | None = None
-    min_scene_len: int = 15
-    detect_width_px: int | None = 160
-    detect_interpolation: str = "fast_bilinear"
-    # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
-    short_side_px: int = 256
-    # Frames per backbone batch.
-    batch_size: int = 32
-    # Ray cluster address; None starts Ray locally.
-    address: str | None = None
-    # Parallel extractors; None = one per CPU Ray offers (per GPU share with gpus_per_worker);
-    # 0 = in this process, no Ray.
-    num_workers: int | None = None
-    # GPUs each extractor reserves (Ray num_gpus; fractions share a GPU); > 0 runs the
-    # backbones on CUDA, on GPU worker nodes (docker/).
-    gpus_per_worker: float = 0.0
-    # Times a video is retried on a fresh worker after its worker process died (OOM kill,
-    # decoder segfault, lost node) before it is recorded as failed.
-    crash_retries: int = 2
-    # Process only the first N videos of the catalog (smoke runs).
-    limit: int | None = None
-    # At the end, pack the run's one-video parts into large parts (pipeline.compact): training
-    # then reads a part at a time instead of opening one Zarr group per video.
-    compact: bool = True
-    # Catalog-specific options (e.g. {"variant": "small"} for the demo).
-    catalog_options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.tokens not in TOKEN_KINDS:
-            raise ValueError(f"--tokens {self.tokens!r}: valid values are {', '.join(TOKEN_KINDS)}")
-        self.plan_config()  # validates the plan and its knobs
-        if self.plan == "scene" and self.detector == "none":
-            raise ValueError("the scene plan needs a scene detector; --detector none fits other plans")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"--precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}: valid values are {', '.join(DTYPES)}")
-        if not self.backbones:
-            raise ValueError("give at least one --backbone")
-        self.scene_config()  # validates
-        if self.crash_retries < 0:
-            raise ValueError(f"crash_retries must be >= 0, not {self.crash_retries}")
-        if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):
-            raise ValueError(
-                f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "
-                "and a value >= 0"
-            )
-
-    def scene_config(self) -> SceneDetectConfig:
-        """The scene detector with this run's settings."""
-        return SceneDetectConfig(
-            self.detector, self.threshold, self.min_scene_len, self.detect_width_px,
-            self.detect_interpolation,
-        )
-
-    def plan_config(self) -> PlanConfig:
-        """The sampling plan with this run's knobs."""
-        frames_per_clip = self.frames_per_clip
-        if frames_per_clip is None and self.plan == "scene":
-            frames_per_clip = 12  # STAN §3: 12 frames per scene for the 3D stream
-        return PlanConfig(
-            name=self.plan,
-            num_frames=self.num_frames,
-            fps=self.fps,
-            full_num_frames=self.full_num_frames,
-            clip_len_sec=self.clip_len_sec,
-            frames_per_clip=frames_per_clip,
-        )
-
-
-@dataclass
-class ExtractSummary:
-    """Counts of one run, plus the failures with their reasons."""
-
-    feature_sets: list[str]
-    num_videos: int
-    num_skipped: int  # already stored: no work done
-    # Catalog videos with no file on disk (null path, e.g. dead YouTube links of a benchmark):
-    # not extracted and not written to the store index, only listed here and in runs/.
-    missing: list[str] = field(default_factory=list)
-    num_ok: int = 0
-    num_failed: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    num_worker_crashes: int = 0  # worker processes that died; their videos were retried
-    videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
-    num_frames: int = 0
-    wall_sec: float = 0.0  # decoding and extraction, compaction not included
-    # From the start of the run until its last first-round extractor had its backbones loaded
-    # (Ray start, worker start, imports, weights): the part of wall_sec no frame is decoded in.
-    startup_sec: float = 0.0
-    started_at: float = 0.0  # Unix time (s) the run started
-    compact_sec: float = 0.0  # packing the parts written (ExtractConfig.compact)
-
-    @property
-    def frames_per_sec(self) -> float:
-        return self.num_frames / self.wall_sec if self.wall_sec else 0.0
 
 
 def feature_set_spec(

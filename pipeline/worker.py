@@ -126,7 +126,7 @@ class VideoExtractor:
 
     def ready(self) -> float:
         """When this extractor finished loading its backbones (Unix time, s): the driver's
-        measure of start-up (:attr:`~pipeline.extract.ExtractSummary.startup_sec`)."""
+        measure of start-up (:attr:`~pipeline.extract_config.ExtractSummary.startup_sec`)."""
         return self.ready_at
 
     def node_id(self) -> str:
