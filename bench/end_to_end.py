@@ -2,11 +2,11 @@
 
 STAN §3 fine-tunes its 2D CNN (STAN-Small, stop-gradient on the 3D stream) or both backbones
 (STAN-Large) and reports 45 M vs 92.5 M trainable parameters. This script measures what that
-choice costs here: one training step of ``heads finetune``'s model (:func:`heads.finetune.
-train_step`: ResNet-18 on each scene's centre frame, R(2+1)D-18 on each scene's F-frame clip,
-the STAN head, AdamW with the recipe's parameter groups) on synthetic uint8 windows of
-``--videos`` videos × ``--scenes`` scenes, so decoding is not timed (it runs in DataLoader
-workers, overlapped with the step). A "clip" is one scene: its centre frame and its F frames.
+choice costs here: one training step of ``heads finetune``'s model (the shared loop's
+:meth:`heads.loop.Trainer.step`: ResNet-18 on each scene's centre frame, R(2+1)D-18 on each
+scene's F-frame clip, the STAN head, AdamW with the recipe's parameter groups) on synthetic
+uint8 windows of ``--videos`` videos × ``--scenes`` scenes, so decoding is not timed (it runs in
+DataLoader workers, overlapped with the step). A "clip" is one scene: its centre frame and its F frames.
 
 Each preset runs in a fresh subprocess so allocator caches and peaks do not leak:
 
@@ -44,19 +44,23 @@ QUICK = {"size_px": 32, "frames_per_clip": 4, "scenes": 4, "videos": 2, "steps":
 def measure(preset: str, cfg: dict, device: str) -> dict:
     """One preset in this (fresh) process: median step seconds, extra peak MiB, parameters."""
 
+    import tempfile
+
     import torch
 
-    from heads.finetune import param_groups, train_step
-    from heads.finetune_setup import FinetuneConfig, build_model, resolve_config
-    from heads.video_clips import ClipBatch
+    from heads.finetune.build import build_model
+    from heads.finetune.clips import ClipBatch
+    from heads.finetune.config import FinetuneConfig, resolve_config
+    from heads.finetune.recipe import param_groups
+    from heads.loop import Trainer
+    from heads.optim import autocast_and_scaler
 
     config = resolve_config(FinetuneConfig(
         task="bench", preset=preset, device=device, frame_size_px=cfg["size_px"],
         frames_per_clip=cfg["frames_per_clip"], grad_checkpoint=cfg["grad_checkpoint"],
     ))
     model, streams, _ = build_model(config, num_outputs=10, checkpointing=cfg["grad_checkpoint"])
-    model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-4)
+    model.to(device).train()
     num_clips = cfg["videos"] * cfg["scenes"]
     frames = []
     for stream in streams:
@@ -69,16 +73,14 @@ def measure(preset: str, cfg: dict, device: str) -> dict:
                       torch.zeros(cfg["videos"], dtype=torch.long, device=device),
                       torch.arange(cfg["videos"]), [])
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["precision"]]
-
-    def autocast():
-        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
-
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    autocast, scaler = autocast_and_scaler(torch.device(device), dtype)
+    trainer = Trainer(model, config=config, groups=param_groups(model, config),
+                      steps_per_epoch=1, kind="classification", run_dir=tempfile.mkdtemp(),
+                      checkpoint_fields=dict, autocast=autocast, scaler=scaler)
 
     def step() -> float:
         start = time.perf_counter()
-        train_step(model, batch, optimizer, loss_fn, scaler=scaler, autocast=autocast)
+        trainer.step((batch.frames, batch.lengths), batch.targets)
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

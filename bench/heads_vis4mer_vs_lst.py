@@ -58,7 +58,7 @@ def measure(head: str, num_patches: int, cfg: dict, device: str) -> dict:
     import torch
 
     from heads.models import create_head
-    from heads.train import param_groups
+    from heads.optim import param_groups
 
     torch.manual_seed(0)
     dim = cfg["dim"]

@@ -1,6 +1,6 @@
 """``heads``: train temporal heads on cached features (console script ``heads``).
 
-Thin: parse flags, build a :class:`heads.train.TrainConfig`, call the library. Torch is imported
+Thin: parse flags, build a :class:`heads.config.TrainConfig`, call the library. Torch is imported
 inside the commands so ``heads --help`` answers at once.
 """
 
@@ -11,7 +11,27 @@ from typing import Annotated
 
 import typer
 
-from heads.cli_common import _fail, parse_key_values, user_errors
+from heads.cli_common import (
+    BatchSize,
+    CatalogOption,
+    DataRoot,
+    Dataset,
+    Device,
+    Epochs,
+    GradClip,
+    HeadKwarg,
+    Lr,
+    Patience,
+    Plan,
+    RunsDir,
+    Schedule,
+    Seed,
+    Variant,
+    WarmupEpochs,
+    WeightDecay,
+    parse_key_values,
+    user_errors,
+)
 
 app = typer.Typer(
     help="Train and inspect temporal heads on features from `pipeline extract`.",
@@ -35,18 +55,10 @@ def train(
         typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml "
                      "(and its [datasets.<dataset>] table), under the flags."),
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")] = None,
-    data_root: Annotated[
-        str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
-    ] = None,
-    variant: Annotated[
-        str | None,
-        typer.Option(help="Catalog variant, as given to `pipeline extract` (demo: small)."),
-    ] = None,
-    catalog_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Catalog option as key=value, repeatable (folder: labels=FILE.csv)."),
-    ] = None,
+    dataset: Dataset = None,
+    data_root: DataRoot = None,
+    variant: Variant = None,
+    catalog_option: CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head to train (see `heads list`).")] = None,
     features: Annotated[
         list[str] | None,
@@ -57,39 +69,33 @@ def train(
             "(stan → resnet18 + r2plus1d_18).",
         ),
     ] = None,
-    plan: Annotated[
-        str | None, typer.Option(help="Sampling plan of the features (default: the head's).")
-    ] = None,
+    plan: Plan = None,
     window_sec: Annotated[
         float | None,
         typer.Option(help="LVU protocol: train on random windows of this many seconds, evaluate "
                      "on the mean over all windows; 0 = whole videos (default: the head's)."),
     ] = None,
     store: Annotated[str | None, typer.Option(help="Feature store root.")] = None,
-    runs_dir: Annotated[str | None, typer.Option(help="Where run directories are written.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum number of epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Videos per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option(help="Linear warm-up epochs.")] = None,
-    grad_clip: Annotated[float | None, typer.Option(help="Max global gradient norm.")] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Early-stopping patience in epochs; 0 = off.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for init, dropout and shuffling.")] = None,
+    runs_dir: RunsDir = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    schedule: Schedule = None,
+    warmup_epochs: WarmupEpochs = None,
+    grad_clip: GradClip = None,
+    patience: Patience = None,
+    seed: Seed = None,
     seeds: Annotated[
         int | None,
         typer.Option(help="Run this many seeds (seed, seed+1, ...) and report mean ± standard "
                      "error."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    device: Device = None,
     amp: Annotated[
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")
     ] = None,
-    head_kwarg: Annotated[
-        list[str] | None,
-        typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
-    ] = None,
+    head_kwarg: HeadKwarg = None,
     data_loading: Annotated[
         str | None,
         typer.Option(help="preload (tokens in RAM), stream (read from the store part by part "
@@ -114,77 +120,77 @@ def train(
     [datasets.<dataset>] table for --dataset (e.g. vis4mer's CPU-sized demo settings), then
     --config, then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
     """
+    from pipeline.weights import WeightsError  # --end-to-end builds backbones
+
+    with user_errors(WeightsError):
+        catalog_options = parse_key_values(catalog_option, "--catalog-option")
+        if variant is not None:
+            catalog_options["variant"] = variant
+        shared = {  # the fields of both modes (heads.config.RunConfig)
+            "task": task, "dataset": dataset, "data_root": data_root, "head": head,
+            "plan": plan, "runs_dir": runs_dir, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+            "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "patience": patience,
+            "seed": seed, "device": device, "catalog_options": catalog_options or None,
+            "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
+        }
+        cached = {"features": tuple(features) if features else None, "window_sec": window_sec,
+                  "store": store, "amp": amp, "data_loading": data_loading}
+        if end_to_end:
+            cached_only = {"--config": config, "--seeds": seeds, **{
+                f"--{k.replace('_', '-')}": v for k, v in cached.items()}}
+            _train_end_to_end(preset=preset, given=shared, cached_only=[
+                flag for flag, value in cached_only.items() if value is not None])
+        elif preset is not None:
+            raise ValueError("--preset is an --end-to-end option")
+        else:
+            _train_cached({**shared, **cached}, config_file=config, seeds=seeds)
+
+
+def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) -> None:
+    """`heads train` on cached features: the flags given, over the files (one run, or
+    ``seeds`` runs summarised)."""
     from heads.config_files import build_config
     from heads.experiments import format_seed_summary, train_seeds
     from heads.train import train as run_training
 
-    with user_errors():
-        catalog_options = parse_key_values(catalog_option, "--catalog-option")
-        if variant is not None:
-            catalog_options["variant"] = variant
-        if end_to_end:
-            cached_only = {"--config": config, "--features": features, "--window-sec": window_sec,
-                           "--store": store, "--seeds": seeds,
-                           "--amp/--no-amp": amp, "--data-loading": data_loading}
-            _train_end_to_end(
-                preset=preset, task=task, dataset=dataset, data_root=data_root,
-                catalog_options=catalog_options, head=head, plan=plan, runs_dir=runs_dir,
-                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                warmup_epochs=warmup_epochs, grad_clip=grad_clip, patience=patience, seed=seed,
-                device=device, head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
-                cached_only=[flag for flag, value in cached_only.items() if value is not None],
-            )
-            return
-        if preset is not None:
-            raise ValueError("--preset is an --end-to-end option")
-        given = {
-            "task": task, "dataset": dataset, "data_root": data_root, "head": head,
-            "features": tuple(features) if features else None, "plan": plan,
-            "window_sec": window_sec, "store": store, "runs_dir": runs_dir, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "patience": patience,
-            "seed": seed, "device": device, "amp": amp, "data_loading": data_loading,
-            "catalog_options": catalog_options or None,
-            "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
-        }
-        train_config = build_config(
-            {k: v for k, v in given.items() if v is not None}, config_file=config
-        )
-        if seeds is None:
-            run_training(train_config, log=typer.echo)
-        else:
-            if seeds < 1:
-                raise ValueError(f"--seeds must be at least 1, got {seeds}")
-            first = train_config.seed
-            summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
-            typer.echo(format_seed_summary(summary))
+    train_config = build_config({k: v for k, v in given.items() if v is not None},
+                                config_file=config_file)
+    if seeds is None:
+        run_training(train_config, log=typer.echo)
+        return
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    first = train_config.seed
+    summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
+    typer.echo(format_seed_summary(summary))
 
 
 # Head → end-to-end preset of `heads train --end-to-end` when --preset is not given.
 _END_TO_END_PRESETS = {"stan": "stan_small", "longformer": "vtn", "stat": "stat"}
 
 
-def _train_end_to_end(*, preset, head, task, cached_only: list[str], **given) -> None:
+def _train_end_to_end(*, preset, given: dict, cached_only: list[str]) -> None:
     """`heads train --end-to-end`: the flags both modes share, handed to `heads finetune`'s
-    recipe (heads/finetune.py); flags that only mean something for cached features are an
+    recipe (heads/finetune/recipe.py); flags that only mean something for cached features are an
     error rather than silently ignored."""
-    from heads.finetune import finetune as run_finetune
-    from heads.finetune_setup import FinetuneConfig
+    from heads.finetune.config import FinetuneConfig
+    from heads.finetune.recipe import finetune as run_finetune
 
     if cached_only:
         raise ValueError(f"{', '.join(cached_only)}: cached-feature option(s), not valid with "
                          "--end-to-end (see `heads finetune --help` for its options)")
-    if task is None:
+    if given["task"] is None:
         raise ValueError("--task is required")
+    kwargs = {k: v for k, v in given.items() if v is not None}
     if preset is None:
+        head = kwargs.pop("head", None)
         if head not in _END_TO_END_PRESETS:
             raise ValueError(f"--end-to-end: no preset for head {head!r}; give --preset "
                              "(stan_small, stan_large, vtn, stat) or --head "
                              f"{' | '.join(_END_TO_END_PRESETS)}")
-        preset = _END_TO_END_PRESETS[head]
-        head = None  # the preset's own head
-    kwargs = {k: v for k, v in given.items() if v not in (None, {})}
-    run_finetune(FinetuneConfig(task=task, preset=preset, head=head, **kwargs), log=typer.echo)
+        preset = _END_TO_END_PRESETS[head]  # with the preset's own head
+    run_finetune(FinetuneConfig(preset=preset, **kwargs), log=typer.echo)
 
 
 @app.command("eval")
@@ -363,8 +369,8 @@ def list_command(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-# End-to-end fine-tuning (backbones + head from frames): its own command, see heads/finetune_cli.py.
-from heads.finetune_cli import finetune as _finetune  # noqa: E402
+# End-to-end fine-tuning (backbones + head from frames): its own command, see heads/finetune/cli.py.
+from heads.finetune.cli import finetune as _finetune  # noqa: E402
 
 app.command("finetune")(_finetune)
 

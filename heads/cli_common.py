@@ -1,13 +1,49 @@
-"""Flag parsing and error reporting shared by the ``heads`` commands (``heads/cli.py`` and
-``heads/finetune_cli.py``)."""
+"""Flag parsing, error reporting and the options shared by the ``heads`` commands
+(``heads/cli.py`` and ``heads/finetune/cli.py``)."""
 
 from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
+
+# The options of the fields both training commands share (heads.config.RunConfig); each command
+# gives the default where it declares the parameter (`heads train`: None = from the files).
+Dataset = Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")]
+DataRoot = Annotated[
+    str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
+]
+Variant = Annotated[
+    str | None, typer.Option(help="Catalog variant, as given to `pipeline extract` (demo: small).")
+]
+CatalogOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Catalog option as key=value, repeatable (folder: labels=FILE.csv)."),
+]
+Plan = Annotated[
+    str | None, typer.Option(help="Sampling plan (default: the head's or the preset's).")
+]
+RunsDir = Annotated[str | None, typer.Option(help="Where run directories are written.")]
+Epochs = Annotated[int | None, typer.Option(help="Maximum number of epochs.")]
+BatchSize = Annotated[int | None, typer.Option(help="Videos per step.")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW) of the head.")]
+WeightDecay = Annotated[float | None, typer.Option(help="AdamW weight decay (matrices only).")]
+Schedule = Annotated[
+    str | None,
+    typer.Option(help="Learning-rate schedule: warmup_cosine (linear warm-up, then cosine "
+                 "decay to 0; default)."),
+]
+WarmupEpochs = Annotated[int | None, typer.Option(help="Linear warm-up epochs.")]
+GradClip = Annotated[float | None, typer.Option(help="Max global gradient norm.")]
+Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs; 0 = off.")]
+Seed = Annotated[int | None, typer.Option(help="Seed for init, dropout/augmentation, shuffling.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
+HeadKwarg = Annotated[
+    list[str] | None,
+    typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
+]
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict:
@@ -41,11 +77,12 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def user_errors():
-    """Bad input (unknown names, missing files or feature sets, bad values) → a red message and
-    exit code 2 instead of a traceback."""
+def user_errors(*extra: type[Exception]):
+    """Bad input (unknown names, missing files or feature sets, bad values, and the ``extra``
+    error types, e.g. missing backbone weights) → a red message and exit code 2 instead of a
+    traceback."""
     try:
         yield
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, FileNotFoundError, *extra) as err:
         # KeyError's str() quotes its message; show the message itself.
         _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))

@@ -2,7 +2,7 @@
 
 Precedence, lowest first (torchtune's rule: files give defaults, flags win):
 
-1. :class:`heads.train.TrainConfig`'s field defaults;
+1. :class:`heads.config.TrainConfig`'s field defaults;
 2. ``heads/configs/<head>.toml``: the head's defaults from its paper (features, sampling plan,
    window length, learning rate, ...);
 3. that file's ``[datasets.<dataset>]`` table, for runs on that dataset only (e.g. vis4mer's
@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from dataclasses import replace
 from pathlib import Path
+
+from heads.config import TrainConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The table of per-dataset overrides in a config file: [datasets.<dataset>].
 DATASETS_KEY = "datasets"
 # Keys a dataset table may not set: they choose which file and table apply.
 _NOT_IN_DATASET_TABLE = ("dataset", "head")
+# Used when a head has no heads/configs/<head>.toml, or the file leaves a field unset.
+FALLBACK_DEFAULTS: dict = {"features": ("resnet18",), "plan": "scene", "window_sec": 0.0}
 
 
 def head_config_path(head: str) -> Path:
@@ -110,11 +115,30 @@ def head_file_values(head: str, dataset: str | None = None) -> dict:
     return merge_layers(file_layers(path, read_toml(path), dataset))
 
 
+def head_defaults(head: str, dataset: str | None = None) -> dict:
+    """The head's file defaults (``heads/configs/<head>.toml``, with its
+    ``[datasets.<dataset>]`` table when it has one), over :data:`FALLBACK_DEFAULTS`."""
+    return {**FALLBACK_DEFAULTS, **head_file_values(head, dataset)}
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the defaults that depend on other fields (the head's file) filled in:
+    ``data_root``, ``features``, ``plan`` and ``window_sec``."""
+    defaults = head_defaults(config.head, config.dataset)
+    return replace(
+        config,
+        data_root=config.data_root or f"data/{config.dataset}",
+        features=config.features or tuple(defaults["features"]),
+        plan=config.plan or defaults["plan"],
+        window_sec=float(
+            defaults["window_sec"] if config.window_sec is None else config.window_sec
+        ),
+    )
+
+
 def check_keys(values: dict, *, source: str) -> None:
     """Raise ``ValueError`` naming ``source`` when ``values`` has a key that is not a
     ``TrainConfig`` field."""
-    from heads.train import TrainConfig
-
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -124,7 +148,7 @@ def check_keys(values: dict, *, source: str) -> None:
 
 
 def build_config(overrides: dict, *, config_file: str | Path | None = None):
-    """A :class:`heads.train.TrainConfig` from the head's file, a user file and ``overrides``.
+    """A :class:`heads.config.TrainConfig` from the head's file, a user file and ``overrides``.
 
     Args:
         overrides: Values given explicitly (flags); they win over both files. Must hold
@@ -140,8 +164,6 @@ def build_config(overrides: dict, *, config_file: str | Path | None = None):
         FileNotFoundError, ValueError: see :func:`read_toml`; also a bad value (from
             ``TrainConfig``'s own checks) or a missing ``task``.
     """
-    from heads.train import TrainConfig
-
     check_keys(overrides, source="flags")
     user = read_toml(config_file) if config_file is not None else {}
     defaults = TrainConfig.__dataclass_fields__

@@ -218,35 +218,7 @@ def load_task_data(
         raise ValueError(f"catalog {catalog.name!r} has no label column for task {task.name!r}")
     labels = dict(zip(catalog.labels["video_id"].to_list(), catalog.labels[task.name].to_list()))
     indexes = [fs.index() for fs in feature_sets]  # read once: ~0.3 ms a video
-    statuses = [dict(zip(idx["video_id"].to_list(), idx["status"].to_list())) for idx in indexes]
-
-    dropped: Counter[str] = Counter()
-    kept: dict[str, list[str]] = {split: [] for split in SPLITS}
-    splits = catalog.task_split(task.name)
-    paths = dict(zip(catalog.videos["video_id"], catalog.videos["path"]))
-    num_total = 0
-    for video_id, split in zip(splits["video_id"], splits["split"]):
-        if split is None and labels.get(video_id) is None:
-            continue  # not part of this task
-        num_total += 1
-        reason = None
-        if labels.get(video_id) is None:
-            reason = f"unlabelled for task {task.name}"
-        for fs, status in zip(feature_sets, statuses):
-            state = status.get(video_id, "not extracted")
-            if reason is None and state != "ok":
-                # Imported features need no video file: only a video that is also not stored
-                # is reported as missing on disk.
-                on_disk = paths[video_id] is not None
-                reason = f"{state} in {fs.name}" if on_disk else "missing on disk (no features)"
-                break
-        if reason is None and split not in kept:
-            reason = f"split {split!r} is not one of {'/'.join(SPLITS)}"
-        if reason is not None:
-            dropped[reason] += 1
-            continue
-        kept[split].append(video_id)
-
+    kept, dropped, num_total = _usable_videos(catalog, task, labels, feature_sets, indexes)
     all_ids = [v for split in SPLITS for v in kept[split]]
     if loading not in ("preload", "stream", "auto"):
         raise ValueError(f"loading must be preload, stream or auto, got {loading!r}")
@@ -291,6 +263,39 @@ def load_task_data(
         num_dropped=dict(dropped),
         times=times,
     )
+
+
+def _usable_videos(catalog: Catalog, task: Task, labels: dict, feature_sets, indexes):
+    """Per split, the task's videos that have a label and are ``ok`` in every feature set;
+    the others counted per reason; and the number of the task's videos."""
+    statuses = [dict(zip(idx["video_id"].to_list(), idx["status"].to_list())) for idx in indexes]
+    dropped: Counter[str] = Counter()
+    kept: dict[str, list[str]] = {split: [] for split in SPLITS}
+    splits = catalog.task_split(task.name)
+    paths = dict(zip(catalog.videos["video_id"], catalog.videos["path"]))
+    num_total = 0
+    for video_id, split in zip(splits["video_id"], splits["split"]):
+        if split is None and labels.get(video_id) is None:
+            continue  # not part of this task
+        num_total += 1
+        reason = None
+        if labels.get(video_id) is None:
+            reason = f"unlabelled for task {task.name}"
+        for fs, status in zip(feature_sets, statuses):
+            state = status.get(video_id, "not extracted")
+            if reason is None and state != "ok":
+                # Imported features need no video file: only a video that is also not stored
+                # is reported as missing on disk.
+                on_disk = paths[video_id] is not None
+                reason = f"{state} in {fs.name}" if on_disk else "missing on disk (no features)"
+                break
+        if reason is None and split not in kept:
+            reason = f"split {split!r} is not one of {'/'.join(SPLITS)}"
+        if reason is not None:
+            dropped[reason] += 1
+            continue
+        kept[split].append(video_id)
+    return kept, dropped, num_total
 
 
 def _report_counts(

@@ -190,7 +190,7 @@ def plan_sweep(catalog, *, heads: Sequence[str], tasks: Sequence[str], seeds: Se
     from heads.config_files import build_config
     from heads.data import head_token_kinds, resolve_feature_sets
     from heads.models import num_streams_for
-    from heads.train import resolve_config
+    from heads.config_files import resolve_config
 
     for task in tasks:
         catalog.task(task)  # KeyError listing the valid tasks

@@ -1,11 +1,14 @@
-"""Optimisation pieces of ``heads train``: AdamW parameter groups, the warm-up + cosine
-learning-rate factor, seeding, and mixed precision on CUDA."""
+"""Optimisation pieces of the training loop (:mod:`heads.loop`): AdamW parameter groups, the
+learning-rate schedules by name, seeding and the RNG states a checkpoint resumes from, and mixed
+precision on CUDA."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -47,6 +50,35 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``
+    (:func:`lr_factor`), as a ``torch.optim.lr_scheduler.LambdaLR`` stepped once per batch.
+
+    Which paper uses it: none of the five states its schedule for the cached heads; this is
+    longvid's default for the transformer heads (warm-up keeps early updates from diverging).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps)
+    )
+
+
+# Learning-rate schedules by name (`--schedule`, RunConfig.schedule): a builder
+# `(optimizer, *, warmup_steps, total_steps) -> LRScheduler`, stepped once per optimiser step.
+# The papers' other schedules (VTN's steps, ViS4mer's plateau decay) are added here.
+SCHEDULES: dict[str, Callable] = {"warmup_cosine": warmup_cosine}
+
+
+def build_schedule(name: str, optimizer, *, warmup_steps: int, total_steps: int):
+    """The learning-rate scheduler ``name`` of :data:`SCHEDULES` for ``optimizer``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) and ask torch for deterministic kernels
     (warning, not failing, where an op has none); same seed, same run on the same machine."""
@@ -58,16 +90,69 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def mixed_precision(device: torch.device, enabled: bool):
-    """``(autocast, scaler)`` for a device: bf16 autocast on CUDA GPUs that have it, else fp16
-    autocast with a loss scaler; on CPU (or ``enabled=False``) no autocast and a no-op scaler.
+def rng_state(generators: dict | None = None) -> dict:
+    """The random-number states a resumed run needs to draw what the uninterrupted run would:
+    Python's, numpy's global, torch's CPU and CUDA generators, and ``generators`` (name →
+    ``torch.Generator`` or ``numpy.random.Generator``, e.g. a loader's shuffling and the
+    LVU protocol's window draws). Loadable with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"state": list(random.getstate()[1]), "gauss_next": random.getstate()[2]},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "generators": {},
+    }
+    for name, gen in (generators or {}).items():
+        if isinstance(gen, torch.Generator):
+            state["generators"][name] = gen.get_state()
+        else:  # numpy: the bit generator's state as text (its 128-bit ints do not fit a tensor)
+            state["generators"][name] = json.dumps(gen.bit_generator.state)
+    return state
+
+
+def set_rng_state(state: dict, generators: dict | None = None) -> None:
+    """Restore what :func:`rng_state` captured, into the global generators and ``generators``
+    (the same names, the same kinds).
+
+    Raises:
+        KeyError: a generator of ``generators`` is not in ``state``.
+    """
+    version = random.getstate()[0]
+    random.setstate((version, tuple(state["python"]["state"]), state["python"]["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, gen in (generators or {}).items():
+        saved = state["generators"][name]
+        if isinstance(gen, torch.Generator):
+            gen.set_state(saved)
+        else:
+            gen.bit_generator.state = json.loads(saved)
+
+
+def autocast_and_scaler(device: torch.device, dtype: torch.dtype | None):
+    """``(autocast, scaler)`` for autocast in ``dtype`` on ``device``; ``dtype=None`` is off.
 
     Returns:
         ``autocast``: a zero-argument context-manager factory (None when off), ``scaler``: a
-        ``torch.amp.GradScaler`` (disabled unless fp16).
+        ``torch.amp.GradScaler``, enabled for fp16 only (bf16 needs no loss scaling).
     """
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if dtype is None:
+        return None, scaler
+    return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
+
+
+def mixed_precision(device: torch.device, enabled: bool):
+    """``heads train --amp``: bf16 autocast on CUDA GPUs that have it, else fp16 autocast with
+    a loss scaler; on CPU (or ``enabled=False``) no autocast and a no-op scaler (see
+    :func:`autocast_and_scaler`)."""
     if not enabled or device.type != "cuda":
-        return None, torch.amp.GradScaler("cpu", enabled=False)
+        return autocast_and_scaler(device, None)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    autocast = partial(torch.autocast, device_type="cuda", dtype=dtype)
-    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    return autocast_and_scaler(device, dtype)

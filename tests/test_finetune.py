@@ -11,18 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from heads.cli import app
-from heads.finetune import finetune, load_finetuned, param_groups, predict, train_step
-from heads.finetune_models import BackboneEncoder, Conv3dStem
-from heads.finetune_setup import (
-    PRESETS,
-    FinetuneConfig,
-    build_model,
-    init_head_from,
-    load_checkpoint,
-    resolve_config,
-    resolve_device,
-)
-from heads.video_clips import ClipBatch, StreamPixels, VideoClipDataset, collate
+from heads.finetune.build import build_model, init_head_from, load_checkpoint
+from heads.finetune.clips import ClipBatch, StreamPixels, VideoClipDataset, collate
+from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resolve_device
+from heads.finetune.models import BackboneEncoder, Conv3dStem
+from heads.finetune.recipe import finetune, load_finetuned, param_groups, predict_clips
+from heads.loop import Trainer
+from heads.optim import autocast_and_scaler
 from pipeline.sampling import PlanConfig
 from pipeline.scenes import SceneDetectConfig
 from tests.conftest import write_video
@@ -64,6 +59,14 @@ def synthetic_batch(model, lengths=(3, 2), size_px=16, frames_per_clip=2) -> Cli
                      torch.arange(len(lengths)), [])
 
 
+def step_trainer(model, config, run_dir, autocast=None, scaler=None) -> Trainer:
+    """The shared loop's trainer around ``model``, for single :meth:`Trainer.step` calls."""
+    model.train()  # as the loop does at each epoch (frozen backbones keep BN in eval)
+    return Trainer(model, config=config, groups=param_groups(model, config), steps_per_epoch=1,
+                   kind="classification", run_dir=run_dir, checkpoint_fields=dict,
+                   autocast=autocast, scaler=scaler)
+
+
 @pytest.fixture(scope="module")
 def preset_run(demo_small, tmp_path_factory):
     """``preset -> (config, result)`` of one tiny run per preset, made on first use."""
@@ -85,7 +88,10 @@ def preset_run(demo_small, tmp_path_factory):
 def test_preset_trains_from_pixels_on_the_demo(preset, preset_run):
     _, result = preset_run(preset)
     run_dir = Path(result["run_dir"])
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "environment.json", "checkpoint.pt", "metrics.json"}
+    # The run directory of the shared loop (heads.loop), as for `heads train`.
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.json", "environment.json", "checkpoint.pt", "checkpoint_last.pt", "metrics.json",
+        "predictions.parquet", "curves.png", "tensorboard"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_videos"] == {"train": 4, "val": 2, "test": 2}
     assert all(set(metrics["metrics"][s]) == {"top1"} for s in ("train", "val", "test"))
@@ -122,7 +128,7 @@ def test_checkpoint_rebuilds_the_model(preset_run, demo_small):
         train=False,
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate)
-    outputs, indices, _ = predict(model, loader, torch.device("cpu"), lambda: torch.no_grad())
+    outputs, indices, _ = predict_clips(model, loader, torch.device("cpu"), None)
     top1 = float((outputs.argmax(1) == targets[indices]).mean())
     assert top1 == pytest.approx(result["metrics"]["test"]["top1"])
 
@@ -133,9 +139,10 @@ def test_frozen_parameters_stay_trainable_ones_change(preset, demo_small, tmp_pa
     config = resolve_config(tiny_config(preset, demo_small, tmp_path))
     model, _, _ = build_model(config, num_outputs=3, checkpointing=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-3)
+    trainer = step_trainer(model, config, tmp_path)
     for _ in range(2):
-        train_step(model, synthetic_batch(model), optimizer, torch.nn.CrossEntropyLoss())
+        batch = synthetic_batch(model)
+        trainer.step((batch.frames, batch.lengths), batch.targets)
     after = model.state_dict()
     spatial, temporal = model.encoders
     assert spatial.trainable and temporal.trainable == (preset == "stan_large")
@@ -208,18 +215,17 @@ def test_grad_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_mixed_precision_and_checkpointing_paths_train(dtype):
+def test_mixed_precision_and_checkpointing_paths_train(dtype, tmp_path):
     """The GPU code paths (autocast, fp16 gradient scaling, checkpointing) also run on CPU."""
     config = resolve_config(FinetuneConfig(task=TASK, preset="stat", frame_size_px=16,
                                            stem_dim=16, stem_patch_px=8,
                                            head_kwargs=HEAD_KWARGS["stat"]))
     model, _, _ = build_model(config, num_outputs=3, checkpointing=True)
     before = model.encoders[0].conv.weight.clone()
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
-    loss = train_step(model, synthetic_batch(model, lengths=(4, 4)), optimizer,
-                      torch.nn.CrossEntropyLoss(), scaler=scaler,
-                      autocast=lambda: torch.autocast("cpu", dtype=dtype))
+    autocast, scaler = autocast_and_scaler(torch.device("cpu"), dtype)
+    trainer = step_trainer(model, config, tmp_path, autocast, scaler)
+    batch = synthetic_batch(model, lengths=(4, 4))
+    loss = trainer.step((batch.frames, batch.lengths), batch.targets)
     assert np.isfinite(loss) and not torch.equal(before, model.encoders[0].conv.weight)
 
 
@@ -311,10 +317,10 @@ def test_cli_finetune(demo_small, tmp_path):
 
 
 def test_heads_train_end_to_end_hands_shared_flags_to_the_finetune_recipe(monkeypatch):
-    import heads.finetune
+    import heads.finetune.recipe
 
     seen = []
-    monkeypatch.setattr(heads.finetune, "finetune", lambda config, log: seen.append(config))
+    monkeypatch.setattr(heads.finetune.recipe, "finetune", lambda config, log: seen.append(config))
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--end-to-end", "--head", "longformer", "--task", "t",
                                  "--variant", "small", "--epochs", "3", "--lr", "0.001",

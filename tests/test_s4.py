@@ -25,7 +25,8 @@ from heads.models.s4 import (
     vandermonde_kernel,
     vandermonde_kernel_direct,
 )
-from heads.train import TrainConfig, param_groups, train
+from heads.optim import param_groups
+from heads.train import TrainConfig, train
 from pipeline.store import FeatureStore, fingerprint
 
 

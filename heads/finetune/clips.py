@@ -229,7 +229,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 @dataclass
 class ClipBatch:
-    """A batch of videos for :class:`heads.finetune_models.PixelModel`.
+    """A batch of videos for :class:`heads.finetune.models.PixelModel`.
 
     Attributes:
         frames: Per stream, the windows of every video concatenated: uint8 (ΣW, 3, S, S) or

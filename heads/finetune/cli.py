@@ -5,7 +5,7 @@ A command of its own rather than a ``heads train --end-to-end`` flag: its option
 weights, frame sizes, decoding workers, precision, checkpointing, ``--init-from``) and those of
 cached-feature training (store, feature sets) do not overlap, so one command holding both would
 leave half its flags meaningless in either mode. Thin: parse, build a
-:class:`heads.finetune_setup.FinetuneConfig`, call :func:`heads.finetune.finetune`.
+:class:`heads.finetune.config.FinetuneConfig`, call :func:`heads.finetune.recipe.finetune`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,28 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
+from heads.cli_common import (
+    BatchSize,
+    CatalogOption,
+    DataRoot,
+    Dataset,
+    Device,
+    Epochs,
+    GradClip,
+    HeadKwarg,
+    Lr,
+    Patience,
+    Plan,
+    RunsDir,
+    Schedule,
+    Seed,
+    Variant,
+    WarmupEpochs,
+    WeightDecay,
+    parse_key_values,
+    user_errors,
+)
 
 
 def finetune(
@@ -23,14 +45,10 @@ def finetune(
                      "stan_large (train both), vtn (2D CNN + longformer), stat (3D-conv stem + "
                      "STAT, from scratch)."),
     ] = "stan_small",
-    dataset: Annotated[str, typer.Option(help="Catalog key, e.g. demo or folder.")] = "demo",
-    data_root: Annotated[
-        str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
-    ] = None,
-    variant: Annotated[str | None, typer.Option(help="Catalog variant (demo: small).")] = None,
-    catalog_option: Annotated[
-        list[str] | None, typer.Option(help="Catalog option as key=value, repeatable.")
-    ] = None,
+    dataset: Dataset = "demo",
+    data_root: DataRoot = None,
+    variant: Variant = None,
+    catalog_option: CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head (default: the preset's).")] = None,
     encoder: Annotated[
         list[str] | None,
@@ -48,7 +66,7 @@ def finetune(
                      "`pipeline extract`."),
     ] = None,
     weights_seed: Annotated[int, typer.Option(help="Seed of --weights none.")] = 0,
-    plan: Annotated[str | None, typer.Option(help="Sampling plan (default: the preset's).")] = None,
+    plan: Plan = None,
     num_frames: Annotated[int, typer.Option(help="uniform plan: frames per video.")] = 16,
     frames_per_clip: Annotated[int, typer.Option(help="scene plan: frames per 3D clip.")] = 12,
     frame_size_px: Annotated[
@@ -57,17 +75,19 @@ def finetune(
     stem_dim: Annotated[int, typer.Option(help="conv3d_stem token width.")] = 768,
     stem_patch_px: Annotated[int, typer.Option(help="conv3d_stem patch side, pixels.")] = 16,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips in training.")] = True,
-    epochs: Annotated[int, typer.Option(help="Maximum number of epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Videos per step.")] = 2,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the head (AdamW).")] = 1e-4,
+    epochs: Epochs = 10,
+    batch_size: BatchSize = 2,
+    lr: Lr = 1e-4,
     backbone_lr_scale: Annotated[
         float, typer.Option(help="Pretrained backbones train at lr × this.")
     ] = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience; 0 = off.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed for init, augmentation and shuffling.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    weight_decay: WeightDecay = 0.01,
+    schedule: Schedule = "warmup_cosine",
+    warmup_epochs: WarmupEpochs = 1,
+    grad_clip: GradClip = 1.0,
+    patience: Patience = 5,
+    seed: Seed = 0,
+    device: Device = "cpu",
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA where supported, else fp32), fp32, bf16, fp16.")
     ] = "auto",
@@ -89,38 +109,31 @@ def finetune(
         typer.Option(help="Run directory of `heads train` (cached features): its head's "
                      "weights and feature standardisation carry over."),
     ] = None,
-    runs_dir: Annotated[str, typer.Option(help="Where run directories are written.")] = "runs",
-    head_kwarg: Annotated[
-        list[str] | None, typer.Option(help="Head argument as key=value, repeatable.")
-    ] = None,
+    runs_dir: RunsDir = "runs",
+    head_kwarg: HeadKwarg = None,
 ) -> None:
-    """Train backbone(s) and head together from decoded frames (end-to-end) and print per-split
-    metrics next to the majority baseline."""
-    from heads.cli_common import _fail, parse_key_values
-    from heads.finetune import finetune as run_finetune
-    from heads.finetune_setup import FinetuneConfig
+    """Train backbone(s) and head together from frames; print per-split metrics and baseline."""
+    from heads.finetune.config import FinetuneConfig
+    from heads.finetune.recipe import finetune as run_finetune
     from pipeline.weights import WeightsError
 
-    try:
+    with user_errors(WeightsError):
         catalog_options = parse_key_values(catalog_option, "--catalog-option")
         if variant is not None:
             catalog_options["variant"] = variant
-        if trainable is not None and [t.lower() for t in trainable] == ["none"]:
-            trainable = []
-        config = FinetuneConfig(
+        if trainable is not None:
+            trainable = () if [t.lower() for t in trainable] == ["none"] else tuple(trainable)
+        run_finetune(FinetuneConfig(
             task=task, preset=preset, dataset=dataset, data_root=data_root,
             catalog_options=catalog_options, head=head, encoders=tuple(encoder or ()),
-            trainable=None if trainable is None else tuple(trainable),
-            weights=tuple(weights or ("none",)), weights_seed=weights_seed, plan=plan,
-            num_frames=num_frames, frames_per_clip=frames_per_clip, frame_size_px=frame_size_px,
-            stem_dim=stem_dim, stem_patch_px=stem_patch_px, flip=flip, epochs=epochs,
-            batch_size=batch_size, lr=lr, backbone_lr_scale=backbone_lr_scale,
-            weight_decay=weight_decay, warmup_epochs=warmup_epochs, patience=patience,
-            seed=seed, device=device, precision=precision, grad_checkpoint=grad_checkpoint,
-            chunk_windows=chunk_windows, train_batchnorm=train_batchnorm,
-            num_workers=num_workers, cache_decoded=cache_decoded, init_from=init_from,
-            runs_dir=runs_dir, head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
-        )
-        run_finetune(config, log=typer.echo)
-    except (KeyError, ValueError, FileNotFoundError, WeightsError) as err:
-        _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+            trainable=trainable, weights=tuple(weights or ("none",)), weights_seed=weights_seed,
+            plan=plan, num_frames=num_frames, frames_per_clip=frames_per_clip,
+            frame_size_px=frame_size_px, stem_dim=stem_dim, stem_patch_px=stem_patch_px,
+            flip=flip, epochs=epochs, batch_size=batch_size, lr=lr,
+            backbone_lr_scale=backbone_lr_scale, weight_decay=weight_decay, schedule=schedule,
+            warmup_epochs=warmup_epochs, grad_clip=grad_clip, patience=patience, seed=seed,
+            device=device, precision=precision, grad_checkpoint=grad_checkpoint,
+            chunk_windows=chunk_windows, train_batchnorm=train_batchnorm, num_workers=num_workers,
+            cache_decoded=cache_decoded, init_from=init_from, runs_dir=runs_dir,
+            head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
+        ), log=typer.echo)

@@ -185,7 +185,7 @@ class PixelModel(nn.Module):
 
     Forward:
         ``forward(frames, lengths)``: per stream the batch's frames and (B,) window counts (see
-        :class:`heads.video_clips.ClipBatch`); returns the head's (B, K).
+        :class:`heads.finetune.clips.ClipBatch`); returns the head's (B, K).
     """
 
     def __init__(self, encoders: Sequence[nn.Module], head: nn.Module):
@@ -220,6 +220,18 @@ class PixelModel(nn.Module):
             mean, std = getattr(self, f"feature_mean_{i}"), getattr(self, f"feature_std_{i}")
             inputs += [(tokens - mean) / std, mask]  # (B, T, [N,] D), (B, T)
         return self.head(*inputs)
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """The head's auxiliary loss of the last training forward (see
+        :class:`heads.config.RunConfig`), for the training loop."""
+        return getattr(self.head, "aux_loss", None)
+
+    def trainable_state_keys(self) -> list[str]:
+        """The state entries training can change: the head's, the standardisation's and those
+        of trainable encoders (a frozen encoder is rebuilt from its weights)."""
+        return [k for k in self.state_dict()
+                if not k.startswith("encoders.") or self.encoders[int(k.split(".")[1])].trainable]
 
     def parameter_counts(self) -> dict[str, int]:
         """``trainable`` and ``frozen`` parameter counts, and ``per_part``: per encoder and the

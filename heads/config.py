@@ -1,0 +1,145 @@
+"""The configs of the two training commands, composed from one shared part.
+
+:class:`RunConfig` holds what every training run has, cached or end to end: the task and its
+catalog, the head, the optimisation (AdamW, the named learning-rate schedule, clipping) and the
+loop (epochs, early stopping, seed, device). Its fields are declared and checked here once.
+:class:`TrainConfig` (``heads train``, cached features) adds where the tokens come from;
+:class:`heads.finetune.config.FinetuneConfig` (``heads finetune``) adds the encoders, frames and
+decoding, and sets smaller defaults for the loop (a step there decodes and encodes pixels).
+
+Field defaults are the lowest layer; ``heads/configs/<head>.toml``, a user's ``--config`` file
+and flags go on top (:mod:`heads.config_files`). Every run directory stores the resolved config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The fields every training run has (see the module docstring).
+
+    Two contracts with the heads, besides their ``forward`` (:mod:`heads.loop`):
+
+    - optimiser settings: a parameter with an ``_optim`` dict attribute (``lr``,
+      ``weight_decay``) gets its own AdamW group (:func:`heads.optim.param_groups`), scaled by
+      the same schedule as ``lr``; every other parameter trains at ``lr`` with
+      ``weight_decay`` on matrices only.
+    - auxiliary loss: a head may set a tensor attribute ``aux_loss`` in each training forward
+      (a scalar already weighted, e.g. STAN's distillation term; None when it has none); the
+      loop adds it to the task loss before ``backward``, and ``train_loss`` includes it.
+    """
+
+    task: str  # task of the catalog to learn (`--task`); its kind picks loss and metrics
+    dataset: str = "demo"  # catalog key (`catalogs.get_catalog`); features must be from it
+    data_root: str | None = None  # catalog root; None means data/<dataset>
+    # Catalog-specific factory options, as for `pipeline extract` (e.g. {"variant": "small"} for
+    # the demo, {"labels": "labels.csv"} for a folder); must match what the features came from.
+    catalog_options: dict = field(default_factory=dict)
+    head: str | None = None  # registry key of the head (`heads list`); None = the command's
+    plan: str | None = None  # sampling plan of the inputs; None = the head's / preset's
+    head_kwargs: dict = field(default_factory=dict)  # passed to create_head (`--head-kwarg`)
+    runs_dir: str = "runs"  # parent of the run directories
+    epochs: int = 50  # upper bound; early stopping usually ends sooner on small datasets
+    batch_size: int = 16  # videos per step; LVU-sized datasets have only hundreds of videos
+    lr: float = 3e-4  # peak AdamW learning rate after warm-up
+    weight_decay: float = 0.01  # AdamW decay on weight matrices only (not biases / norms)
+    # Learning-rate schedule, by name (heads.optim.SCHEDULES); warmup_cosine: linear warm-up
+    # over warmup_epochs, then cosine decay to 0 at the last epoch's last step.
+    schedule: str = "warmup_cosine"
+    warmup_epochs: int = 2  # linear warm-up keeps early transformer updates from diverging
+    grad_clip: float = 1.0  # max global gradient norm
+    patience: int = 10  # stop after this many epochs without val improvement; 0 = never
+    seed: int = 0  # seeds init, dropout and shuffling: same seed, same run
+    device: str = "cpu"  # `cpu`, `cuda` or `auto`; light heads train fine on CPU
+
+    def __post_init__(self) -> None:
+        from heads.optim import SCHEDULES
+
+        checks = {
+            "--epochs": (self.epochs >= 1, "at least 1", self.epochs),
+            "--batch-size": (self.batch_size >= 1, "at least 1", self.batch_size),
+            "--lr": (self.lr > 0, "positive", self.lr),
+            "--weight-decay": (self.weight_decay >= 0, "non-negative", self.weight_decay),
+            "--warmup-epochs": (self.warmup_epochs >= 0, "non-negative", self.warmup_epochs),
+            "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
+            "--patience": (self.patience >= 0, "non-negative", self.patience),
+            **self._checks(),
+        }
+        for flag, (ok, wanted, value) in checks.items():
+            if not ok:
+                raise ValueError(f"{flag} must be {wanted}, got {value}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+                             f"{self.schedule!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+        reserved = {"in_dim", "num_outputs"} & set(self.head_kwargs)
+        if reserved:
+            raise ValueError(
+                f"--head-kwarg cannot set {', '.join(sorted(reserved))}: they come from the "
+                f"{self._inputs} and the task"
+            )
+
+    # What gives the head its input dims (for the --head-kwarg error).
+    _inputs = "inputs"
+
+    def open_catalog(self):
+        """The catalog this run learns from (``catalogs.get_catalog``).
+
+        Raises:
+            KeyError: unknown dataset (the message lists the valid ones).
+            ValueError: the catalog rejects ``catalog_options``.
+        """
+        from catalogs import get_catalog
+
+        try:
+            return get_catalog(self.dataset, root=self.data_root, **self.catalog_options)
+        except TypeError as err:
+            raise ValueError(f"catalog {self.dataset!r} rejected its options ({err}); check "
+                             "--catalog-option") from err
+
+    def _checks(self) -> dict[str, tuple[bool, str, object]]:
+        """A subclass's own ``{flag: (ok, wanted, value)}`` range checks."""
+        return {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunConfig):
+    """Everything that defines a ``heads train`` run (cached features); stored in the run
+    directory and the checkpoint. The shared fields and both head contracts: :class:`RunConfig`.
+    """
+
+    head: str = "stan"  # registry key of the head (`heads list`)
+    features: tuple[str, ...] = ()  # one backbone or feature-set name per stream; () = head default
+    # LVU protocol (ViS4mer §4-5): train on random windows of this many seconds, evaluate on the
+    # mean over all windows of a video; 0 = whole videos; None = the head's (vis4mer: 60).
+    window_sec: float | None = None
+    store: str = "store"  # feature store root written by `pipeline extract`
+    amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
+    # Where tokens live while training: `preload` (RAM), `stream` (read from the store part by
+    # part every epoch; patch tokens of LVU-sized datasets), `auto` (stream when preloading
+    # would take over a quarter of the RAM). See heads.data.load_task_data.
+    data_loading: str = "auto"
+    stream_cache_mib: float = 1024.0  # parts kept in RAM while streaming
+    config_files: tuple[str, ...] = ()  # TOML files the config was built from (provenance)
+
+    _inputs = "feature sets"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "config_files", tuple(self.config_files))
+        super().__post_init__()
+        if self.data_loading not in ("preload", "stream", "auto"):
+            raise ValueError(
+                f"--data-loading must be preload, stream or auto, got {self.data_loading!r}"
+            )
+        if self.stream_cache_mib <= 0:
+            raise ValueError(f"stream_cache_mib must be positive, got {self.stream_cache_mib}")
+
+    def _checks(self) -> dict[str, tuple[bool, str, object]]:
+        return {"--window-sec": (self.window_sec is None or self.window_sec >= 0,
+                                 "non-negative", self.window_sec)}

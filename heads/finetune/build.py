@@ -1,0 +1,167 @@
+"""The build step of ``heads finetune`` (:mod:`heads.finetune.recipe`): the encoders + head
+of a resolved config, the per-split labelled videos, and the ``--init-from`` head weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from catalogs.base import SPLITS, Catalog
+from heads.finetune.clips import StreamPixels
+from heads.finetune.config import FinetuneConfig
+from heads.finetune.models import STEM, BackboneEncoder, Conv3dStem, PixelModel
+
+
+def build_model(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool,
+                head_kwargs: dict | None = None) -> tuple[PixelModel, list[StreamPixels], dict]:
+    """Encoders, head and the pixels each stream needs, for a resolved ``config``.
+
+    Returns:
+        ``(model, streams, head_args)``; ``head_args`` rebuild the head with ``create_head``.
+
+    Raises:
+        KeyError: unknown backbone or head.
+        ValueError: a ViT asked for frames other than 224 px, or the head rejects its arguments.
+        pipeline.weights.WeightsError: weights cannot be found.
+    """
+    from heads.models import create_head, num_streams_for
+    from pipeline.backbones import create_backbone
+    from pipeline.weights import parse_weights_option
+
+    num_streams_for(config.head, len(config.encoders))
+    backbones = [name for name in config.encoders if name != STEM]
+    weights = parse_weights_option(list(config.weights), backbones) if backbones else {}
+    encoders, streams = [], []
+    for name in config.encoders:
+        trainable = name in config.trainable
+        if name == STEM:
+            size_px = config.frame_size_px or 224
+            encoders.append(Conv3dStem(
+                dim=config.stem_dim, patch_px=config.stem_patch_px,
+                tubelet_frames=config.stem_tubelet_frames, grad_checkpoint=checkpointing,
+            ).requires_grad_(trainable))
+            streams.append(StreamPixels(1, size_px, round(size_px * 256 / 224)))
+            continue
+        backbone = create_backbone(name, weights=weights[name], seed=config.weights_seed)
+        spec = backbone.spec
+        size_px = config.frame_size_px or spec.size_px
+        if "patch" in spec.token_kinds and size_px != spec.size_px:
+            raise ValueError(f"{name} takes {spec.size_px} px frames only (learned position "
+                             f"embeddings), got --frame-size-px {size_px}")
+        encoders.append(BackboneEncoder(
+            backbone, trainable=trainable, chunk_windows=config.chunk_windows,
+            grad_checkpoint=checkpointing, train_batchnorm=config.train_batchnorm,
+        ))
+        streams.append(StreamPixels(spec.clip_frames(config.frames_per_clip), size_px,
+                                    round(size_px * spec.resize_px[0] / spec.size_px)))
+    torch.manual_seed(config.seed)
+    head_args = {"in_dim": [e.dim for e in encoders], "num_outputs": num_outputs,
+                 **(config.head_kwargs if head_kwargs is None else head_kwargs)}
+    try:
+        head = create_head(config.head, **head_args)
+    except TypeError as err:
+        raise ValueError(f"head {config.head!r} rejected its arguments ({err}); check "
+                         "--head-kwarg") from err
+    return PixelModel(encoders, head), streams, head_args
+
+
+def task_videos(catalog: Catalog, task_name: str, log=print) -> dict[str, tuple]:
+    """Per split, ``(video_ids, paths, encoded targets)`` of the videos labelled for the task.
+
+    Raises:
+        KeyError: no such task. ValueError: no label column, or no labelled train video.
+    """
+    from heads.data import encode_labels
+
+    task = catalog.task(task_name)
+    if catalog.labels is None or task.name not in catalog.labels.columns:
+        raise ValueError(f"catalog {catalog.name!r} has no label column for task {task.name!r}")
+    labels = dict(zip(catalog.labels["video_id"].to_list(), catalog.labels[task.name].to_list()))
+    out = {}
+    for split in SPLITS:
+        rows = catalog.split(split)
+        pairs = [(v, p) for v, p in zip(rows["video_id"], rows["path"])
+                 if labels.get(v) is not None]
+        ids, paths = [v for v, _ in pairs], [p for _, p in pairs]
+        out[split] = (ids, paths, encode_labels(task, ids, [labels[v] for v in ids]))
+    log(f"task {task.name} ({task.kind}): " + ", ".join(
+        f"{s} {len(out[s][0])}" for s in SPLITS) + " labelled videos")
+    if not out["train"][0]:
+        raise ValueError(f"no labelled train video for task {task.name!r} in catalog "
+                         f"{catalog.name!r}")
+    return out
+
+
+def check_init_source(config: FinetuneConfig, checkpoint: dict) -> None:
+    """Check, before building anything, that the ``--init-from`` run trained the same head on
+    features of the same backbones (a ``conv3d_stem`` stream accepts any: it has no cached
+    counterpart).
+
+    Raises:
+        ValueError: another head or other backbones; the message names ``--init-from``.
+    """
+    where = f"--init-from {config.init_from}"
+    if checkpoint["head"] != config.head:
+        raise ValueError(f"{where}: that run trained head {checkpoint['head']!r}, this run builds "
+                         f"{config.head!r}; pass --head {checkpoint['head']}")
+    if "encoders" in checkpoint:
+        sources = [e["name"] for e in checkpoint["encoders"]]
+    else:
+        sources = [fs.get("backbone") for fs in checkpoint.get("feature_sets", [])]
+    mine = list(config.encoders)
+    clash = [(a, b) for a, b in zip(sources, mine) if a != b and b != STEM]
+    if len(sources) != len(mine) or clash:
+        raise ValueError(f"{where}: that head read features of {sources}, this run's streams "
+                         f"come from {mine}; the head's weights would meet other features")
+
+
+def init_head_from(model: PixelModel, config: FinetuneConfig, checkpoint: dict) -> bool:
+    """Load the head weights of ``checkpoint`` (a ``heads train`` or ``heads finetune`` run)
+    into ``model``; also its standardiser unless a stream is a ``conv3d_stem``.
+
+    Returns:
+        Whether the standardiser was taken over (else it is still to be fitted).
+
+    Raises:
+        ValueError: another head or backbones (:func:`check_init_source`), or head tensors of
+            other shapes; the message names ``--init-from`` and the tensors that differ.
+    """
+    check_init_source(config, checkpoint)
+    where = f"--init-from {config.init_from}"
+    mine = list(config.encoders)
+    want = model.head.state_dict()
+    got = checkpoint["model"]
+    bad = sorted(
+        f"{k} {tuple(got[k].shape) if k in got else 'missing'} vs {tuple(v.shape)}"
+        for k, v in want.items() if k not in got or got[k].shape != v.shape
+    ) + sorted(f"{k} unexpected" for k in got if k not in want)
+    if bad:
+        raise ValueError(
+            f"{where}: the checkpoint's head does not fit this head ({len(bad)} tensors differ: "
+            f"{'; '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}); build the same head "
+            f"(its head_args: {checkpoint['head_args']})"
+        )
+    model.head.load_state_dict(got)
+    if STEM in mine or "standardizer" not in checkpoint:
+        return False
+    from heads.data import Standardizer
+
+    model.set_standardizer(Standardizer.from_state_dict(checkpoint["standardizer"]))
+    return True
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The ``checkpoint.pt`` of a run directory (or the file itself), on the CPU.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run directory of `heads train` "
+                                "or `heads finetune`")
+    return torch.load(path, map_location="cpu", weights_only=True)

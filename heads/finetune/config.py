@@ -1,0 +1,161 @@
+"""``heads finetune``'s config: the papers' end-to-end presets and :class:`FinetuneConfig`.
+
+:class:`FinetuneConfig` is :class:`heads.config.RunConfig` (the fields every training run has,
+declared and checked once) plus the encoders, frames and decoding of end-to-end training; it
+sets smaller loop defaults, since every step decodes videos and runs backbones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from heads.config import RunConfig
+from heads.finetune.models import STEM
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One paper's end-to-end recipe (see :mod:`heads.finetune.recipe`'s table)."""
+
+    head: str
+    encoders: tuple[str, ...]
+    trainable: tuple[str, ...]
+    plan: str
+    source: str
+    paper_params_m: float | None = None  # trainable parameters the paper reports, millions
+
+
+PRESETS: dict[str, Preset] = {
+    "stan_small": Preset(
+        "stan", ("resnet18", "r2plus1d_18"), ("resnet18",), "scene",
+        "STAN §3: back-propagate into the 2D CNN, stop-gradient on the 3D stream", 45.0,
+    ),
+    "stan_large": Preset(
+        "stan", ("resnet18", "r2plus1d_18"), ("resnet18", "r2plus1d_18"), "scene",
+        "STAN §3: fine-tune both backbones", 92.5,
+    ),
+    "vtn": Preset(
+        "longformer", ("resnet18",), ("resnet18",), "uniform",
+        "VTN Table 2d: fine-tune the 2D backbone under the Longformer head",
+    ),
+    "stat": Preset(
+        "stat", (STEM,), (STEM,), "uniform",
+        "STAT from pixels: 3D-convolution tubelet stem + shrinking-attention blocks",
+    ),
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(RunConfig):
+    """Everything that defines an end-to-end run; stored in the run directory and checkpoint.
+    The shared fields (task, catalog, head, optimisation, loop): :class:`heads.config.RunConfig`.
+    """
+
+    preset: str = "stan_small"  # a key of PRESETS: head, encoders, trainable set, plan
+    encoders: tuple[str, ...] = ()  # per stream: backbone name or "conv3d_stem"; () = preset's
+    trainable: tuple[str, ...] | None = None  # encoders that get gradients; None = preset's
+    weights: tuple[str, ...] = ("none",)  # as `pipeline extract --weights`: none|default|PATH
+    weights_seed: int = 0  # seed of `--weights none` (as `pipeline extract --seed`)
+    num_frames: int = 16  # `uniform` plan: frames per video (VTN and STAT train on 16)
+    frames_per_clip: int = 12  # clip backbones in the `scene` plan: frames per scene (STAN §3)
+    detector: str = "content"  # PySceneDetect detector of the `scene` plan
+    frame_size_px: int | None = None  # crop side for every stream; None = each backbone's own
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop: area fraction range
+    flip: bool = True  # random horizontal flip in training
+    stem_dim: int = 768  # STAT stem token width (ViT-B width, so ViT-patch STAT heads fit)
+    stem_patch_px: int = 16  # STAT stem patch side: 224 px frames → 14 × 14 patches
+    stem_tubelet_frames: int = 2  # STAT stem frames per tubelet
+    # The loop's defaults for end-to-end steps (each decodes videos and runs the backbones):
+    epochs: int = 10  # upper bound; early stopping may end sooner
+    batch_size: int = 2  # videos per step: every window of a video goes through the encoders
+    lr: float = 1e-4  # peak AdamW learning rate of the head (and of the STAT stem)
+    warmup_epochs: int = 1  # linear warm-up before cosine decay
+    patience: int = 5  # epochs without val improvement before stopping; 0 = never
+    backbone_lr_scale: float = 0.1  # pretrained backbones train at lr × this: keeps their features
+    precision: str = "auto"  # autocast: auto = bf16 on CUDA where supported, else fp32
+    grad_checkpoint: bool | None = None  # recompute encoder activations; None = on for CUDA
+    chunk_windows: int = 64  # windows per encoder forward (and per checkpointed segment)
+    train_batchnorm: bool = False  # update BN statistics of trainable backbones
+    num_workers: int = 2  # DataLoader processes decoding videos
+    cache_decoded: bool = False  # keep decoded windows in RAM across epochs (num_workers 0)
+    standardize_videos: int = 64  # train videos whose features fit the standardiser
+    init_from: str | None = None  # run dir of `heads train` (or finetune): the head carries over
+
+    _inputs = "encoders"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoders", tuple(self.encoders))
+        object.__setattr__(self, "weights", tuple(self.weights))
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        if self.trainable is not None:
+            object.__setattr__(self, "trainable", tuple(self.trainable))
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset {self.preset!r}: valid presets are {', '.join(PRESETS)}")
+        super().__post_init__()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+        if self.cache_decoded and self.num_workers:
+            raise ValueError(
+                "--cache-decoded keeps decoded windows in the main process; a worker's cache "
+                "dies with it: use it with --num-workers 0"
+            )
+
+    def _checks(self) -> dict[str, tuple[bool, str, object]]:
+        checks = {
+            "--backbone-lr-scale": (self.backbone_lr_scale >= 0, "non-negative",
+                                    self.backbone_lr_scale),
+            "--num-workers": (self.num_workers >= 0, "non-negative", self.num_workers),
+            "--chunk-windows": (self.chunk_windows >= 1, "at least 1", self.chunk_windows),
+            "--num-frames": (self.num_frames >= 1, "at least 1", self.num_frames),
+            "--frames-per-clip": (self.frames_per_clip >= 1, "at least 1", self.frames_per_clip),
+            "--standardize-videos": (self.standardize_videos >= 1, "at least 1",
+                                     self.standardize_videos),
+            "--crop-scale": (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                             "two fractions 0 < lo <= hi <= 1", self.crop_scale),
+        }
+        if self.frame_size_px is not None:
+            checks["--frame-size-px"] = (self.frame_size_px >= 8, "at least 8", self.frame_size_px)
+        return checks
+
+
+def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with the preset's head, encoders, trainable set and plan filled in.
+
+    Raises:
+        ValueError: a trainable encoder is not one of the encoders.
+    """
+    preset = PRESETS[config.preset]
+    config = replace(
+        config,
+        data_root=config.data_root or f"data/{config.dataset}",
+        head=config.head or preset.head,
+        encoders=config.encoders or preset.encoders,
+        plan=config.plan or preset.plan,
+    )
+    trainable = preset.trainable if config.trainable is None else config.trainable
+    unknown = set(trainable) - set(config.encoders)
+    if unknown:
+        raise ValueError(f"--trainable {', '.join(sorted(unknown))}: not an encoder of this run "
+                         f"({', '.join(config.encoders)})")
+    return replace(config, trainable=tuple(trainable))
+
+
+def resolve_device(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None, bool]:
+    """``(device, autocast dtype or None, gradient checkpointing)`` for ``config``."""
+    name = config.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    precision = config.precision
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "fp32"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    checkpointing = config.grad_checkpoint
+    if checkpointing is None:
+        checkpointing = device.type == "cuda"
+    return device, dtype, checkpointing

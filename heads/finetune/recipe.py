@@ -1,0 +1,359 @@
+"""``heads finetune``: train backbone(s) and head together from decoded frames (end-to-end mode).
+
+The cached-feature recipe (:mod:`heads.train`) never sees pixels; here every step decodes
+videos (in ``DataLoader`` workers, :mod:`heads.finetune.clips`), runs the stream encoders and
+the head (:mod:`heads.finetune.models`) and back-propagates into the encoders marked trainable.
+
+Presets (:data:`heads.finetune.config.PRESETS`) are the papers' recipes:
+
+| preset | head | encoders (trainable in bold) | plan | source |
+|---|---|---|---|---|
+| ``stan_small`` | ``stan`` | **resnet18**, r2plus1d_18 (stop-gradient) | scene | STAN §3 |
+| ``stan_large`` | ``stan`` | **resnet18**, **r2plus1d_18** | scene | STAN §3 |
+| ``vtn`` | ``longformer`` | **resnet18** | uniform | VTN Table 2d |
+| ``stat`` | ``stat`` | **conv3d_stem** (from scratch) | uniform | STAT, from pixels |
+
+A recipe read top to bottom in :func:`finetune`, in the shape of :func:`heads.train.train`:
+:func:`build` (catalog, labels, encoders, head, ``--init-from``) → :func:`setup`
+(standardisation, loaders, the run directory, the :class:`heads.loop.Trainer` with AdamW at a
+lower learning rate for pretrained backbones, the named schedule, autocast and gradient scaling)
+→ train (:meth:`heads.loop.Trainer.fit`, the loop ``heads train`` shares: best-on-val selection,
+early stopping, ``checkpoint.pt`` and ``checkpoint_last.pt``) → :func:`cleanup` (every split next
+to the majority baseline, written as :mod:`heads.runs` does for cached-feature runs;
+:func:`load_finetuned` rebuilds the model).
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from catalogs.base import SPLITS, Catalog
+from heads.finetune.build import (
+    build_model,
+    check_init_source,
+    init_head_from,
+    load_checkpoint,
+    task_videos,
+)
+from heads.finetune.clips import VideoClipDataset, collate
+from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resolve_device
+from heads.finetune.models import BackboneEncoder, PixelModel
+from heads.loop import Evaluator, TargetNorm, Trainer, report
+from heads.optim import autocast_and_scaler
+from heads.optim import param_groups as head_groups
+
+
+@dataclass
+class PixelRun:
+    """What :func:`setup` hands to the loop and to :func:`cleanup`."""
+
+    trainer: Trainer
+    evaluate: Evaluator
+    batches: object  # epoch -> batches (the loop's `batches`)
+    run_dir: Path
+    task_info: dict
+    failed: dict[str, str]  # video id -> why it could not be decoded
+
+
+def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=print) -> dict:
+    """Train ``config``'s encoders and head from decoded frames and evaluate every split.
+
+    Args:
+        config: The run's configuration.
+        catalog: The dataset; built from ``config.dataset`` / ``data_root`` when not given.
+        log: Where progress lines and the final table go.
+
+    Returns:
+        The content of ``metrics.json`` plus ``run_dir`` (str).
+
+    Raises:
+        KeyError: unknown dataset, task, head or backbone (the message lists valid names).
+        ValueError: bad flags, an ``--init-from`` run that does not fit, no labelled or
+            decodable train video.
+        pipeline.weights.WeightsError: backbone weights cannot be found.
+    """
+    config, catalog, videos, model, streams, head_args, have_standardizer = build(
+        config, catalog=catalog, log=log)
+    run = setup(config, catalog, videos, model, streams, head_args,
+                have_standardizer=have_standardizer, log=log)
+    run.trainer.fit(run.batches, run.evaluate, desc=f"{config.preset}/{config.task}",
+                    epoch_log=log)
+    task = catalog.task(config.task)
+    video_ids = {s: videos[s][0] for s in SPLITS}
+    results, evals = report(run.evaluate, run.trainer, task=task, video_ids=video_ids,
+                            head=config.head, preset=config.preset, seed=config.seed,
+                            parameters=model.parameter_counts())
+    return cleanup(run, results, evals, video_ids, log=log)
+
+
+def build(config: FinetuneConfig, *, catalog: Catalog | None, log):
+    """The resolved config, the catalog, the labelled videos per split (``(ids, paths,
+    targets)``), the model (``--init-from`` head weights loaded) with the pixels each stream
+    needs and the head's arguments, and whether the standardiser came with ``--init-from``."""
+    config = resolve_config(config)
+    if catalog is None:
+        catalog = config.open_catalog()
+    num_outputs = catalog.task(config.task).num_outputs
+    videos = task_videos(catalog, config.task, log=log)
+    random.seed(config.seed)
+    _, _, checkpointing = resolve_device(config)
+    init, head_kwargs = None, None
+    if config.init_from:
+        init = load_checkpoint(config.init_from)
+        check_init_source(config, init)
+        head_kwargs = {k: v for k, v in init["head_args"].items()
+                       if k not in ("in_dim", "num_outputs")} | config.head_kwargs
+    model, streams, head_args = build_model(config, num_outputs=num_outputs,
+                                            checkpointing=checkpointing, head_kwargs=head_kwargs)
+    have_standardizer = init_head_from(model, config, init) if init else False
+    if init:
+        log(f"head weights from {config.init_from}"
+            + (" (with its feature standardisation)" if have_standardizer else ""))
+    log(parameter_line(config, model.parameter_counts()))
+    return config, catalog, videos, model, streams, head_args, have_standardizer
+
+
+def setup(config: FinetuneConfig, catalog: Catalog, videos: dict, model: PixelModel, streams,
+          head_args: dict, *, have_standardizer: bool, log) -> PixelRun:
+    """Loaders, standardiser, evaluator, run directory and trainer."""
+    device, amp_dtype, _ = resolve_device(config)
+    model.to(device)
+    autocast, scaler = autocast_and_scaler(device, amp_dtype)
+    task = catalog.task(config.task)
+    targets = {s: videos[s][2] for s in SPLITS}
+    target_norm = TargetNorm.fit(task.kind, targets["train"])
+    train_set, loaders = _loaders(config, videos, streams, target_norm, device)
+    if not have_standardizer:
+        model.set_standardizer(fit_standardizer(model, loaders["train"], device, autocast,
+                                                config.standardize_videos))
+    failed: dict[str, str] = {}
+
+    def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
+        outputs, positions, errors = predict_clips(model, loaders[split], device, autocast)
+        failed.update({videos[split][0][i]: message for i, message in errors})
+        return outputs, positions
+
+    evaluate = Evaluator(task.kind, targets, predict, target_norm)
+    encoders = [{"name": e.name, "dim": e.dim, "trainable": e.trainable} for e in model.encoders]
+    task_info = {"name": task.name, "kind": task.kind, "classes": list(task.classes)}
+    config_dict = asdict(config)
+    from heads.runs import environment, new_run_dir, write_json
+
+    run_dir = new_run_dir(Path(config.runs_dir), config.preset, task.name)
+    write_json(run_dir / "config.json", {
+        "config": config_dict, "catalog": catalog.name, "task": task_info, "encoders": encoders,
+        "streams": [asdict(s) for s in streams], "parameters": model.parameter_counts(),
+    })
+    write_json(run_dir / "environment.json", environment())
+
+    def checkpoint_fields() -> dict:
+        """Everything :func:`load_finetuned` needs to rebuild the model."""
+        state = model.state_dict()
+        return {
+            "kind": "finetune",
+            "head": config.head,
+            "head_args": head_args,
+            "model": {k[len("head."):]: v.detach().cpu() for k, v in state.items()
+                      if k.startswith("head.")},
+            "encoder_states": {str(i): {k: v.detach().cpu() for k, v in e.state_dict().items()}
+                               for i, e in enumerate(model.encoders) if e.trainable},
+            "standardizer": _standardizer_state(model),
+            "target_norm": [target_norm.mean, target_norm.std] if target_norm else None,
+            "config": config_dict,
+            "task": task_info,
+            "encoders": encoders,
+        }
+
+    trainer = Trainer(
+        model, config=config, groups=param_groups(model, config),
+        steps_per_epoch=max(1, len(loaders["shuffled"])), kind=task.kind, run_dir=run_dir,
+        checkpoint_fields=checkpoint_fields, autocast=autocast, scaler=scaler,
+        state_keys=model.trainable_state_keys(),
+        generators={"order": loaders["shuffled"].generator},
+    )
+
+    def batches(epoch: int):
+        train_set.set_epoch(epoch)
+        seen = 0
+        for batch in _progress(loaders["shuffled"], f"{config.preset} epoch {epoch}"):
+            failed.update({videos["train"][0][i]: message for i, message in batch.errors})
+            if len(batch):
+                seen += len(batch)
+                batch = batch.to(device)
+                yield (batch.frames, batch.lengths), batch.targets
+        if not seen:
+            raise ValueError(f"no train video could be decoded (failures: {failed})")
+
+    return PixelRun(trainer, evaluate, batches, run_dir, task_info, failed)
+
+
+def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device):
+    """The augmented train set, and loaders: ``shuffled`` (training) and one per split in
+    order, without augmentation (evaluation, standardisation)."""
+    from pipeline.sampling import PlanConfig
+    from pipeline.scenes import SceneDetectConfig
+
+    plan = PlanConfig(name=config.plan, num_frames=config.num_frames,
+                      frames_per_clip=config.frames_per_clip)
+    scenes = SceneDetectConfig(detector=config.detector)
+    cache = {} if config.cache_decoded else None
+
+    def dataset(split: str, train: bool) -> VideoClipDataset:
+        _, paths, targets = videos[split]
+        if target_norm is not None:
+            targets = target_norm.to_train(targets)
+        return VideoClipDataset(paths, targets, streams=streams, plan=plan, scenes=scenes,
+                                train=train, seed=config.seed, crop_scale=config.crop_scale,
+                                flip=config.flip, cache=cache)
+
+    loader_args = {"batch_size": config.batch_size, "collate_fn": collate,
+                   "num_workers": config.num_workers, "pin_memory": device.type == "cuda",
+                   "worker_init_fn": _worker_init}
+    train_set = dataset("train", True)
+    loaders = {"shuffled": torch.utils.data.DataLoader(
+        train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+        **loader_args)}
+    loaders |= {s: torch.utils.data.DataLoader(dataset(s, False), **loader_args) for s in SPLITS}
+    return train_set, loaders
+
+
+def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) -> dict:
+    """Write ``metrics.json`` (with the videos that could not be decoded), ``predictions.parquet``
+    (the videos that could) and ``curves.png``; print the table."""
+    from heads.runs import format_table, plot_curves, predictions_frame, write_json
+
+    results["failed"] = dict(run.failed)
+    write_json(run.run_dir / "metrics.json", results)
+    decoded = {s: [video_ids[s][i] for i in evals[s].positions] for s in SPLITS}
+    predictions_frame(run.task_info, decoded, {s: evals[s].outputs for s in SPLITS},
+                      {s: evals[s].targets for s in SPLITS}).write_parquet(
+        run.run_dir / "predictions.parquet")
+    plot_curves(results["history"], run.run_dir / "curves.png",
+                title=f"{results['preset']} / {results['task']}")
+    log(format_table(results))
+    if run.failed:
+        log(f"{len(run.failed)} video(s) could not be decoded: "
+            + "; ".join(f"{v}: {m}" for v, m in sorted(run.failed.items())))
+    log(f"run written to {run.run_dir}")
+    return {**results, "run_dir": str(run.run_dir)}
+
+
+@torch.no_grad()
+def predict_clips(model: PixelModel, loader, device, autocast) -> tuple[np.ndarray, np.ndarray,
+                                                                           list]:
+    """Outputs (N, K) float32 of the videos that decoded, their dataset indices (N,), and the
+    ``(index, error)`` of those that did not."""
+    model.eval()
+    outputs, indices, errors = [], [], []
+    for batch in loader:
+        errors += batch.errors
+        if len(batch):
+            batch = batch.to(device)
+            with autocast() if autocast else nullcontext():
+                out = model(batch.frames, batch.lengths)
+            outputs.append(out.float().cpu())
+            indices.append(batch.indices)
+    if not outputs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), errors
+    return torch.cat(outputs).numpy(), torch.cat(indices).numpy(), errors
+
+
+def fit_standardizer(model: PixelModel, loader, device, autocast, max_videos: int):
+    """A :class:`heads.data.Standardizer` of the encoders' raw tokens on up to ``max_videos``
+    videos of ``loader`` (centre crops, no gradient)."""
+    from heads.data import Standardizer
+
+    model.eval()
+    videos: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for batch in loader:
+            if not len(batch):
+                continue
+            batch = batch.to(device)
+            with autocast() if autocast else nullcontext():
+                streams = model.encode(batch.frames, batch.lengths)
+            for b in range(len(batch)):
+                videos.append([x[b][m[b]].float().cpu().numpy() for x, m in streams])
+            if len(videos) >= max_videos:
+                break
+    if not videos:
+        raise ValueError("no train video could be decoded to fit the feature standardisation")
+    return Standardizer.fit(videos[:max_videos])
+
+
+def param_groups(model: PixelModel, config: FinetuneConfig) -> list[dict]:
+    """AdamW groups: the head (and a stem trained from scratch) at ``lr``, pretrained backbones
+    at ``lr × backbone_lr_scale``; weight decay on matrices only; trainable parameters only."""
+    groups = head_groups(model.head, lr=config.lr, weight_decay=config.weight_decay)
+    for encoder in model.encoders:
+        if not encoder.trainable:
+            continue
+        scale = config.backbone_lr_scale if isinstance(encoder, BackboneEncoder) else 1.0
+        params = [p for p in encoder.parameters() if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.dim() >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": config.lr * scale,
+                               "weight_decay": config.weight_decay if decay else 0.0})
+    return groups
+
+
+def _progress(loader, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, disable=None, leave=False)
+
+
+def parameter_line(config: FinetuneConfig, counts: dict) -> str:
+    """Trainable / frozen parameter counts in millions, next to the paper's figure if any."""
+    parts = ", ".join(f"{name} {n / 1e6:.2f} M" for name, n in counts["per_part"].items())
+    line = (f"parameters: trainable {counts['trainable'] / 1e6:.2f} M, frozen "
+            f"{counts['frozen'] / 1e6:.2f} M ({parts})")
+    paper = PRESETS[config.preset].paper_params_m
+    if paper is not None:
+        name = config.preset.replace("stan_", "STAN-").replace("-s", "-S").replace("-l", "-L")
+        line += f"; STAN §3 reports {paper:g} M for {name}"
+    return line
+
+
+def load_finetuned(path) -> tuple[PixelModel, dict]:
+    """Rebuild a ``heads finetune`` model from its run directory or ``checkpoint.pt``: frozen
+    encoders from their weights (``config.weights``), trainable ones, the head and the
+    standardisation from the checkpoint.
+
+    Returns:
+        ``(model, checkpoint)``, the model in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``. ValueError: not a finetune checkpoint.
+    """
+    from heads.data import Standardizer
+
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") != "finetune":
+        raise ValueError(f"{path} is a `heads train` run; load it with heads.runs.load_head")
+    config = FinetuneConfig(**{k: v for k, v in checkpoint["config"].items()})
+    kwargs = {k: v for k, v in checkpoint["head_args"].items() if k not in ("in_dim",
+                                                                             "num_outputs")}
+    model, _, _ = build_model(config, num_outputs=checkpoint["head_args"]["num_outputs"],
+                              checkpointing=False, head_kwargs=kwargs)
+    model.head.load_state_dict(checkpoint["model"])
+    for i, state in checkpoint["encoder_states"].items():
+        model.encoders[int(i)].load_state_dict(state)
+    model.set_standardizer(Standardizer.from_state_dict(checkpoint["standardizer"]))
+    return model.eval(), checkpoint
+
+
+def _standardizer_state(model: PixelModel) -> dict:
+    return {key: [getattr(model, f"feature_{key}_{i}").cpu().clone()
+                  for i in range(len(model.encoders))] for key in ("mean", "std")}
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding workers: one thread each, the cores go to the model

@@ -1,0 +1,356 @@
+"""The one training loop of ``heads train`` (cached features) and ``heads finetune`` (pixels).
+
+A recipe builds its model and data, then hands them to a :class:`Trainer`:
+
+- setup: AdamW over the recipe's parameter groups (S4's own group, a lower rate for pretrained
+  backbones), the learning-rate schedule named by ``RunConfig.schedule``
+  (:data:`heads.optim.SCHEDULES`), autocast and the fp16 loss scaler;
+- :meth:`Trainer.fit`: per epoch one pass over the recipe's batches (task loss + the head's
+  ``aux_loss``, backward, gradient clipping, optimiser and schedule step), the validation metric
+  (:class:`Evaluator`: windowed or per clip, whatever the recipe's ``predict`` does), best-on-val
+  selection with early stopping, TensorBoard scalars, and two checkpoints: ``checkpoint_last.pt``
+  every epoch and ``checkpoint.pt`` at every new best. Both hold what the recipe needs to rebuild
+  the model plus what the loop needs to resume (model, optimiser, scheduler, scaler, epoch, RNG
+  states, history, best so far: :meth:`Trainer.restore`);
+- :func:`report`: the best model on every split next to the majority baseline, written as
+  ``metrics.json``, ``predictions.parquet`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from catalogs.base import SPLITS
+from heads.config import RunConfig
+from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
+from heads.optim import build_schedule, rng_state, set_rng_state
+from heads.runs import TrainingLog
+
+# A batch as the loop sees it: the model's positional inputs (on its device) and the targets.
+Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
+
+
+def task_loss(kind: str) -> nn.Module:
+    """The training loss of a task kind: cross-entropy (classification), binary cross-entropy on
+    logits (multilabel), mean squared error (regression)."""
+    return {"classification": nn.CrossEntropyLoss, "multilabel": nn.BCEWithLogitsLoss,
+            "regression": nn.MSELoss}[kind]()
+
+
+@dataclass(frozen=True)
+class TargetNorm:
+    """Regression targets are regressed standardised (train mean and std), so the output
+    layer's scale does not depend on the units; outputs go back to units before any metric."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, kind: str, train_targets: np.ndarray) -> TargetNorm | None:
+        """The train split's mean and std for a regression task, else None."""
+        if kind != "regression":
+            return None
+        return cls(float(train_targets.mean()), float(max(train_targets.std(), 1e-6)))
+
+    def to_train(self, targets: np.ndarray) -> np.ndarray:
+        return ((targets - self.mean) / self.std).astype(np.float32)
+
+    def to_units(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs * self.std + self.mean
+
+
+@dataclass
+class SplitEval:
+    """One split's evaluation: outputs (N, K) in target units of the N videos that could be
+    evaluated, their positions in the split, their targets, the metrics and the loss."""
+
+    outputs: np.ndarray
+    positions: np.ndarray
+    targets: np.ndarray
+    metrics: dict
+    loss: float
+
+
+class Evaluator:
+    """Scores a recipe's per-video outputs on a split.
+
+    Args:
+        kind: Task kind.
+        targets: Split → encoded targets in units (:func:`heads.data.encode_labels`).
+        predict: ``split -> (outputs, positions)``: outputs (N, K) in the training scale
+            (standardised for regression) of the videos at ``positions`` of the split; the
+            recipe's own inference (windows averaged, clips decoded, ...).
+        target_norm: The regression standardisation, or None.
+    """
+
+    def __init__(self, kind: str, targets: dict[str, np.ndarray],
+                 predict: Callable[[str], tuple[np.ndarray, np.ndarray]],
+                 target_norm: TargetNorm | None = None):
+        self.kind, self.targets, self.predict = kind, targets, predict
+        self.target_norm = target_norm
+        self.loss_fn = task_loss(kind)
+
+    def __call__(self, split: str) -> SplitEval:
+        targets = self.targets[split]
+        if not len(targets):
+            return SplitEval(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), targets, {},
+                             float("nan"))
+        outputs, positions = self.predict(split)
+        targets = targets[positions]
+        if not len(positions):
+            return SplitEval(outputs, positions, targets, {}, float("nan"))
+        train_scale = self.target_norm.to_train(targets) if self.target_norm else targets
+        loss = self.loss_fn(torch.from_numpy(outputs), torch.from_numpy(train_scale)).item()
+        if self.target_norm is not None:
+            outputs = self.target_norm.to_units(outputs)
+        return SplitEval(outputs, positions, targets,
+                         compute_metrics(self.kind, outputs, targets), loss)
+
+    def selects_on_val(self) -> bool:
+        """Whether the val split can choose the best epoch: it has videos and the primary
+        metric is defined on it (an mAP needs a positive label). Else the train loss does."""
+        metric = PRIMARY_METRIC[self.kind][0]
+        baseline = majority_baseline(self.targets["train"], self.targets["val"], self.kind)
+        return math.isfinite(baseline.get(metric, float("nan")))
+
+
+class Trainer:
+    """The training loop (see the module docstring).
+
+    Args:
+        model: The model, on ``device``; ``model(*inputs)`` gives (B, K) outputs and may set
+            ``model.aux_loss``.
+        config: The run's config (optimisation and loop fields).
+        groups: AdamW parameter groups (:func:`heads.optim.param_groups`).
+        steps_per_epoch: Optimiser steps per epoch (sizes the schedule).
+        kind: Task kind (loss, primary metric).
+        run_dir: Where the checkpoints and TensorBoard files go.
+        checkpoint_fields: ``() -> dict``: what the recipe's loader needs to rebuild the model
+            from a checkpoint (weights in its own layout, head arguments, standardiser, config,
+            ...), taken from the model as it is at the time of the call.
+        autocast: Zero-argument context-manager factory around each forward, or None.
+        scaler: ``torch.amp.GradScaler`` (enabled for fp16 only); None = disabled.
+        state_keys: The model's state entries that training changes (kept for the best epoch and
+            resumed); None = all. A frozen backbone is rebuilt from its weights instead.
+        generators: Name → ``torch.Generator`` / ``numpy.random.Generator`` the batches draw
+            from (shuffling, random windows): checkpointed so a resumed run draws the same.
+    """
+
+    def __init__(self, model: nn.Module, *, config: RunConfig, groups: list[dict],
+                 steps_per_epoch: int, kind: str, run_dir: Path,
+                 checkpoint_fields: Callable[[], dict], autocast=None, scaler=None,
+                 state_keys: Sequence[str] | None = None, generators: dict | None = None):
+        self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        self.scheduler = build_schedule(
+            config.schedule, self.optimizer, warmup_steps=config.warmup_epochs * steps_per_epoch,
+            total_steps=config.epochs * steps_per_epoch,
+        )
+        self.autocast = autocast or nullcontext
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+        self.loss_fn = task_loss(kind)
+        self.metric, self.higher_is_better = PRIMARY_METRIC[kind]
+        self.checkpoint_fields = checkpoint_fields
+        self.state_keys = list(state_keys) if state_keys is not None else None
+        self.generators = generators or {}
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.epoch, self.history, self.since_best = 0, [], 0
+        self.best_score, self.best_epoch, self.best_state = None, 0, None
+
+    def step(self, inputs: Sequence[torch.Tensor], targets: torch.Tensor) -> float:
+        """One optimisation step: task loss + the head's ``aux_loss``, backward (scaled for
+        fp16), clipping of the true gradients, optimiser and schedule step. Returns the loss."""
+        with self.autocast():
+            outputs = self.model(*inputs)
+            loss = self.loss_fn(outputs.float(), targets)
+            aux_loss = getattr(self.model, "aux_loss", None)  # set by the head in this forward
+            if isinstance(aux_loss, torch.Tensor):
+                loss = loss + aux_loss.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item()
+
+    def fit(self, batches: Callable[[int], Iterable[Batch]], evaluate: Evaluator, *,
+            desc: str, epoch_log: Callable[[str], None] | None = None) -> list[dict]:
+        """Train from the epoch after :attr:`epoch` to ``config.epochs`` or early stopping, then
+        load the best epoch's weights into the model.
+
+        Args:
+            batches: ``epoch -> batches`` of that epoch (1-based).
+            evaluate: Scores the val split after every epoch (when it can select).
+            desc: Progress-bar label.
+            epoch_log: Where a line per epoch goes (e.g. the end-to-end recipe's log); None
+                shows the numbers on the progress bar only.
+
+        Returns:
+            The per-epoch history: ``epoch``, ``train_loss``, ``lr`` and, when selecting on
+            val, ``val_<metric>`` and ``val_loss``.
+
+        Raises:
+            ValueError: an epoch without any batch.
+        """
+        from tqdm.auto import tqdm
+
+        select_on_val = evaluate.selects_on_val()
+        curves = TrainingLog(self.run_dir / "tensorboard")
+        progress = tqdm(range(self.epoch + 1, self.config.epochs + 1), desc=desc, disable=None)
+        try:
+            for epoch in progress:
+                record = {"epoch": epoch, "train_loss": self._train_epoch(batches(epoch)),
+                          "lr": self.scheduler.get_last_lr()[0]}
+                if select_on_val:
+                    val = evaluate("val")
+                    record[f"val_{self.metric}"], record["val_loss"] = (
+                        val.metrics.get(self.metric), val.loss)
+                    value = val.metrics.get(self.metric, float("nan"))
+                    # Small val splits saturate (top-1 = 1 after a few epochs): ties on val loss.
+                    score = (value if self.higher_is_better else -value, -val.loss)
+                else:
+                    score = (-record["train_loss"],)
+                score = tuple(-math.inf if math.isnan(s) else s for s in score)
+                self.epoch = epoch
+                self.history.append(record)
+                curves.add(record)
+                progress.set_postfix({k: round(v, 4) for k, v in record.items()
+                                      if k != "epoch" and v is not None})
+                if epoch_log is not None:
+                    epoch_log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in record.items()))
+                if self._select(score) and self.config.patience \
+                        and self.since_best >= self.config.patience:
+                    break
+        finally:
+            curves.close()
+        self.model.load_state_dict(self.best_state, strict=self.state_keys is None)
+        return self.history
+
+    def _train_epoch(self, batches: Iterable[Batch]) -> float:
+        """One pass over ``batches``; the mean training loss per video."""
+        self.model.train()
+        total_loss, seen = 0.0, 0
+        for inputs, targets in batches:
+            total_loss += self.step(inputs, targets) * len(targets)
+            seen += len(targets)
+        if not seen:
+            raise ValueError(f"epoch {self.epoch + 1} had no training batch")
+        return total_loss / seen
+
+    def _select(self, score: tuple) -> bool:
+        """Keep the epoch just run if it is the best so far; write the checkpoints. Returns
+        whether the epoch did not improve (early stopping counts those)."""
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.since_best = score, self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self._state().items()}
+        else:
+            self.since_best += 1
+        last = self.run_dir / "checkpoint_last.pt"
+        _save_atomic(self.checkpoint(), last)
+        if improved:  # the same file: a second name, swapped in atomically
+            tmp = self.run_dir / ".checkpoint.pt.tmp"
+            tmp.unlink(missing_ok=True)
+            os.link(last, tmp)
+            os.replace(tmp, self.run_dir / "checkpoint.pt")
+        return not improved
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        return state if self.state_keys is None else {k: state[k] for k in self.state_keys}
+
+    def checkpoint(self) -> dict:
+        """The recipe's fields, ``epoch``, and under ``resume`` what :meth:`restore` needs."""
+        return {
+            **self.checkpoint_fields(),
+            "epoch": self.epoch,
+            "resume": {
+                "model": {k: v.detach().cpu() for k, v in self._state().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(self.generators),
+                "history": self.history,
+                "best_score": list(self.best_score),
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+            },
+        }
+
+    def restore(self, last: dict, best: dict) -> None:
+        """Continue a stopped run: the state of ``last`` (``checkpoint_last.pt``), the best
+        weights of ``best`` (``checkpoint.pt``); :meth:`fit` then goes on from the next epoch
+        and draws what the uninterrupted run would have drawn."""
+        resume = last["resume"]
+        self.model.load_state_dict(resume["model"], strict=self.state_keys is None)
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        self.scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"], self.generators)
+        self.epoch, self.history = last["epoch"], list(resume["history"])
+        self.best_score, self.best_epoch = tuple(resume["best_score"]), resume["best_epoch"]
+        self.since_best = resume["since_best"]
+        device = next(iter(self.model.state_dict().values())).device
+        self.best_state = {k: v.to(device) for k, v in best["resume"]["model"].items()}
+
+
+def report(evaluate: Evaluator, trainer: Trainer, *, task, video_ids: dict[str, list[str]],
+           **fields) -> tuple[dict, dict[str, SplitEval]]:
+    """The trained (best) model on every split next to the majority baseline.
+
+    Args:
+        evaluate: The recipe's evaluator.
+        trainer: The trainer after :meth:`Trainer.fit`.
+        task: The :class:`catalogs.base.Task`.
+        video_ids: Split → video ids, in the order of the evaluator's targets.
+        **fields: Recipe fields put after ``task`` and ``kind`` (head, seed, ...).
+
+    Returns:
+        ``(results, evals)``: the content of ``metrics.json`` (``selection``, ``num_videos``,
+        ``metrics``, ``baseline``, ``details`` per split, ``history``), and each split's
+        :class:`SplitEval` (empty outputs are (0, K)).
+    """
+    selection_metric = f"val_{trainer.metric}" if evaluate.selects_on_val() else "train_loss"
+    results = {
+        "task": task.name, "kind": task.kind, **fields,
+        "selection": {
+            "metric": selection_metric,
+            "best_epoch": trainer.best_epoch,
+            "best_value": trainer.history[trainer.best_epoch - 1].get(selection_metric),
+            "num_epochs_run": len(trainer.history),
+        },
+        "num_videos": {s: len(video_ids[s]) for s in SPLITS},
+        "metrics": {}, "baseline": {}, "details": {}, "history": trainer.history,
+    }
+    evals = {}
+    for split in SPLITS:
+        evals[split] = split_eval = evaluate(split)
+        if not len(split_eval.positions):
+            split_eval.outputs = np.zeros((0, task.num_outputs), np.float32)
+        results["metrics"][split] = split_eval.metrics
+        results["details"][split] = details(task.kind, split_eval.outputs, split_eval.targets,
+                                            task.classes)
+        results["baseline"][split] = majority_baseline(
+            evaluate.targets["train"], evaluate.targets[split], task.kind)
+    return results, evals
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a kill mid-write leaves the previous
+    file whole, and a second name (hard link) of the previous file keeps its content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
