@@ -91,7 +91,7 @@ def train_seeds(config, seeds: Sequence[int], *, log: Callable[[str], None] = pr
     """Train ``config`` once per seed and summarise (mean ± standard error).
 
     Args:
-        config: A :class:`heads.train.TrainConfig`; its ``seed`` is replaced by each of ``seeds``.
+        config: A :class:`heads.config.TrainConfig`; its ``seed`` is replaced by each of ``seeds``.
         seeds: The seeds, e.g. ``range(5)``.
         log: Progress lines.
         **train_kwargs: Passed to :func:`heads.train.train` (``catalog``, ``cache``).

@@ -1,8 +1,9 @@
-"""Run directories of ``heads train``: create, write, read back, list.
+"""Run directories of ``heads train`` and ``heads finetune``: create, write, read back, list.
 
-Layout of ``<runs_dir>/<UTC time>-<head>-<task>/``:
+Layout of ``<runs_dir>/<UTC time>-<head>-<task>/`` (``heads finetune``: ``-<preset>-`` and its
+own ``config.json`` fields, see :mod:`heads.finetune.recipe`):
 
-- ``config.json``: ``config`` (the resolved :class:`heads.train.TrainConfig`, including the
+- ``config.json``: ``config`` (the resolved :class:`heads.config.TrainConfig`, including the
   ``config_files`` it came from), ``catalog`` (its name), ``task`` (name, kind, classes) and
   ``feature_sets`` (name, backbone, plan, token kind, dim and fingerprint of each, in stream
   order: the feature-set fingerprint that pins the inputs);
@@ -11,8 +12,11 @@ Layout of ``<runs_dir>/<UTC time>-<head>-<task>/``:
 - ``checkpoint.pt`` (best on val) and ``checkpoint_last.pt`` (last epoch, rewritten each epoch):
   ``model``, ``head`` and ``head_args`` (the ``create_head`` arguments that rebuild it),
   ``standardizer`` (per-stream mean/std), ``target_norm`` (regression target mean/std, else
-  null), ``config``, ``task``, ``feature_sets``, ``epoch``; loadable with
-  ``torch.load(weights_only=True)``;
+  null), ``config``, ``task``, ``feature_sets``, ``epoch``, and under ``resume`` what the
+  training loop needs to continue the run (:meth:`heads.loop.Trainer.restore`: its weights,
+  optimiser, scheduler, loss scaler, RNG states, history and best so far); loadable with
+  ``torch.load(weights_only=True)``. Both are written under a temporary name and renamed, so a
+  killed run leaves whole files;
 - ``metrics.json``: ``num_videos``, ``metrics``, ``baseline`` and ``details`` (confusion matrix
   or per-class AP) per split, ``num_dropped``, ``selection`` (metric, best epoch), ``seed`` and
   the per-epoch ``history``;

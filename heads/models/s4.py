@@ -287,7 +287,7 @@ def fft_conv(
 
 
 def mark_optim(param: nn.Parameter, *, lr: float, weight_decay: float = 0.0) -> nn.Parameter:
-    """Tag ``param`` with its own optimiser settings, read by ``heads.train.param_groups``."""
+    """Tag ``param`` with its own optimiser settings, read by ``heads.optim.param_groups``."""
     param._optim = {"lr": lr, "weight_decay": weight_decay}
     return param
 
