@@ -230,8 +230,8 @@ class Trainer:
                 if epoch_log is not None:
                     epoch_log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in record.items()))
-                if self._select(score) and self.config.patience \
-                        and self.since_best >= self.config.patience:
+                self._keep_best_and_save(score)
+                if self.config.patience and self.since_best >= self.config.patience:
                     break
         finally:
             curves.close()
@@ -249,9 +249,9 @@ class Trainer:
             raise ValueError(f"epoch {self.epoch + 1} had no training batch")
         return total_loss / seen
 
-    def _select(self, score: tuple) -> bool:
-        """Keep the epoch just run if it is the best so far; write the checkpoints. Returns
-        whether the epoch did not improve (early stopping counts those)."""
+    def _keep_best_and_save(self, score: tuple) -> None:
+        """Keep the weights of the epoch just run if it is the best so far (else count it for
+        early stopping); write ``checkpoint_last.pt`` and, at a new best, ``checkpoint.pt``."""
         improved = self.best_score is None or score > self.best_score
         if improved:
             self.best_score, self.best_epoch, self.since_best = score, self.epoch, 0
@@ -265,7 +265,6 @@ class Trainer:
             tmp.unlink(missing_ok=True)
             os.link(last, tmp)
             os.replace(tmp, self.run_dir / "checkpoint.pt")
-        return not improved
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()

@@ -20,6 +20,7 @@ table for the run's dataset (see :mod:`heads.config_files`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class CachedRun:
 
     trainer: Trainer
     evaluate: Evaluator
-    batches: object  # epoch -> batches (the loop's `batches`)
+    batches: Callable[[int], Iterable]  # epoch -> that epoch's (inputs, targets) batches
     run_dir: Path
     task_info: dict
 

@@ -26,6 +26,7 @@ to the majority baseline, written as :mod:`heads.runs` does for cached-feature r
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,12 +51,25 @@ from heads.optim import param_groups as head_groups
 
 
 @dataclass
+class PixelModelBuild:
+    """What :func:`build` hands to :func:`setup`."""
+
+    config: FinetuneConfig  # resolved: the preset's head, encoders, trainable set and plan
+    catalog: Catalog
+    videos: dict[str, tuple]  # split -> (video ids, paths, encoded targets) of labelled videos
+    model: PixelModel  # encoders and head (with the --init-from head weights, if any)
+    streams: list  # per stream, the pixels it needs (heads.finetune.clips.StreamPixels)
+    head_args: dict  # create_head arguments that rebuild the head
+    have_standardizer: bool  # the standardiser came with --init-from (else it is fitted)
+
+
+@dataclass
 class PixelRun:
     """What :func:`setup` hands to the loop and to :func:`cleanup`."""
 
     trainer: Trainer
     evaluate: Evaluator
-    batches: object  # epoch -> batches (the loop's `batches`)
+    batches: Callable[[int], Iterable]  # epoch -> that epoch's (inputs, targets) batches
     run_dir: Path
     task_info: dict
     failed: dict[str, str]  # video id -> why it could not be decoded
@@ -78,24 +92,20 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
             decodable train video.
         pipeline.weights.WeightsError: backbone weights cannot be found.
     """
-    config, catalog, videos, model, streams, head_args, have_standardizer = build(
-        config, catalog=catalog, log=log)
-    run = setup(config, catalog, videos, model, streams, head_args,
-                have_standardizer=have_standardizer, log=log)
+    built = build(config, catalog=catalog, log=log)
+    config = built.config
+    run = setup(built, log=log)
     run.trainer.fit(run.batches, run.evaluate, desc=f"{config.preset}/{config.task}",
                     epoch_log=log)
-    task = catalog.task(config.task)
-    video_ids = {s: videos[s][0] for s in SPLITS}
-    results, evals = report(run.evaluate, run.trainer, task=task, video_ids=video_ids,
-                            head=config.head, preset=config.preset, seed=config.seed,
-                            parameters=model.parameter_counts())
+    video_ids = {s: built.videos[s][0] for s in SPLITS}
+    results, evals = report(run.evaluate, run.trainer, task=built.catalog.task(config.task),
+                            video_ids=video_ids, head=config.head, preset=config.preset,
+                            seed=config.seed, parameters=built.model.parameter_counts())
     return cleanup(run, results, evals, video_ids, log=log)
 
 
-def build(config: FinetuneConfig, *, catalog: Catalog | None, log):
-    """The resolved config, the catalog, the labelled videos per split (``(ids, paths,
-    targets)``), the model (``--init-from`` head weights loaded) with the pixels each stream
-    needs and the head's arguments, and whether the standardiser came with ``--init-from``."""
+def build(config: FinetuneConfig, *, catalog: Catalog | None, log) -> PixelModelBuild:
+    """The resolved config, the catalog, the labelled videos and the model."""
     config = resolve_config(config)
     if catalog is None:
         catalog = config.open_catalog()
@@ -116,20 +126,20 @@ def build(config: FinetuneConfig, *, catalog: Catalog | None, log):
         log(f"head weights from {config.init_from}"
             + (" (with its feature standardisation)" if have_standardizer else ""))
     log(parameter_line(config, model.parameter_counts()))
-    return config, catalog, videos, model, streams, head_args, have_standardizer
+    return PixelModelBuild(config, catalog, videos, model, streams, head_args, have_standardizer)
 
 
-def setup(config: FinetuneConfig, catalog: Catalog, videos: dict, model: PixelModel, streams,
-          head_args: dict, *, have_standardizer: bool, log) -> PixelRun:
+def setup(built: PixelModelBuild, *, log) -> PixelRun:
     """Loaders, standardiser, evaluator, run directory and trainer."""
+    config, catalog, videos, model = built.config, built.catalog, built.videos, built.model
     device, amp_dtype, _ = resolve_device(config)
     model.to(device)
     autocast, scaler = autocast_and_scaler(device, amp_dtype)
     task = catalog.task(config.task)
     targets = {s: videos[s][2] for s in SPLITS}
     target_norm = TargetNorm.fit(task.kind, targets["train"])
-    train_set, loaders = _loaders(config, videos, streams, target_norm, device)
-    if not have_standardizer:
+    train_set, loaders = _loaders(config, videos, built.streams, target_norm, device)
+    if not built.have_standardizer:
         model.set_standardizer(fit_standardizer(model, loaders["train"], device, autocast,
                                                 config.standardize_videos))
     failed: dict[str, str] = {}
@@ -148,7 +158,7 @@ def setup(config: FinetuneConfig, catalog: Catalog, videos: dict, model: PixelMo
     run_dir = new_run_dir(Path(config.runs_dir), config.preset, task.name)
     write_json(run_dir / "config.json", {
         "config": config_dict, "catalog": catalog.name, "task": task_info, "encoders": encoders,
-        "streams": [asdict(s) for s in streams], "parameters": model.parameter_counts(),
+        "streams": [asdict(s) for s in built.streams], "parameters": model.parameter_counts(),
     })
     write_json(run_dir / "environment.json", environment())
 
@@ -158,7 +168,7 @@ def setup(config: FinetuneConfig, catalog: Catalog, videos: dict, model: PixelMo
         return {
             "kind": "finetune",
             "head": config.head,
-            "head_args": head_args,
+            "head_args": built.head_args,
             "model": {k[len("head."):]: v.detach().cpu() for k, v in state.items()
                       if k.startswith("head.")},
             "encoder_states": {str(i): {k: v.detach().cpu() for k, v in e.state_dict().items()}
