@@ -177,13 +177,44 @@ def lvu_catalog(
     """
     root_path = Path(root).expanduser().resolve()
     folder = find_label_dir(root_path, labels)
+    video_dir = _video_dir(root_path, video_root)
+    tasks, per_task = _read_tasks(folder)
+    videos, found = _videos_table(per_task, folder, video_dir)
+    label_table, split_table = _per_task_tables(videos.select("video_id"), per_task)
+    return Catalog(
+        name="lvu",
+        root=root_path,
+        videos=videos,
+        tasks=tasks,
+        labels=label_table,
+        task_splits=split_table,
+        meta={"labels": str(folder), "video_root": str(video_dir), "num_found": len(found)},
+    )
+
+
+def _video_dir(root: Path, video_root: str | Path | None) -> Path:
+    """Where the videos are looked for: ``video_root``, else ``root/videos`` if it exists, else
+    ``root``.
+
+    Raises:
+        ValueError: an explicit ``video_root`` that is not a directory.
+    """
     if video_root is not None:
         video_dir = Path(video_root).expanduser().resolve()
         if not video_dir.is_dir():
             raise ValueError(f"lvu catalog: --video-root {video_dir} is not a directory")
-    else:
-        video_dir = root_path / "videos" if (root_path / "videos").is_dir() else root_path
+        return video_dir
+    return root / "videos" if (root / "videos").is_dir() else root
 
+
+def _read_tasks(folder: Path) -> tuple[dict[str, Task], dict[str, pl.DataFrame]]:
+    """Every task's :class:`Task` and its rows ``youtube_id, imdb_id, label, split[,
+    class_name]`` over the three splits, classification labels as class names.
+
+    Raises:
+        ValueError: a malformed file (see :func:`_read_split`), a video in two splits of one
+            task, or inconsistent class ids.
+    """
     tasks: dict[str, Task] = {}
     per_task: dict[str, pl.DataFrame] = {}
     for task in TASK_NAMES:
@@ -203,7 +234,19 @@ def lvu_catalog(
         else:
             tasks[task] = Task(task, "regression", (), _DESCRIPTIONS[task])
         per_task[task] = rows
+    return tasks, per_task
 
+
+def _videos_table(
+    per_task: dict[str, pl.DataFrame], folder: Path, video_dir: Path
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """One row per YouTube id of any task: ``video_id, path, split, imdb_id[, duration_sec]``
+    (``split`` null where the tasks disagree, ``path`` null where no file was found), sorted by
+    ``video_id``; and the videos found, id → path.
+
+    Raises:
+        ValueError: two files for one video (see :func:`catalogs.files.find_videos`).
+    """
     all_rows = pl.concat(
         [rows.select("youtube_id", "imdb_id", "split") for rows in per_task.values()]
     )
@@ -232,8 +275,14 @@ def lvu_catalog(
             on="video_id", how="left", maintain_order="left",
         )
     videos = videos.select("video_id", "path", "split", pl.exclude("video_id", "path", "split"))
+    return videos, found
 
-    ids = videos.select("video_id")
+
+def _per_task_tables(
+    ids: pl.DataFrame, per_task: dict[str, pl.DataFrame]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ``labels`` and ``task_splits`` tables: ``video_id`` (the rows of ``ids``, in order)
+    and one column per task, null where a video is not in that task."""
     label_table, split_table = ids, ids
     for task, rows in per_task.items():
         keyed = rows.rename({"youtube_id": "video_id"})
@@ -245,12 +294,4 @@ def lvu_catalog(
             keyed.select("video_id", pl.col("split").alias(task)), on="video_id", how="left",
             maintain_order="left",
         )
-    return Catalog(
-        name="lvu",
-        root=root_path,
-        videos=videos,
-        tasks=tasks,
-        labels=label_table,
-        task_splits=split_table,
-        meta={"labels": str(folder), "video_root": str(video_dir), "num_found": len(found)},
-    )
+    return label_table, split_table
