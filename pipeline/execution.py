@@ -18,7 +18,7 @@ class WorkerStartError(RuntimeError):
     """An extractor could not be constructed on a Ray worker (code or weights missing there)."""
 
 
-def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 progress: bool) -> None:
     """Keep one extractor per worker busy until every video in ``todo`` is done or failed.
 
@@ -32,24 +32,9 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
 
     started_here = not ray.is_initialized()
     if started_here:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
-            # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        _start_ray(ray, config.address)
     try:
-        resources = ray.cluster_resources()
-        if config.gpus_per_worker:
-            default = int(resources.get("GPU", 0) / config.gpus_per_worker)
-            if not default:
-                raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
-                                 f"{resources.get('GPU', 0)} GPU(s)")
-        else:
-            default = int(resources.get("CPU", 1))
-        num_workers = min(config.num_workers or max(1, default), len(todo))
+        num_workers = _num_workers(config, ray.cluster_resources(), len(todo))
         actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
             VideoExtractor
         )
@@ -118,6 +103,35 @@ def run_on_ray(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
             ray.shutdown()
 
 
+def _start_ray(ray, address: str | None) -> None:
+    """Joins the cluster at ``address`` (else ``RAY_ADDRESS``), or starts a fresh local Ray."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+
+
+def _num_workers(config: ExtractConfig, resources: dict[str, float], num_videos: int) -> int:
+    """Extractors to start: ``config.num_workers``, else one per CPU of the cluster (one per GPU
+    share with ``gpus_per_worker``), and never more than ``num_videos``.
+
+    Raises:
+        ValueError: ``gpus_per_worker`` is set and the cluster lacks that much GPU.
+    """
+    if config.gpus_per_worker:
+        default = int(resources.get("GPU", 0) / config.gpus_per_worker)
+        if not default:
+            raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
+                             f"{resources.get('GPU', 0)} GPU(s)")
+    else:
+        default = int(resources.get("CPU", 1))
+    return min(config.num_workers or max(1, default), num_videos)
+
+
 def _startup_sec(ray, actors, started_at: float) -> float:
     """Seconds from ``started_at`` until the last of ``actors`` was ready (0 if none answers)."""
     try:
@@ -163,7 +177,7 @@ def _extractor_kwargs(config: ExtractConfig) -> dict:
     )
 
 
-def run_here(config, jobs, todo, summary: ExtractSummary, store_root: str, *,
+def run_here(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store_root: str, *,
               progress: bool) -> None:
     """Extract in this process, one video after another (``num_workers=0``: debugging,
     profiling, tests)."""
