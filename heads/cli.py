@@ -11,27 +11,8 @@ from typing import Annotated
 
 import typer
 
-from heads.cli_common import (
-    BatchSize,
-    CatalogOption,
-    DataRoot,
-    Dataset,
-    Device,
-    Epochs,
-    GradClip,
-    HeadKwarg,
-    Lr,
-    Patience,
-    Plan,
-    RunsDir,
-    Schedule,
-    Seed,
-    Variant,
-    WarmupEpochs,
-    WeightDecay,
-    parse_key_values,
-    user_errors,
-)
+from heads import cli_common as shared
+from heads.cli_common import parse_key_values, user_errors
 
 app = typer.Typer(
     help="Train and inspect temporal heads on features from `pipeline extract`.",
@@ -55,10 +36,10 @@ def train(
         typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml "
                      "(and its [datasets.<dataset>] table), under the flags."),
     ] = None,
-    dataset: Dataset = None,
-    data_root: DataRoot = None,
-    variant: Variant = None,
-    catalog_option: CatalogOption = None,
+    dataset: shared.Dataset = None,
+    data_root: shared.DataRoot = None,
+    variant: shared.Variant = None,
+    catalog_option: shared.CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head to train (see `heads list`).")] = None,
     features: Annotated[
         list[str] | None,
@@ -69,33 +50,33 @@ def train(
             "(stan → resnet18 + r2plus1d_18).",
         ),
     ] = None,
-    plan: Plan = None,
+    plan: shared.Plan = None,
     window_sec: Annotated[
         float | None,
         typer.Option(help="LVU protocol: train on random windows of this many seconds, evaluate "
                      "on the mean over all windows; 0 = whole videos (default: the head's)."),
     ] = None,
     store: Annotated[str | None, typer.Option(help="Feature store root.")] = None,
-    runs_dir: RunsDir = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    weight_decay: WeightDecay = None,
-    schedule: Schedule = None,
-    warmup_epochs: WarmupEpochs = None,
-    grad_clip: GradClip = None,
-    patience: Patience = None,
-    seed: Seed = None,
+    runs_dir: shared.RunsDir = None,
+    epochs: shared.Epochs = None,
+    batch_size: shared.BatchSize = None,
+    lr: shared.Lr = None,
+    weight_decay: shared.WeightDecay = None,
+    schedule: shared.Schedule = None,
+    warmup_epochs: shared.WarmupEpochs = None,
+    grad_clip: shared.GradClip = None,
+    patience: shared.Patience = None,
+    seed: shared.Seed = None,
     seeds: Annotated[
         int | None,
         typer.Option(help="Run this many seeds (seed, seed+1, ...) and report mean ± standard "
                      "error."),
     ] = None,
-    device: Device = None,
+    device: shared.Device = None,
     amp: Annotated[
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")
     ] = None,
-    head_kwarg: HeadKwarg = None,
+    head_kwarg: shared.HeadKwarg = None,
     data_loading: Annotated[
         str | None,
         typer.Option(help="preload (tokens in RAM), stream (read from the store part by part "

@@ -14,27 +14,8 @@ from typing import Annotated
 
 import typer
 
-from heads.cli_common import (
-    BatchSize,
-    CatalogOption,
-    DataRoot,
-    Dataset,
-    Device,
-    Epochs,
-    GradClip,
-    HeadKwarg,
-    Lr,
-    Patience,
-    Plan,
-    RunsDir,
-    Schedule,
-    Seed,
-    Variant,
-    WarmupEpochs,
-    WeightDecay,
-    parse_key_values,
-    user_errors,
-)
+from heads import cli_common as shared
+from heads.cli_common import parse_key_values, user_errors
 
 
 def finetune(
@@ -45,10 +26,10 @@ def finetune(
                      "stan_large (train both), vtn (2D CNN + longformer), stat (3D-conv stem + "
                      "STAT, from scratch)."),
     ] = "stan_small",
-    dataset: Dataset = "demo",
-    data_root: DataRoot = None,
-    variant: Variant = None,
-    catalog_option: CatalogOption = None,
+    dataset: shared.Dataset = "demo",
+    data_root: shared.DataRoot = None,
+    variant: shared.Variant = None,
+    catalog_option: shared.CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head (default: the preset's).")] = None,
     encoder: Annotated[
         list[str] | None,
@@ -66,7 +47,7 @@ def finetune(
                      "`pipeline extract`."),
     ] = None,
     weights_seed: Annotated[int, typer.Option(help="Seed of --weights none.")] = 0,
-    plan: Plan = None,
+    plan: shared.Plan = None,
     num_frames: Annotated[int, typer.Option(help="uniform plan: frames per video.")] = 16,
     frames_per_clip: Annotated[int, typer.Option(help="scene plan: frames per 3D clip.")] = 12,
     frame_size_px: Annotated[
@@ -75,19 +56,19 @@ def finetune(
     stem_dim: Annotated[int, typer.Option(help="conv3d_stem token width.")] = 768,
     stem_patch_px: Annotated[int, typer.Option(help="conv3d_stem patch side, pixels.")] = 16,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips in training.")] = True,
-    epochs: Epochs = 10,
-    batch_size: BatchSize = 2,
-    lr: Lr = 1e-4,
+    epochs: shared.Epochs = 10,
+    batch_size: shared.BatchSize = 2,
+    lr: shared.Lr = 1e-4,
     backbone_lr_scale: Annotated[
         float, typer.Option(help="Pretrained backbones train at lr × this.")
     ] = 0.1,
-    weight_decay: WeightDecay = 0.01,
-    schedule: Schedule = "warmup_cosine",
-    warmup_epochs: WarmupEpochs = 1,
-    grad_clip: GradClip = 1.0,
-    patience: Patience = 5,
-    seed: Seed = 0,
-    device: Device = "cpu",
+    weight_decay: shared.WeightDecay = 0.01,
+    schedule: shared.Schedule = "warmup_cosine",
+    warmup_epochs: shared.WarmupEpochs = 1,
+    grad_clip: shared.GradClip = 1.0,
+    patience: shared.Patience = 5,
+    seed: shared.Seed = 0,
+    device: shared.Device = "cpu",
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA where supported, else fp32), fp32, bf16, fp16.")
     ] = "auto",
@@ -109,8 +90,8 @@ def finetune(
         typer.Option(help="Run directory of `heads train` (cached features): its head's "
                      "weights and feature standardisation carry over."),
     ] = None,
-    runs_dir: RunsDir = "runs",
-    head_kwarg: HeadKwarg = None,
+    runs_dir: shared.RunsDir = "runs",
+    head_kwarg: shared.HeadKwarg = None,
 ) -> None:
     """Train backbone(s) and head together from frames; print per-split metrics and baseline."""
     from heads.finetune.config import FinetuneConfig
