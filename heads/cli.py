@@ -41,21 +41,20 @@ def train(
     variant: shared.Variant = None,
     catalog_option: shared.CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head to train (see `heads list`).")] = None,
-    features: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--features",
-            help="Backbone or exact feature-set name, once per stream in the head's order "
-            "(stan: spatial then temporal). Default: the head's config file "
-            "(stan → resnet18 + r2plus1d_18).",
-        ),
-    ] = None,
+    features: Annotated[list[str] | None, typer.Option(
+        "--features", help="Backbone or exact feature-set name, once per stream in the head's "
+        "order (stan: spatial then temporal). Default: the head's config file (stan → resnet18 "
+        "+ r2plus1d_18).")] = None,
     plan: shared.Plan = None,
     window_sec: Annotated[
         float | None,
         typer.Option(help="LVU protocol: train on random windows of this many seconds, evaluate "
-                     "on the mean over all windows; 0 = whole videos (default: the head's)."),
+                     "every full window (probabilities averaged); 0 = whole videos (default: "
+                     "the head's)."),
     ] = None,
+    eval_stride_sec: Annotated[float | None, typer.Option(
+        help="LVU protocol: seconds between evaluation window starts (default 1, official)."
+    )] = None,
     store: Annotated[str | None, typer.Option(help="Feature store root.")] = None,
     runs_dir: shared.RunsDir = None,
     epochs: shared.Epochs = None,
@@ -116,7 +115,8 @@ def train(
             "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
         }
         cached = {"features": tuple(features) if features else None, "window_sec": window_sec,
-                  "store": store, "amp": amp, "data_loading": data_loading}
+                  "eval_stride_sec": eval_stride_sec, "store": store, "amp": amp,
+                  "data_loading": data_loading}
         if end_to_end:
             cached_only = {"--config": config, "--seeds": seeds, **{
                 f"--{k.replace('_', '-')}": v for k, v in cached.items()}}

@@ -115,9 +115,11 @@ class TrainConfig(RunConfig):
 
     head: str = "stan"  # registry key of the head (`heads list`)
     features: tuple[str, ...] = ()  # one backbone or feature-set name per stream; () = head default
-    # LVU protocol (ViS4mer §4-5): train on random windows of this many seconds, evaluate on the
-    # mean over all windows of a video; 0 = whole videos; None = the head's (vis4mer: 60).
+    # LVU protocol (ViS4mer §4.1; its evaluation from the official code, heads.windows): train
+    # on random windows of this many seconds, evaluate on every full window at eval_stride_sec,
+    # probabilities averaged; 0 = whole videos; None = the head's (vis4mer: 60).
     window_sec: float | None = None
+    eval_stride_sec: float = 1.0  # seconds between evaluation windows (official ViS4mer: 1)
     store: str = "store"  # feature store root written by `pipeline extract`
     amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
     # Where tokens live while training: `preload` (RAM), `stream` (read from the store part by
@@ -142,4 +144,5 @@ class TrainConfig(RunConfig):
 
     def _checks(self) -> dict[str, tuple[bool, str, object]]:
         return {"--window-sec": (self.window_sec is None or self.window_sec >= 0,
-                                 "non-negative", self.window_sec)}
+                                 "non-negative", self.window_sec),
+                "--eval-stride-sec": (self.eval_stride_sec > 0, "positive", self.eval_stride_sec)}

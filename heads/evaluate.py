@@ -76,7 +76,9 @@ class LoadedRun:
         else:
             standardised = [self.standardizer.apply(v) for v in tokens]
         outputs = predict_videos(
-            self.model, standardised, times, window_sec=float(self.config.get("window_sec") or 0),
+            self.model, standardised, times, task_kind=self.task["kind"],
+            window_sec=float(self.config.get("window_sec") or 0),
+            stride_sec=float(self.config.get("eval_stride_sec", 1.0)),
             batch_size=int(self.config["batch_size"]),
         )
         norm = self.checkpoint.get("target_norm")

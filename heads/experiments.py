@@ -1,5 +1,6 @@
-"""Several runs at once: one config over several seeds (mean ± standard error, as the LVU
-protocol of ViS4mer §5 reports), and sweeps over heads × tasks × seeds on Ray.
+"""Several runs at once: one config over several seeds (mean ± standard error: "for LVU we
+compute the standard error averaged over five runs as proposed in the original paper", STAN §4
+Metrics), and sweeps over heads × tasks × seeds on Ray.
 
 A sweep runs each cell (head, task, seed) as one :func:`heads.train.train` call in a pool of
 Ray actors, one per worker CPU. Each actor builds the catalog once and keeps every feature

@@ -152,7 +152,8 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
 
     def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
         outputs = predict_videos(
-            model, tokens[split], data.times[split], window_sec=config.window_sec,
+            model, tokens[split], data.times[split], task_kind=kind,
+            window_sec=config.window_sec, stride_sec=config.eval_stride_sec,
             batch_size=config.batch_size, device=device, autocast=autocast,
         )
         return outputs, np.arange(len(outputs))

@@ -1,15 +1,25 @@
-"""The LVU protocol of ViS4mer (Islam & Bertasius, ECCV 2022, §4–5): train on random 60 s
-windows of a video's token sequence, evaluate by aggregating the predictions of every window.
+"""The LVU protocol of ViS4mer (Islam & Bertasius, ECCV 2022): train on random 60 s windows
+of a video's token sequence, evaluate by aggregating the predictions of every window.
+
+The paper says only "we use standard splits and train our model using video clips of 60
+seconds" (§4.1); how a video is evaluated is not stated. The official code defines it
+(``datasets/lvu_dataset.py``, ``run_lvu.py``) and longvid follows it:
+
+- training: :class:`RandomWindowDataset` draws a window start uniformly in
+  ``[0, max(0, duration - window_sec)]`` each time a video is fetched (official: a random
+  integer start);
+- evaluation: :func:`eval_windows` gives every full window ``[s, s + window_sec)`` with start
+  ``s = 0, 1, …, duration − window_sec`` (stride ``eval_stride_sec``, official 1 s); a video no
+  longer than a window is one window (official: zero-padded to 60 s). :func:`predict_videos`
+  averages softmax probabilities over a video's windows for classification (official
+  ``pred_agg += softmax(...)``, then argmax), sigmoid probabilities for multi-label (LVU has no
+  multi-label task: longvid's extension of the same rule) and raw outputs for regression (official
+  ``np.mean``), then returns logits of the averaged probabilities, so metrics and losses read
+  them as any head output. ``window_sec = 0`` means the whole video is one window.
 
 Windows are cut in time, from the ``start_sec``/``end_sec`` every stored token carries, so one
 window covers the same seconds in every stream of a multi-stream head. A token belongs to a
 window when its span overlaps the window (a scene that straddles a boundary belongs to both).
-
-- training: :class:`RandomWindowDataset` draws a window start uniformly in
-  ``[0, max(0, duration - window_sec)]`` each time a video is fetched;
-- evaluation: :func:`tile_windows` tiles ``[0, duration)`` with consecutive windows and
-  :func:`predict_videos` averages the head's outputs (logits, or regression values) over a
-  video's windows. ``window_sec = 0`` means the whole video is one window.
 """
 
 from __future__ import annotations
@@ -57,29 +67,78 @@ def window_streams(
     return out
 
 
-def tile_windows(
-    streams: Sequence[np.ndarray], times: Sequence[np.ndarray], window_sec: float
-) -> list[list[np.ndarray]]:
-    """Consecutive windows ``[k·w, (k+1)·w)`` tiling one video; windows empty in some stream are
-    dropped, and a video with no full window left is one window (the whole video).
+def eval_windows(duration_sec: float, window_sec: float, stride_sec: float = 1.0
+                 ) -> list[tuple[float, float]]:
+    """The evaluation windows of one video (official ViS4mer ``lvu_dataset.py``).
+
+    Args:
+        duration_sec: The video's duration, seconds.
+        window_sec: Window length, seconds (ViS4mer: 60); 0 = the whole video.
+        stride_sec: Seconds between window starts (official: 1).
+
+    Returns:
+        ``[(start_sec, end_sec), ...]``: every full window with start 0, stride, 2·stride, …
+        up to ``duration_sec − window_sec``; a video no longer than one window gives
+        ``[(0, window_sec)]`` (``[(0, duration_sec)]`` when ``window_sec`` is 0). E.g.
+        ``eval_windows(150, 60)`` is ``[(0, 60), (1, 61), …, (90, 150)]``: 91 windows.
+
+    Raises:
+        ValueError: ``stride_sec`` is not positive or ``window_sec`` is negative.
+    """
+    if stride_sec <= 0:
+        raise ValueError(f"eval_stride_sec must be positive, got {stride_sec}")
+    if window_sec < 0:
+        raise ValueError(f"window_sec must be non-negative, got {window_sec}")
+    if window_sec == 0:
+        return [(0.0, float(duration_sec))]
+    num = int(math.floor((duration_sec - window_sec) / stride_sec + 1e-9)) + 1
+    return [(k * stride_sec, k * stride_sec + window_sec) for k in range(max(1, num))]
+
+
+def video_windows(streams: Sequence[np.ndarray], times: Sequence[np.ndarray], window_sec: float,
+                  stride_sec: float = 1.0) -> list[list[np.ndarray]]:
+    """One video's tokens cut into its :func:`eval_windows`; windows empty in some stream are
+    dropped, and a video left without any is one window (the whole video).
 
     Args:
         streams: One video's token arrays.
         times: The matching (T_i, 2) token times.
-        window_sec: Window length w in seconds; 0 for the whole video.
+        window_sec: Window length in seconds; 0 for the whole video.
+        stride_sec: Seconds between window starts.
 
     Returns:
-        Per window, one array per stream.
+        Per window, one array per stream (views where the tokens are sorted by time).
     """
     duration = video_duration_sec(times)
     if window_sec <= 0 or duration <= window_sec:
         return [list(streams)]
     windows = []
-    for k in range(math.ceil(duration / window_sec)):
-        cut = window_streams(streams, times, k * window_sec, (k + 1) * window_sec)
+    for lo_sec, hi_sec in eval_windows(duration, window_sec, stride_sec):
+        cut = window_streams(streams, times, lo_sec, hi_sec)
         if all(len(x) for x in cut):
             windows.append(cut)
     return windows or [list(streams)]
+
+
+def average_windows(outputs: np.ndarray, task_kind: str) -> np.ndarray:
+    """One video's window outputs (W, K) averaged as the LVU protocol does (module docstring).
+
+    Returns:
+        (K,) float32: for W = 1 the window's output itself; else, for classification
+        ``log(mean softmax)``, for multi-label ``logit(mean sigmoid)``, for regression the mean.
+    """
+    if len(outputs) == 1:
+        return outputs[0].astype(np.float32)
+    x = torch.from_numpy(np.asarray(outputs, dtype=np.float64))  # (W, K)
+    if task_kind == "classification":
+        out = torch.softmax(x, dim=1).mean(0).clamp_min(1e-300).log()
+    elif task_kind == "multilabel":
+        out = torch.logit(torch.sigmoid(x).mean(0), eps=1e-12)
+    elif task_kind == "regression":
+        out = x.mean(0)
+    else:
+        raise ValueError(f"unknown task kind {task_kind!r}")
+    return out.numpy().astype(np.float32)
 
 
 class RandomWindowDataset(FeatureDataset):
@@ -124,28 +183,35 @@ def predict_videos(
     tokens: Sequence[Sequence[np.ndarray]],
     times: Times | None = None,
     *,
+    task_kind: str,
     window_sec: float = 0.0,
+    stride_sec: float = 1.0,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     autocast=None,
 ) -> np.ndarray:
-    """Per-video head outputs, averaged over the video's windows (ViS4mer §5 evaluation).
+    """Per-video head outputs, aggregated over the video's evaluation windows (the LVU
+    protocol of ViS4mer's official code: see the module docstring).
 
     Args:
         model: The head (put in eval mode here).
         tokens: Per video, one (T_i, D_i) or (T_i, N, D_i) array per stream, standardised.
         times: Per video, one (T_i, 2) [start_sec, end_sec] array per stream; needed when
             ``window_sec > 0``.
+        task_kind: ``classification``, ``multilabel`` or ``regression``: how windows are
+            averaged (:func:`average_windows`).
         window_sec: Window length in seconds; 0 runs each video whole.
+        stride_sec: Seconds between evaluation window starts (official: 1).
         batch_size: Windows per forward pass.
         device: Where the model lives.
         autocast: Optional context-manager factory wrapping each forward (mixed precision).
 
     Returns:
-        (N, K) or (N, 1) float32, row i the mean of video i's window outputs.
+        (N, K) or (N, 1) float32: row i the head's output for video i (one window), or the
+        logits of its windows' averaged probabilities (regression: their mean).
 
     Raises:
-        ValueError: ``window_sec > 0`` without ``times``.
+        ValueError: ``window_sec > 0`` without ``times``, or an unknown ``task_kind``.
     """
     if window_sec > 0 and times is None:
         raise ValueError("window_sec > 0 needs the token times of every video")
@@ -164,7 +230,8 @@ def predict_videos(
     outputs, owners, pending = [], [], []
     for i in range(len(tokens)):
         streams = tokens[i]
-        windows = tile_windows(streams, times[i], window_sec) if window_sec > 0 else [streams]
+        windows = (video_windows(streams, times[i], window_sec, stride_sec) if window_sec > 0
+                   else [streams])
         for window in windows:
             pending.append(window)
             owners.append(i)
@@ -175,9 +242,7 @@ def predict_videos(
         outputs.append(run(pending))
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
-    window_out = torch.cat(outputs).numpy()  # (num_windows, K)
-    owners_arr = np.asarray(owners)
-    sums = np.zeros((len(tokens), window_out.shape[1]), dtype=np.float64)
-    np.add.at(sums, owners_arr, window_out)
-    counts = np.bincount(owners_arr, minlength=len(tokens))[:, None]  # (N, 1)
-    return (sums / counts).astype(np.float32)
+    window_out = torch.cat(outputs).numpy()  # (num_windows, K), videos one after another
+    counts = np.bincount(np.asarray(owners), minlength=len(tokens))  # (N,), each >= 1
+    per_video = np.split(window_out, np.cumsum(counts)[:-1])
+    return np.stack([average_windows(w, task_kind) for w in per_video])  # (N, K)

@@ -16,7 +16,13 @@ from typer.testing import CliRunner
 from heads.cli import app
 from heads.metrics import compute_metrics, details, per_class_ap, top_k
 from heads.models import create_head
-from heads.windows import RandomWindowDataset, predict_videos, tile_windows, window_streams
+from heads.windows import (
+    RandomWindowDataset,
+    eval_windows,
+    predict_videos,
+    video_windows,
+    window_streams,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,18 +84,66 @@ def scene_times(starts: list[float], ends: list[float]) -> np.ndarray:
     return np.stack([np.asarray(starts, float), np.asarray(ends, float)], axis=1)  # (T, 2)
 
 
-def test_tile_windows_cuts_by_time():
+def test_eval_windows_are_every_full_window_at_a_1s_stride():
+    """Official ViS4mer lvu_dataset.py: starts 0, 1, ..., duration - 60; shorter: one window."""
+    windows = eval_windows(150, 60)
+    assert len(windows) == 91 and windows[0] == (0, 60) and windows[-1] == (90, 150)
+    assert windows[1] == (1, 61)
+    assert eval_windows(40, 60) == [(0.0, 60.0)]
+    assert eval_windows(60, 60) == [(0.0, 60.0)]
+    assert eval_windows(150.7, 60) == eval_windows(150, 60)  # full windows only
+    assert eval_windows(150, 60, stride_sec=60) == [(0, 60), (60, 120)]
+    assert eval_windows(150, 0) == [(0.0, 150.0)]
+    with pytest.raises(ValueError, match="eval_stride_sec must be positive"):
+        eval_windows(150, 60, stride_sec=0)
+
+
+def test_window_streams_cut_by_time():
     times = scene_times(np.arange(0, 150, 10), np.arange(10, 160, 10))  # 15 tokens, 0-150 s
     x = np.arange(15, dtype=np.float32)[:, None]  # (T, 1): token i holds i
-    windows = tile_windows([x], [times], 60.0)
+    windows = video_windows([x], [times], 60.0, stride_sec=30.0)  # starts 0, 30, 60, 90
     assert [w[0][:, 0].tolist() for w in windows] == [
-        list(range(0, 6)), list(range(6, 12)), list(range(12, 15))
+        list(range(0, 6)), list(range(3, 9)), list(range(6, 12)), list(range(9, 15))
     ]
     # A token straddling a boundary (55-65 s) belongs to both windows; 0 = the whole video.
     straddle = scene_times([0, 55, 65], [55, 65, 100])
     cut = window_streams([np.arange(3)], [straddle], 60.0, 120.0)
     assert cut[0].tolist() == [1, 2]
-    assert len(tile_windows([x], [times], 0.0)) == 1
+    assert len(video_windows([x], [times], 0.0)) == 1
+
+
+class FirstSecondHead(torch.nn.Module):
+    """Logits chosen by the start second of a window (its first token's value)."""
+
+    def __init__(self, by_start):
+        super().__init__()
+        self.by_start = by_start
+
+    def forward(self, x, mask):  # x (B, T, 1)
+        return torch.stack([self.by_start(int(s)) for s in x[:, 0, 0]])  # (B, K)
+
+
+def one_token_per_second(num_sec: int):
+    x = np.arange(num_sec, dtype=np.float32)[:, None]  # token t holds t
+    return [x], [scene_times(np.arange(num_sec), np.arange(1, num_sec + 1))]
+
+
+def test_probabilities_not_logits_are_averaged():
+    """Windows starting at 0, 1, 2 of a 62 s video give logits [3, 0], [0, 1], [0, 1]: mean
+    logits pick class 0, mean probabilities (the official code's rule) class 1."""
+    model = FirstSecondHead(lambda s: torch.tensor([3.0, 0.0]) if s == 0
+                            else torch.tensor([0.0, 1.0]))
+    x, t = one_token_per_second(62)
+    got = predict_videos(model, [x], [t], task_kind="classification", window_sec=60.0)
+    logits = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    probs = torch.softmax(logits, 1).mean(0)
+    np.testing.assert_allclose(got[0], probs.log().numpy(), rtol=1e-6)
+    assert got[0].argmax() == 1 and logits.mean(0).argmax() == 0
+    multi = predict_videos(model, [x], [t], task_kind="multilabel", window_sec=60.0)
+    np.testing.assert_allclose(torch.sigmoid(torch.from_numpy(multi[0])).numpy(),
+                               torch.sigmoid(logits).mean(0).numpy(), rtol=1e-6)
+    values = predict_videos(model, [x], [t], task_kind="regression", window_sec=60.0)
+    np.testing.assert_allclose(values[0], logits.mean(0).numpy(), rtol=1e-6)
 
 
 def test_windowed_prediction_equals_direct_computation():
@@ -101,23 +155,27 @@ def test_windowed_prediction_equals_direct_computation():
         videos.append([rng.normal(size=(num_tokens, 4)).astype(np.float32)])
         starts = np.arange(num_tokens) * step
         times.append([scene_times(starts, starts + step)])
-    got = predict_videos(model, videos, times, window_sec=60.0, batch_size=3)
+    got = predict_videos(model, videos, times, task_kind="classification", window_sec=60.0,
+                         batch_size=7)
 
     expected = []
     for (x,), (t,) in zip(videos, times):
         duration = t[:, 1].max()
-        outs = []
-        for k in range(math.ceil(duration / 60.0)) if duration > 60 else [None]:
-            keep = np.ones(len(t), bool) if k is None else (
-                (t[:, 0] < (k + 1) * 60.0) & (t[:, 1] > k * 60.0))
-            if keep.any():
-                xw = torch.from_numpy(x[keep])[None]  # (1, T_w, D)
-                with torch.no_grad():
-                    outs.append(model(xw, torch.ones(xw.shape[:2], dtype=torch.bool))[0].numpy())
-        expected.append(np.mean(outs, axis=0))
-    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-6)
+        starts = np.arange(0, duration - 60 + 1e-9, 1.0) if duration > 60 else [None]
+        probs = []
+        for lo in starts:
+            keep = np.ones(len(t), bool) if lo is None else (t[:, 0] < lo + 60) & (t[:, 1] > lo)
+            xw = torch.from_numpy(x[keep])[None]  # (1, T_w, D)
+            with torch.no_grad():
+                logits = model(xw, torch.ones(xw.shape[:2], dtype=torch.bool))[0]
+            probs.append(torch.softmax(logits.double(), 0).numpy())
+        mean = np.mean(probs, axis=0)
+        expected.append(np.log(mean) if len(probs) > 1 else np.log(probs[0]))
+    assert len(np.arange(0, 150 - 60 + 1e-9, 1.0)) == 91
+    log_softmax = got - np.log(np.exp(got).sum(1, keepdims=True))  # one window: logits as-is
+    np.testing.assert_allclose(log_softmax, np.stack(expected), rtol=1e-5, atol=1e-6)
     # Whole-video prediction differs for the long videos: the windows matter.
-    whole = predict_videos(model, videos, times, window_sec=0.0)
+    whole = predict_videos(model, videos, times, task_kind="classification", window_sec=0.0)
     assert not np.allclose(whole[0], got[0]) and np.allclose(whole[2], got[2], atol=1e-6)
 
 
@@ -448,3 +506,20 @@ def test_mixed_precision_on_cuda_trains(toy):
     result = train(toy_config(toy, epochs=2, device="cuda"), catalog=toy_catalog(),
                    log=lambda _: None)
     assert all(np.isfinite(r["train_loss"]) for r in result["history"])
+
+
+def test_heads_eval_uses_the_runs_windows_and_stride(toy, tmp_path):
+    """A run trained and selected on 8 s windows at a 2 s stride is evaluated the same way
+    again by `heads eval` (the stride is read from the run's config)."""
+    from heads.evaluate import evaluate_run
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    config = toy_config(toy, window_sec=8.0, eval_stride_sec=2.0, runs_dir=str(tmp_path))
+    result = train(config, catalog=toy_catalog(), log=lambda _: None)
+    saved = json.loads((Path(result["run_dir"]) / "config.json").read_text())
+    assert saved["config"]["eval_stride_sec"] == 2.0
+    again = evaluate_run(result["run_dir"], catalog=toy_catalog(), log=lambda _: None)
+    assert again["metrics"] == result["metrics"]
+    with pytest.raises(ValueError, match="--eval-stride-sec must be positive"):
+        toy_config(toy, eval_stride_sec=0.0)

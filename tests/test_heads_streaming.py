@@ -115,7 +115,7 @@ def test_windowed_predictions_are_the_same_streamed_or_preloaded(stores):
     torch.manual_seed(0)
     model = create_head("mean", in_dim=[16, 16], num_outputs=3, hidden_dim=8)
     order = [memory.video_ids["test"].index(v) for v in stream.video_ids["test"]]
-    kw = {"window_sec": 8.0, "batch_size": 3}
+    kw = {"task_kind": "classification", "window_sec": 8.0, "batch_size": 3}
     want = predict_videos(model, memory.tokens["test"], memory.times["test"], **kw)[order]
     got = predict_videos(model, stream.tokens["test"], stream.times["test"], **kw)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
