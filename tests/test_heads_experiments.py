@@ -523,3 +523,14 @@ def test_heads_eval_uses_the_runs_windows_and_stride(toy, tmp_path):
     assert again["metrics"] == result["metrics"]
     with pytest.raises(ValueError, match="--eval-stride-sec must be positive"):
         toy_config(toy, eval_stride_sec=0.0)
+
+
+def test_lst_trains_with_vis4mers_optimiser():
+    """ViS4mer §4.4: lr 1e-3, weight decay 0.01, batch 16 "for all of our experiments", the
+    Long Sequence Transformer baseline included."""
+    from heads.config_files import head_file_values
+
+    keys = ("lr", "weight_decay", "batch_size", "epochs", "window_sec")
+    vis4mer, lst = head_file_values("vis4mer", "lvu"), head_file_values("lst", "lvu")
+    assert {k: lst[k] for k in keys} == {k: vis4mer[k] for k in keys}
+    assert (vis4mer["lr"], vis4mer["weight_decay"], vis4mer["batch_size"]) == (1e-3, 0.01, 16)
