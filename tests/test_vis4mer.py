@@ -11,7 +11,14 @@ import torch
 from heads.models import create_head
 from heads.models.lst import MaskedSelfAttention
 from heads.models.s4 import S4D
-from heads.models.vis4mer import DecoderBlock, S4Layer, flatten_tokens, masked_pool
+from heads.models.multiscale import (
+    DecoderBlock,
+    PaperDecoderBlock,
+    flatten_tokens,
+    grid_pool,
+    masked_pool,
+)
+from heads.models.vis4mer import S4Layer
 
 HEADS = ("vis4mer", "lst")
 SMALL = {"vis4mer": {"d_model": 32, "state_dim": 8, "dropout": 0.1},
@@ -210,3 +217,93 @@ def test_heads_list_prints_parameter_counts_at_the_papers_sizes():
     rows = {line.split()[0]: line.split()[-1] for line in result.output.splitlines()[1:]}
     # ViS4mer at D = 1024 (ViT-L/16 tokens, no input projection), K = 10 (LVU director).
     assert rows["vis4mer"] == "2,419,594"
+
+
+class Counting(torch.nn.Module):
+    """A mixer that records the sequence length it sees (and passes its input through)."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x, mask):
+        self.seen.append((x.shape[1], int(mask[0].sum())))
+        return x
+
+
+def token_counts(variant: str, num_patches: int) -> list:
+    from heads.models.multiscale import MultiScaleDecoder
+
+    seen: list = []
+    model = MultiScaleDecoder(name="probe", in_dim=8, num_outputs=2,
+                              mixer_factory=lambda dim: Counting(seen), d_model=8, num_blocks=3,
+                              pool=None, dropout=0.0, variant=variant).eval()
+    x, mask = torch.randn(1, 60, num_patches, 8), torch.ones(1, 60, dtype=torch.bool)
+    with torch.no_grad():
+        model(x, mask)
+    return seen
+
+
+def test_official_variant_token_counts():
+    """60 s × 197 ViT tokens, AvgPool1d(2) with its floor: 11,820 → 5,910 → 2,955 (→ 1,477)."""
+    assert [real for _, real in token_counts("official", 197)] == [11_820, 5_910, 2_955]
+    x = torch.arange(7.0).reshape(1, 7, 1)
+    pooled, mask = masked_pool(x, torch.ones(1, 7, dtype=torch.bool), "avg", odd="drop")
+    assert int(mask.sum()) == 3 and pooled[0, :3, 0].tolist() == [0.5, 2.5, 4.5]
+    avgpool = torch.nn.functional.avg_pool1d(torch.arange(2955.0)[None, None], 2)
+    assert avgpool.shape[-1] == 1_477
+
+
+def test_paper_variant_token_counts():
+    """Eq. 4 on 60 × 14 × 14 = 11,760 patch tokens (CLS dropped), 1 × 2 × 2 max pooling with
+    spatial padding 1 per frame: 14 → 8 → 5 (→ 3)."""
+    assert token_counts("paper", 197) == [(11_760, 11_760), (3_840, 3_840), (1_500, 1_500)]
+    assert token_counts("paper", 196)[0] == (11_760, 11_760)
+    grid = torch.randn(1, 2, 14, 14, 4)
+    assert grid_pool(grid, "max").shape == (1, 2, 8, 8, 4)
+    # Border cells pool a 1-token corner: the padding never wins a max.
+    assert torch.equal(grid_pool(grid, "max")[0, :, 0, 0], grid[0, :, 0, 0])
+    with pytest.raises(ValueError, match="neither G² nor CLS"):
+        token_counts("paper", 7)
+
+
+def test_paper_block_follows_eq_4():
+    # x_out = MLP(Pool(S4(LN x))) + Linear(Pool x): its own skip Linear (ViS4mer §4.2, Eq. 4).
+    torch.manual_seed(0)
+    mixer = S4Layer(dim=8, dropout=0.0, state_dim=4)
+    block = PaperDecoderBlock(dim=8, mixer=mixer, pool="max").eval()
+    x = torch.randn(2, 3, 4, 4, 8)  # (B, T, G, G, H)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    flat = x.reshape(2, 48, 8)
+    s4_out = mixer.out(torch.nn.functional.gelu(mixer.s4(block.norm(flat)))).reshape(x.shape)
+
+    def pool(t):  # per frame 2 × 2 max with padding 1: 4 × 4 → 3 × 3
+        frames = t.reshape(6, 4, 4, 8).permute(0, 3, 1, 2)
+        out = torch.nn.functional.max_pool2d(frames, 2, 2, padding=1)
+        return out.permute(0, 2, 3, 1).reshape(2, 3, 3, 3, 8)
+
+    expected = torch.nn.functional.gelu(block.mlp[0](pool(s4_out))) + block.skip(pool(x))
+    out, out_mask = block(x, mask)
+    assert out.shape == (2, 3, 3, 3, 4) and torch.equal(out_mask, mask)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert block.skip is not block.mlp[0]
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("num_patches", [None, 4, 5])
+def test_paper_variant_ignores_padded_frames(name, num_patches):
+    model = make(name, variant="paper").eval()
+    assert all(isinstance(b, PaperDecoderBlock) and b.pool == "max" for b in model.blocks)
+    x, mask = frames([5, 3, 1], num_patches)
+    with torch.no_grad():
+        reference = model(x, mask)
+        padded = model(*append_padded_frames(x, mask, num_extra=4, fill=math.nan))
+        torch.testing.assert_close(padded, reference, atol=1e-5, rtol=0)
+        for b, length in enumerate([5, 3, 1]):
+            alone = model(x[b : b + 1, :length], mask[b : b + 1, :length])
+            torch.testing.assert_close(alone, reference[b : b + 1], atol=1e-5, rtol=0)
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(ValueError, match="unknown variant 'eq4'; valid: official, paper"):
+        create_head("vis4mer", in_dim=DIM, num_outputs=2, variant="eq4")

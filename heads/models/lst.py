@@ -3,7 +3,7 @@
 Source: M. M. Islam, G. Bertasius, "Long Movie Clip Classification with State-Space Video
 Models", ECCV 2022 (arXiv:2204.01692), §4; Tab. 3 compares its speed and memory with
 ViS4mer's. The multi-scale decoder is shared with ``vis4mer``
-(:class:`heads.models.vis4mer.MultiScaleDecoder`); only the sequence mixer differs.
+(:class:`heads.models.multiscale.MultiScaleDecoder`); only the sequence mixer differs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from heads.models import register_head
-from heads.models.vis4mer import MultiScaleDecoder
+from heads.models.multiscale import MultiScaleDecoder
 
 
 class MaskedSelfAttention(nn.Module):
@@ -83,8 +83,9 @@ class LongSequenceTransformer(MultiScaleDecoder):
         num_heads: Attention heads in every block.
         attn_dropout: Dropout on the attention weights.
         positional_encoding: Add the sinusoidal encoding of the token index.
-        pool: ``avg`` or ``max``.
+        pool: ``avg`` or ``max``; None = the variant's (official ``avg``, paper ``max``).
         dropout: Dropout on the attention's output (before the residual sum).
+        variant: ``official`` or ``paper`` decoder, as ``vis4mer``'s.
 
     Forward:
         ``forward(x, mask)``: x (B, T, N, D) or (B, T, D), mask (B, T) bool; returns (B, K).
@@ -100,8 +101,9 @@ class LongSequenceTransformer(MultiScaleDecoder):
         num_heads: int = 8,
         attn_dropout: float = 0.0,
         positional_encoding: bool = True,
-        pool: str = "avg",
+        pool: str | None = None,
         dropout: float = 0.2,
+        variant: str = "official",
     ):
         def attention(dim: int) -> nn.Module:
             return MaskedSelfAttention(dim=dim, num_heads=num_heads, dropout=attn_dropout)
@@ -109,5 +111,5 @@ class LongSequenceTransformer(MultiScaleDecoder):
         super().__init__(
             name="lst", in_dim=in_dim, num_outputs=num_outputs, mixer_factory=attention,
             d_model=d_model, num_blocks=num_blocks, pool=pool, dropout=dropout,
-            positional_encoding=positional_encoding,
+            positional_encoding=positional_encoding, variant=variant,
         )
