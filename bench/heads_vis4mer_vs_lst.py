@@ -4,9 +4,11 @@ Islam & Bertasius (ECCV 2022, §4, Tab. 3) train both on 60 frames of ViT-L toke
 and report, at 11,760 tokens (60 × 196 patches), ViS4mer 4.95 samples/s and 5.15 GB of GPU
 memory against LST's 1.88 samples/s and 41.38 GB: 2.63× faster, 8.0× less memory. This script
 measures the same shape of comparison here, one training step at batch 1 (forward, backward,
-AdamW step with the trainer's parameter groups), at 60 frames × {1, 25, 49, 196} patches =
-60, 1,500, 2,940 and 11,760 tokens. Each configuration runs in a fresh subprocess so that
-allocator caches and earlier peaks do not leak between measurements:
+AdamW step with the trainer's parameter groups), on 60 frames of 197 ViT tokens (CLS + 14 × 14)
+reduced as the paper's §5.2 ablation does (the heads' ``frame_tokens``: per-frame spatial max
+pooling to 196, 49 or 25 patches, or the CLS token alone) to 11,760, 2,940, 1,500 and 60
+tokens, so each row means what the paper's row means. Each configuration runs in a fresh
+subprocess so that allocator caches and earlier peaks do not leak between measurements:
 
 - speed: samples/s = 1 / median step time after a warm-up step, over at least ``--repeats``
   steps and more for fast configurations (until 3 s are spent, at most 50 steps);
@@ -46,8 +48,11 @@ from _memory import memory_baseline, peak_bytes_since  # bench/ is sys.path[0] w
 HEADS = ("vis4mer", "lst")
 # Timed steps: at least `repeats`, and more (up to 50) until `min_time_s` is spent, so that the
 # fast configurations get a median over many steps and the slow ones stay within budget.
-FULL = {"frames": 60, "patches": [1, 25, 49, 196], "dim": 1024, "repeats": 3, "min_time_s": 3.0}
-QUICK = {"frames": 12, "patches": [1, 8, 32], "dim": 64, "repeats": 1, "min_time_s": 0.5}
+# `patches`: tokens kept per frame (frame_tokens) of a CLS + grid × grid input.
+FULL = {"frames": 60, "grid": 14, "patches": [1, 25, 49, 196], "dim": 1024, "repeats": 3,
+        "min_time_s": 3.0}
+QUICK = {"frames": 12, "grid": 8, "patches": [1, 16, 64], "dim": 64, "repeats": 1,
+         "min_time_s": 0.5}
 # ViS4mer Tab. 3 at 11,760 tokens (GPU): samples/s and GB.
 PAPER = {"vis4mer": (4.95, 5.15), "lst": (1.88, 41.38)}
 
@@ -62,9 +67,10 @@ def measure(head: str, num_patches: int, cfg: dict, device: str) -> dict:
 
     torch.manual_seed(0)
     dim = cfg["dim"]
-    model = create_head(head, in_dim=dim, num_outputs=10, d_model=dim).to(device).train()
+    model = create_head(head, in_dim=dim, num_outputs=10, d_model=dim,
+                        frame_tokens=num_patches).to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, lr=1e-4, weight_decay=0.01), lr=1e-4)
-    x = torch.randn(1, cfg["frames"], num_patches, dim, device=device)  # (B, T, N, D)
+    x = torch.randn(1, cfg["frames"], 1 + cfg["grid"] ** 2, dim, device=device)  # (B, T, N, D)
     mask = torch.ones(1, cfg["frames"], dtype=torch.bool, device=device)  # (B, T)
     target = torch.zeros(1, dtype=torch.long, device=device)  # (B,)
 
@@ -141,7 +147,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="D = 64 and short sequences")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dim", type=int, help="token width D = d_model (default 1024)")
-    parser.add_argument("--patches", type=int, nargs="+", help="patches per frame to try")
+    parser.add_argument("--patches", type=int, nargs="+",
+                        help="tokens kept per frame to try (196, 49, 25, 1 at the full size)")
     parser.add_argument("--repeats", type=int, help="timed steps per configuration")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")

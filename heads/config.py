@@ -115,7 +115,7 @@ class TrainConfig(RunConfig):
 
     head: str = "stan"  # registry key of the head (`heads list`)
     features: tuple[str, ...] = ()  # one backbone or feature-set name per stream; () = head default
-    # LVU protocol (ViS4mer §4.1; its evaluation from the official code, heads.windows): train
+    # LVU protocol (ViS4mer §5.1; its evaluation from the official code, heads.windows): train
     # on random windows of this many seconds, evaluate on every full window at eval_stride_sec,
     # probabilities averaged; 0 = whole videos; None = the head's (vis4mer: 60).
     window_sec: float | None = None

@@ -2,7 +2,7 @@
 of a video's token sequence, evaluate by aggregating the predictions of every window.
 
 The paper says only "we use standard splits and train our model using video clips of 60
-seconds" (§4.1); how a video is evaluated is not stated. The official code defines it
+seconds" (§5.1); how a video is evaluated is not stated. The official code defines it
 (``datasets/lvu_dataset.py``, ``run_lvu.py``) and longvid follows it:
 
 - training: :class:`RandomWindowDataset` draws a window start uniformly in

@@ -307,3 +307,37 @@ def test_paper_variant_ignores_padded_frames(name, num_patches):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="unknown variant 'eq4'; valid: official, paper"):
         create_head("vis4mer", in_dim=DIM, num_outputs=2, variant="eq4")
+
+
+@pytest.mark.parametrize("frame_tokens, per_60_s", [(196, 11_760), (49, 2_940), (25, 1_500),
+                                                     (1, 60)])
+def test_token_count_ablation_matches_the_papers_rows(frame_tokens, per_60_s):
+    """ViS4mer §5.2 (Fig. 3, Tab. 3): per-frame spatial max pooling to 11,760, 2,940, 1,500
+    tokens per 60 frames of 197 ViT tokens, and 60 = the frame-level CLS tokens."""
+    from heads.models.multiscale import reduce_frame_tokens
+
+    x = torch.randn(1, 60, 197, 4)
+    reduced = reduce_frame_tokens(x, frame_tokens)
+    assert reduced[0].numel() // 4 == per_60_s
+    if frame_tokens == 1:
+        assert torch.equal(reduced, x[:, :, 0])  # the CLS tokens
+    if frame_tokens == 25:  # stride 3 in ceil mode: the last row/column pools 14 - 12 = 2 cells
+        grid = x[0, 0, 1:].reshape(14, 14, 4)
+        assert torch.equal(reduced[0, 0, 24], grid[12:, 12:].amax(dim=(0, 1)))
+    seen = []
+    from heads.models.multiscale import MultiScaleDecoder
+
+    model = MultiScaleDecoder(name="probe", in_dim=4, num_outputs=2, d_model=4, num_blocks=1,
+                              mixer_factory=lambda dim: Counting(seen), pool=None, dropout=0.0,
+                              frame_tokens=frame_tokens)
+    model(x, torch.ones(1, 60, dtype=torch.bool))
+    assert seen[0][0] == per_60_s
+
+
+def test_token_counts_without_a_stride_are_refused():
+    from heads.models.multiscale import reduce_frame_tokens
+
+    with pytest.raises(ValueError, match="no pooling stride"):
+        reduce_frame_tokens(torch.randn(1, 2, 197, 4), 36)
+    with pytest.raises(ValueError, match="CLS token; these tokens have none"):
+        reduce_frame_tokens(torch.randn(1, 2, 196, 4), 1)

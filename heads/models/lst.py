@@ -85,6 +85,8 @@ class LongSequenceTransformer(MultiScaleDecoder):
         positional_encoding: Add the sinusoidal encoding of the token index.
         pool: ``avg`` or ``max``; None = the variant's (official ``avg``, paper ``max``).
         dropout: Dropout on the attention's output (before the residual sum).
+        frame_tokens: Tokens per frame before the decoder, ViS4mer §5.2's ablation (196, 49,
+            25, or 1 = CLS only: 11,760, 2,940, 1,500, 60 tokens per 60 s); None = as stored.
         variant: ``official`` or ``paper`` decoder, as ``vis4mer``'s.
 
     Forward:
@@ -104,6 +106,7 @@ class LongSequenceTransformer(MultiScaleDecoder):
         pool: str | None = None,
         dropout: float = 0.2,
         variant: str = "official",
+        frame_tokens: int | None = None,
     ):
         def attention(dim: int) -> nn.Module:
             return MaskedSelfAttention(dim=dim, num_heads=num_heads, dropout=attn_dropout)
@@ -112,4 +115,5 @@ class LongSequenceTransformer(MultiScaleDecoder):
             name="lst", in_dim=in_dim, num_outputs=num_outputs, mixer_factory=attention,
             d_model=d_model, num_blocks=num_blocks, pool=pool, dropout=dropout,
             positional_encoding=positional_encoding, variant=variant,
+            frame_tokens=frame_tokens,
         )

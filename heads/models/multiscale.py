@@ -236,6 +236,8 @@ class MultiScaleDecoder(nn.Module):
         variant: ``official`` (:class:`DecoderBlock`: 1-D pooling over the flattened tokens,
             CLS included) or ``paper`` (:class:`PaperDecoderBlock`: Eq. 4, per-frame spatial
             pooling on the patch grid, CLS dropped).
+        frame_tokens: Tokens per frame before the decoder (:func:`reduce_frame_tokens`, the
+            §5.2 ablation: 196, 49, 25 or 1); None keeps the stored tokens.
 
     Forward:
         ``forward(x, mask)`` with x (B, T, N, D) patch tokens or (B, T, D) frame tokens and mask
@@ -263,6 +265,7 @@ class MultiScaleDecoder(nn.Module):
         dropout: float,
         positional_encoding: bool = False,
         variant: str = "official",
+        frame_tokens: int | None = None,
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -276,7 +279,7 @@ class MultiScaleDecoder(nn.Module):
                 "(each block halves the channels)"
             )
         self.d_model, self.positional_encoding = d_model, positional_encoding
-        self.variant = variant
+        self.variant, self.frame_tokens = variant, frame_tokens
         self.input_proj = nn.Linear(dim, d_model) if dim != d_model else nn.Identity()
         widths = [d_model // 2**i for i in range(num_blocks)]
         self.blocks = nn.ModuleList(
@@ -289,6 +292,8 @@ class MultiScaleDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         frame_mask, grid = mask, None
+        if self.frame_tokens is not None:
+            x = reduce_frame_tokens(x, self.frame_tokens)  # (B, T, N', D) or (B, T, D)
         if self.variant == "paper":
             x, grid = patch_grid(x)  # (B, T, G·G, D): CLS dropped
         x, mask = flatten_tokens(x, mask)  # (B, L, D), (B, L) with L = T·N
@@ -309,6 +314,44 @@ class MultiScaleDecoder(nn.Module):
             for block in self.blocks:
                 x, mask = block(x, mask)  # (B, L / 2^i, d_model / 2^i)
         return self.classifier(masked_mean(x, mask))  # (B, d_model / 2^num_blocks) -> (B, K)
+
+
+def reduce_frame_tokens(x: torch.Tensor, frame_tokens: int) -> torch.Tensor:
+    """ViS4mer §5.2's token-count ablation (Fig. 3, Tab. 3): "spatial max-pooling with a varying
+    stride individually on each frame"; "the 60 token baseline corresponds to a model that
+    operates only on the frame-level CLS tokens".
+
+    Args:
+        x: (B, T, N, D) with N = G² or CLS + G² (ViT-L/16: 197).
+        frame_tokens: Tokens kept per frame: 1 (the CLS token), or G'² for a max pooling of the
+            G × G grid with kernel = stride = ceil(G / G') (ceil mode): at G = 14, 196 (stride 1),
+            49 (stride 2 → 7 × 7) and 25 (stride 3 → 5 × 5), i.e. 11,760, 2,940 and 1,500 tokens
+            per 60 frames.
+
+    Returns:
+        (B, T, frame_tokens, D) patch tokens, or (B, T, D) CLS tokens for ``frame_tokens = 1``.
+
+    Raises:
+        ValueError: ``frame_tokens = 1`` without a CLS token, or no stride gives G'² tokens.
+    """
+    if x.dim() == 3:
+        return x  # already one token per frame
+    grid_tokens, grid = patch_grid(x)  # (B, T, G², D)
+    if frame_tokens == 1:
+        if grid_tokens.shape[2] == x.shape[2]:
+            raise ValueError("frame_tokens=1 keeps each frame's CLS token; these tokens have none")
+        return x[:, :, 0]  # (B, T, D)
+    side = math.isqrt(frame_tokens)
+    stride = -(-grid // side) if side else 0
+    if side * side != frame_tokens or not stride or -(-grid // stride) != side:
+        raise ValueError(f"frame_tokens {frame_tokens}: no pooling stride turns the {grid} × "
+                         f"{grid} grid into a square of that many tokens (e.g. 196, 49, 25, 1)")
+    if stride == 1:
+        return grid_tokens
+    batch, num_frames, _, dim = grid_tokens.shape
+    frames = grid_tokens.reshape(batch * num_frames, grid, grid, dim).permute(0, 3, 1, 2)
+    pooled = nn.functional.max_pool2d(frames, stride, stride, ceil_mode=True)  # (BT, D, G', G')
+    return pooled.permute(0, 2, 3, 1).reshape(batch, num_frames, side * side, dim)
 
 
 def patch_grid(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -94,6 +94,8 @@ class ViS4mer(MultiScaleDecoder):
         s4_lr: Learning rate of the S4 parameters A, B, dt (no weight decay on them).
         pool: ``avg`` or ``max``; None = the variant's (official ``avg``, paper ``max``).
         dropout: Dropout inside the S4 layer and on its output.
+        frame_tokens: Tokens per frame before the decoder, ViS4mer §5.2's ablation (196, 49,
+            25, or 1 = CLS only: 11,760, 2,940, 1,500, 60 tokens per 60 s); None = as stored.
         variant: ``official`` or ``paper`` (the module docstring's table).
 
     Forward:
@@ -116,6 +118,7 @@ class ViS4mer(MultiScaleDecoder):
         pool: str | None = None,
         dropout: float = 0.2,
         variant: str = "official",
+        frame_tokens: int | None = None,
     ):
         def s4(dim: int) -> nn.Module:
             return S4Layer(dim=dim, dropout=dropout, state_dim=state_dim, init=s4_init,
@@ -124,4 +127,5 @@ class ViS4mer(MultiScaleDecoder):
         super().__init__(
             name="vis4mer", in_dim=in_dim, num_outputs=num_outputs, mixer_factory=s4,
             d_model=d_model, num_blocks=num_blocks, pool=pool, dropout=dropout, variant=variant,
+            frame_tokens=frame_tokens,
         )
