@@ -95,6 +95,43 @@ def test_temporal_transformer_defaults_and_cls_attention():
         small(torch.randn(1, 16, 6), torch.ones(1, 16, dtype=torch.bool))
 
 
+def test_temporal_transformer_paper_variant_and_official_init():
+    """STAM §3: the temporal layers use "the same equations ... (7) through (9)": pre-LN, GELU
+    MLP (width not stated: 4 · d_model); the official code's init: Linear weights
+    truncated-normal std 0.02, biases 0."""
+    torch.manual_seed(0)
+    paper = create_head("temporal_transformer", in_dim=768, num_outputs=10, variant="paper")
+    layer = paper.encoder.layers[0]
+    assert layer.norm_first and layer.linear1.out_features == 3072
+    assert layer.activation is torch.nn.functional.gelu
+    official = create_head("temporal_transformer", in_dim=768, num_outputs=10)
+    for model in (paper, official):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 6 * 3 + 1  # per layer out_proj, linear1, linear2; classifier
+        for linear in linears:
+            # trunc_normal_(std=.02) truncates at ±2 (absolute, as timm's): a normal of std 0.02
+            assert linear.weight.std().item() == pytest.approx(0.02, abs=0.001)
+            assert (linear.bias == 0).all()
+    with pytest.raises(ValueError, match="unknown variant 'post'; valid: official, paper"):
+        create_head("temporal_transformer", in_dim=8, num_outputs=2, variant="post")
+
+
+def test_mean_head_with_a_single_linear_is_stams_baseline():
+    """STAM's MeanAggregate: the mean of the frame embeddings, then the one classifier Linear."""
+    model = create_head("mean", in_dim=768, num_outputs=400, hidden_dim=None)
+    assert isinstance(model.mlp, torch.nn.Linear)
+    assert sum(p.numel() for p in model.parameters()) == 768 * 400 + 400
+    x, mask = torch.randn(2, 5, 768), lengths_mask([5, 2], 5)
+    expected = model.mlp(torch.stack([x[0].mean(0), x[1, :2].mean(0)]))
+    torch.testing.assert_close(model(x, mask), expected)
+
+
+def test_stam_trains_30_epochs():
+    from heads.config_files import head_file_values
+
+    assert head_file_values("temporal_transformer")["epochs"] == 30  # STAM §4 Training
+
+
 # ------------------------------------------------------------------------------------ stat
 
 

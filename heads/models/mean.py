@@ -1,7 +1,11 @@
-"""The ``mean`` head: masked average pooling over time, then an MLP.
+"""The ``mean`` head: masked average pooling over time, then an MLP (or a single Linear).
 
 The temporal-pooling baseline of STAN (Fish et al., BMVC 2022, Tab. 1) and STAM (Sharir et al.,
-2021, Tab. 2): it sees which features occur in a video but not in what order.
+2021, Tab. 2): it sees which features occur in a video but not in what order. STAM's is the
+mean of the frame embeddings and its single classification Linear (official code:
+``MeanAggregate`` + the model's head): ``--head-kwarg hidden_dim=null``. Neither paper states
+the baseline's classifier beyond that; the default MLP (hidden 512, GELU, dropout 0.1) is
+longvid's choice.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ class MeanHead(nn.Module):
     Args:
         in_dim: D, or one D_i per stream.
         num_outputs: K classes, or 1 for regression.
-        hidden_dim: Width of the MLP's hidden layer.
-        dropout: Dropout probability after the hidden layer.
+        hidden_dim: Width of the MLP's hidden layer; None = a single Linear (STAM's baseline).
+        dropout: Dropout probability after the hidden layer (unused without one).
 
     Forward:
         ``forward(x_0, mask_0, ..., x_{S-1}, mask_{S-1})`` with x_i (B, T_i, D_i), mask_i (B, T_i)
@@ -56,7 +60,7 @@ class MeanHead(nn.Module):
         *,
         in_dim: int | Sequence[int],
         num_outputs: int,
-        hidden_dim: int = 512,
+        hidden_dim: int | None = 512,
         dropout: float = 0.1,
     ):
         super().__init__()
@@ -65,12 +69,15 @@ class MeanHead(nn.Module):
         self.streams = ("tokens",) if num_streams == 1 else tuple(
             f"tokens_{i}" for i in range(num_streams)
         )
-        self.mlp = nn.Sequential(
-            nn.Linear(sum(self.in_dims), hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, num_outputs),
-        )
+        if hidden_dim is None:
+            self.mlp = nn.Linear(sum(self.in_dims), num_outputs)
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(sum(self.in_dims), hidden_dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_dim, num_outputs),
+            )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
         inputs = (x, mask, *more)

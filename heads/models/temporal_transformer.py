@@ -1,18 +1,22 @@
 """The ``temporal_transformer`` head: STAM's temporal transformer over per-frame embeddings.
 
 Source: G. Sharir, A. Noy, L. Zelnik-Manor, "An Image is Worth 16x16 Words, What is a Video
-Worth?", 2021 (arXiv:2103.13915), §3: a ViT-B/16 embeds each sampled frame (its CLS output,
-768-d); a temporal transformer (6 layers, 8 heads, learned positional embedding, a prepended CLS
-token) aggregates the frames, and a linear layer classifies the temporal CLS output.
+Worth?", 2021 (arXiv:2103.13915), ``../shared/papers/stam.txt``, §3: a ViT-B/16 embeds each
+sampled frame (its CLS output, 768-d, Eq. 10); a temporal transformer (6 layers, 8 heads,
+learned positional embedding, a prepended CLS token) aggregates the frames with "the same
+equations of the attention block eqn. (7) through (9)" (pre-LN attention and a 2-layer GELU
+MLP), the top CLS goes through a LayerNorm (Eq. 11) and a linear layer classifies it.
 
-The paper's full text could not be consulted here (searched: the ``pages`` corpus for the title
-and "temporal transformer 6 layers 8 heads"; only abstracts came back). The layer details below
-were read from the authors' official repository (Alibaba-MIIL/STAM,
-``src/models/temporal_aggregation.py``, class ``TAggregate``; read to learn the method, no code
-copied): ``torch.nn.TransformerEncoderLayer(d_model=768, nhead=8)`` with PyTorch's defaults —
-feed-forward width 2048, ReLU, dropout 0.1, post-norm — stacked 6 times with a final LayerNorm;
-CLS and position embedding (``clip_length + 1`` rows) initialised truncated-normal with std 0.02;
-no dropout on the embedded sequence; the frame embeddings enter without a projection.
+The official repository (Alibaba-MIIL/STAM, ``src/models/temporal_aggregation.py``,
+``TAggregate``; read, not copied) builds the layers differently:
+``torch.nn.TransformerEncoderLayer(d_model=768, nhead=8)`` with PyTorch's defaults — post-LN,
+ReLU, feed-forward 2048, dropout 0.1 — × 6 and a final LayerNorm. Both are offered
+(``variant``): ``official`` (default: the code behind the reported numbers) and ``paper``
+(pre-LN, GELU; the MLP width is not stated: 4 × d_model, ViT-B's 3072). Both use the official
+initialisation (the paper states none): CLS, position embedding (``clip_length + 1`` rows in
+the code) and every Linear weight truncated-normal with std 0.02, Linear biases 0; no dropout
+on the embedded sequence; frame embeddings enter without a projection. Training (§4
+"Training"): 30 epochs, learning-rate warm-up and a cosine schedule (heads/configs).
 """
 
 from __future__ import annotations
@@ -36,8 +40,7 @@ class TemporalTransformer(nn.Module):
     LayerNorm → CLS output → Linear to K.
 
     Chosen here, not in STAM: ``max_positions`` 1024 (STAM's table has ``clip_length + 1`` rows
-    for its 16–64 frames; longer inputs need a larger table); ``norm_first`` and
-    ``activation`` are exposed for the pre-norm GELU variant of ViT-style layers.
+    for its 16–64 frames; longer inputs need a larger table).
 
     Args:
         in_dim: Frame feature dim D.
@@ -45,12 +48,13 @@ class TemporalTransformer(nn.Module):
         d_model: Transformer width.
         num_heads: Attention heads per layer.
         num_layers: Encoder layers.
-        ff_dim: Feed-forward width.
+        ff_dim: Feed-forward width; None = the variant's (official 2048, paper 4 · d_model).
         max_positions: Largest T + 1 the positional embedding covers.
         dropout: Dropout in the encoder layers (attention weights and both residual branches).
         embed_dropout: Dropout on the embedded sequence (0 in STAM).
-        activation: ``relu`` (STAM) or ``gelu``, the feed-forward non-linearity.
-        norm_first: Pre-norm layers instead of STAM's post-norm ones.
+        activation: ``relu`` or ``gelu``; None = the variant's (official relu, paper gelu).
+        norm_first: Pre-norm layers; None = the variant's (official post-norm, paper pre-norm).
+        variant: ``official`` (STAM's code) or ``paper`` (Eq. 7–9), see the module docstring.
 
     Forward:
         ``forward(x, mask)`` with x (B, T, D) and mask (B, T) bool, True at real frames; returns
@@ -67,14 +71,23 @@ class TemporalTransformer(nn.Module):
         d_model: int = 768,
         num_heads: int = 8,
         num_layers: int = 6,
-        ff_dim: int = 2048,
+        ff_dim: int | None = None,
         max_positions: int = 1024,
         dropout: float = 0.1,
         embed_dropout: float = 0.0,
-        activation: str = "relu",
-        norm_first: bool = False,
+        activation: str | None = None,
+        norm_first: bool | None = None,
+        variant: str = "official",
     ):
         super().__init__()
+        variants = {"official": (2048, "relu", False), "paper": (4 * d_model, "gelu", True)}
+        if variant not in variants:
+            raise ValueError(f"temporal_transformer: unknown variant {variant!r}; valid: "
+                             f"{', '.join(variants)}")
+        defaults = variants[variant]
+        ff_dim = defaults[0] if ff_dim is None else ff_dim
+        activation = defaults[1] if activation is None else activation
+        norm_first = defaults[2] if norm_first is None else norm_first
         if d_model % num_heads:
             raise ValueError(
                 f"temporal_transformer: d_model {d_model} is not divisible by num_heads "
@@ -102,6 +115,10 @@ class TemporalTransformer(nn.Module):
             layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
         self.classifier = nn.Linear(d_model, num_outputs)
+        for module in self.modules():  # the official _init_weights (attention out_proj included)
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
     def _embed(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedded sequence (B, 1+T, d_model) and the key padding mask (B, 1+T), True = ignore."""
