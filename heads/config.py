@@ -127,6 +127,9 @@ class TrainConfig(RunConfig):
     # would take over a quarter of the RAM). See heads.data.load_task_data.
     data_loading: str = "auto"
     stream_cache_mib: float = 1024.0  # parts kept in RAM while streaming
+    # Per-dimension feature standardisation on the train split's statistics. No paper does it
+    # (longvid's deviation, docs/fidelity.md); false feeds the stored features as they are.
+    standardize: bool = True
     config_files: tuple[str, ...] = ()  # TOML files the config was built from (provenance)
 
     _inputs = "feature sets"

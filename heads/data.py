@@ -537,7 +537,9 @@ class Standardizer:
     """Per-dimension feature standardisation, fitted on the train split of each stream.
 
     Randomly initialised or ImageNet backbones give features of arbitrary scale; centring and
-    scaling per dimension makes one learning rate work for every feature set.
+    scaling per dimension makes one learning rate work for every feature set. None of the five
+    papers standardises its features: this is longvid's deviation, on by default and off with
+    ``standardize = false`` (:class:`heads.config.TrainConfig`; ``docs/fidelity.md``).
 
     Args:
         mean: Per stream, (D_i,) float32 mean.
@@ -547,6 +549,11 @@ class Standardizer:
     def __init__(self, mean: Sequence[np.ndarray], std: Sequence[np.ndarray]):
         self.mean = [np.asarray(m, dtype=np.float32) for m in mean]
         self.std = [np.asarray(s, dtype=np.float32) for s in std]
+
+    @classmethod
+    def identity(cls, dims: Sequence[int]) -> Standardizer:
+        """The standardiser that changes no value (mean 0, std 1), for streams of ``dims``."""
+        return cls([np.zeros(d) for d in dims], [np.ones(d) for d in dims])
 
     @classmethod
     def fit(cls, videos: Sequence[Sequence[np.ndarray]]) -> Standardizer:

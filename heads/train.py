@@ -130,7 +130,9 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
     autocast, scaler = mixed_precision(device, config.amp)
     kind = data.task.kind
     streaming = isinstance(data.tokens["train"], StoredVideos)
-    standardizer = Standardizer.fit(data.tokens["train"])
+    dims = [int(fs.attrs["dim"]) for fs in data.feature_sets]
+    standardizer = (Standardizer.fit(data.tokens["train"]) if config.standardize
+                    else Standardizer.identity(dims))
     if streaming:  # standardised as each video is read
         tokens = {s: data.tokens[s].with_transform(standardizer.apply) for s in SPLITS}
     else:
@@ -141,8 +143,7 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
     loader, generators = _train_loader(config, tokens["train"], data.times["train"],
                                        train_targets, streaming)
 
-    in_dim = [int(fs.attrs["dim"]) for fs in data.feature_sets]
-    head_args = {"in_dim": in_dim, "num_outputs": data.task.num_outputs, **config.head_kwargs}
+    head_args = {"in_dim": dims, "num_outputs": data.task.num_outputs, **config.head_kwargs}
     try:
         model = create_head(config.head, task_kind=kind, **head_args).to(device)
     except TypeError as err:

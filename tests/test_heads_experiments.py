@@ -534,3 +534,20 @@ def test_lst_trains_with_vis4mers_optimiser():
     vis4mer, lst = head_file_values("vis4mer", "lvu"), head_file_values("lst", "lvu")
     assert {k: lst[k] for k in keys} == {k: vis4mer[k] for k in keys}
     assert (vis4mer["lr"], vis4mer["weight_decay"], vis4mer["batch_size"]) == (1e-3, 0.01, 16)
+
+
+def test_standardisation_can_be_switched_off(toy, tmp_path):
+    """No paper standardises its features: `standardize = false` feeds them as stored."""
+    import torch
+
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    runs = {}
+    for flag in (True, False):
+        config = toy_config(toy, standardize=flag, runs_dir=str(tmp_path / str(flag)))
+        runs[flag] = train(config, catalog=toy_catalog(), log=lambda _: None)
+    state = torch.load(Path(runs[False]["run_dir"]) / "checkpoint.pt", weights_only=True)
+    assert all((m == 0).all() for m in state["standardizer"]["mean"])
+    assert all((s == 1).all() for s in state["standardizer"]["std"])
+    assert runs[True]["history"] != runs[False]["history"]
