@@ -127,6 +127,8 @@ def average_windows(outputs: np.ndarray, task_kind: str) -> np.ndarray:
         (K,) float32: for W = 1 the window's output itself; else, for classification
         ``log(mean softmax)``, for multi-label ``logit(mean sigmoid)``, for regression the mean.
     """
+    if task_kind not in ("classification", "multilabel", "regression"):
+        raise ValueError(f"unknown task kind {task_kind!r}")
     if len(outputs) == 1:
         return outputs[0].astype(np.float32)
     x = torch.from_numpy(np.asarray(outputs, dtype=np.float64))  # (W, K)
@@ -134,10 +136,8 @@ def average_windows(outputs: np.ndarray, task_kind: str) -> np.ndarray:
         out = torch.softmax(x, dim=1).mean(0).clamp_min(1e-300).log()
     elif task_kind == "multilabel":
         out = torch.logit(torch.sigmoid(x).mean(0), eps=1e-12)
-    elif task_kind == "regression":
-        out = x.mean(0)
     else:
-        raise ValueError(f"unknown task kind {task_kind!r}")
+        out = x.mean(0)  # regression
     return out.numpy().astype(np.float32)
 
 
