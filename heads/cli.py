@@ -332,9 +332,17 @@ def explain(
 def list_command(
     in_dim: Annotated[int, typer.Option(help="Feature dim D of every stream.")] = 512,
     num_outputs: Annotated[int, typer.Option(help="K, the number of outputs.")] = 3,
+    paper: Annotated[bool, typer.Option(
+        "--paper", help="The sizes the papers state (VTN, STAN, STAM) next to ours at the "
+                        "paper's setting, with their ratio.")] = False,
 ) -> None:
     """Every registered head, its input streams and its parameter count at default size
-    (``mean`` counted with one stream)."""
+    (``mean`` counted with one stream); ``--paper``: the papers' model sizes against ours."""
+    if paper:
+        from heads.paper_sizes import format_paper_table, paper_table
+
+        typer.echo(format_paper_table(paper_table()))
+        return
     from heads.models import create_head, get_head_class, list_heads
 
     rows = [("head", "streams", "parameters")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEVICES = ("cpu", "cuda", "auto")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,11 +46,19 @@ class RunConfig:
     runs_dir: str = "runs"  # parent of the run directories
     epochs: int = 50  # upper bound; early stopping usually ends sooner on small datasets
     batch_size: int = 16  # videos per step; LVU-sized datasets have only hundreds of videos
-    lr: float = 3e-4  # peak AdamW learning rate after warm-up
-    weight_decay: float = 0.01  # AdamW decay on weight matrices only (not biases / norms)
-    # Learning-rate schedule, by name (heads.optim.SCHEDULES); warmup_cosine: linear warm-up
-    # over warmup_epochs, then cosine decay to 0 at the last epoch's last step.
+    lr: float = 3e-4  # peak learning rate after warm-up
+    weight_decay: float = 0.01  # decay on weight matrices only (not biases / norms)
+    # `adamw`, or `sgd` (VTN §4.1: SGD, momentum 0.9; official: Nesterov, decay 1e-4).
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    # Learning-rate schedule, by name (heads.optim.SCHEDULES): `warmup_cosine`, linear warm-up
+    # over warmup_epochs then cosine decay to 0 at the last epoch's last step (warmup_epochs = 0:
+    # plain cosine, VTN's R50/101 schedule); `steps`, the lr times lr_gamma at each epoch of
+    # lr_milestones (VTN's ViT-B schedule: 13, 24), after the same warm-up.
     schedule: str = "warmup_cosine"
+    lr_milestones: tuple[int, ...] = ()  # `steps`: epochs at which the lr is multiplied
+    lr_gamma: float = 0.1  # `steps`: the factor
     warmup_epochs: int = 2  # linear warm-up keeps early transformer updates from diverging
     grad_clip: float = 1.0  # max global gradient norm
     patience: int = 10  # stop after this many epochs without val improvement; 0 = never
@@ -59,6 +68,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         from heads.optim import SCHEDULES
 
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         checks = {
             "--epochs": (self.epochs >= 1, "at least 1", self.epochs),
             "--batch-size": (self.batch_size >= 1, "at least 1", self.batch_size),
@@ -67,6 +77,12 @@ class RunConfig:
             "--warmup-epochs": (self.warmup_epochs >= 0, "non-negative", self.warmup_epochs),
             "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
             "--patience": (self.patience >= 0, "non-negative", self.patience),
+            "--optimizer": (self.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS),
+                            self.optimizer),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1)", self.momentum),
+            "lr_gamma": (0 < self.lr_gamma <= 1, "in (0, 1]", self.lr_gamma),
+            "lr_milestones": (all(m >= 1 for m in self.lr_milestones), "epochs >= 1",
+                              self.lr_milestones),
             **self._checks(),
         }
         for flag, (ok, wanted, value) in checks.items():
@@ -120,6 +136,11 @@ class TrainConfig(RunConfig):
     # probabilities averaged; 0 = whole videos; None = the head's (vis4mer: 60).
     window_sec: float | None = None
     eval_stride_sec: float = 1.0  # seconds between evaluation windows (official ViS4mer: 1)
+    # VTN protocol (§4.1): train on a random clip of train_clip_sec seconds (2.56 or 5.12)
+    # subsampled to train_clip_frames tokens (16 or 32), evaluate on the whole video (the `full`
+    # plan's 250 frames); 0 = off. Exclusive with window_sec.
+    train_clip_sec: float = 0.0
+    train_clip_frames: int = 16
     store: str = "store"  # feature store root written by `pipeline extract`
     amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
     # Where tokens live while training: `preload` (RAM), `stream` (read from the store part by
@@ -144,8 +165,16 @@ class TrainConfig(RunConfig):
             )
         if self.stream_cache_mib <= 0:
             raise ValueError(f"stream_cache_mib must be positive, got {self.stream_cache_mib}")
+        if self.train_clip_sec > 0 and (self.window_sec or 0) > 0:
+            raise ValueError(
+                f"train_clip_sec {self.train_clip_sec} and --window-sec {self.window_sec} are two "
+                "training protocols (VTN's clips, ViS4mer's windows); set one of them to 0"
+            )
 
     def _checks(self) -> dict[str, tuple[bool, str, object]]:
         return {"--window-sec": (self.window_sec is None or self.window_sec >= 0,
                                  "non-negative", self.window_sec),
-                "--eval-stride-sec": (self.eval_stride_sec > 0, "positive", self.eval_stride_sec)}
+                "--eval-stride-sec": (self.eval_stride_sec > 0, "positive", self.eval_stride_sec),
+                "train_clip_sec": (self.train_clip_sec >= 0, "non-negative", self.train_clip_sec),
+                "train_clip_frames": (self.train_clip_frames >= 1, "at least 1",
+                                      self.train_clip_frames)}

@@ -453,6 +453,8 @@ class StoredVideos(Sequence):
         ValueError: a video's tokens hold NaN or inf (the message names it and the set).
     """
 
+    lazy = True  # read on access: FeatureDataset converts items as they are fetched
+
     def __init__(self, feature_sets: Sequence[FeatureSet], rows: Sequence[Sequence[dict]], *,
                  cache: PartCache, transform: Callable | None = None):
         self.feature_sets, self.rows = list(feature_sets), [list(r) for r in rows]
@@ -633,7 +635,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         if len(tokens) != len(targets):
             raise ValueError(f"{len(tokens)} videos but {len(targets)} targets")
         # Stored videos are converted when fetched; preloaded ones once, here.
-        self.tokens = tokens if isinstance(tokens, StoredVideos) else [_tensors(v) for v in tokens]
+        self.lazy = getattr(tokens, "lazy", False)
+        self.tokens = tokens if self.lazy else [_tensors(v) for v in tokens]
         self.targets = torch.from_numpy(np.ascontiguousarray(targets))
 
     def __len__(self) -> int:
@@ -641,7 +644,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         streams = self.tokens[i]
-        if isinstance(self.tokens, StoredVideos):
+        if self.lazy:
             streams = _tensors(streams)
         return streams, self.targets[i]
 

@@ -21,7 +21,7 @@ from catalogs.base import SPLITS
 from heads.data import Standardizer, StoredVideos, _in_memory, load_task_data
 from heads.metrics import compute_metrics, details, majority_baseline
 from heads.runs import load_head, predictions_frame
-from heads.windows import predict_videos
+from heads.windows import predict_videos, with_token_times
 
 
 @dataclass
@@ -75,6 +75,8 @@ class LoadedRun:
             standardised = tokens.with_transform(self.standardizer.apply)
         else:
             standardised = [self.standardizer.apply(v) for v in tokens]
+        if getattr(self.model, "uses_token_times", False):  # one more stream: the token times
+            standardised, times = with_token_times(standardised, times)
         outputs = predict_videos(
             self.model, standardised, times, task_kind=self.task["kind"],
             window_sec=float(self.config.get("window_sec") or 0),

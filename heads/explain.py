@@ -67,6 +67,8 @@ def explain_video(
     feature_sets = run.feature_sets(store)
     videos = [fs.read(video_id) for fs in feature_sets]
     streams = run.standardizer.apply([_in_memory(v.tokens) for v in videos])
+    if getattr(run.model, "uses_token_times", False):  # one more stream: the token times
+        streams.append(np.stack([videos[0].start_sec, videos[0].end_sec], axis=1))
     inputs = []
     for x in streams:
         x = torch.from_numpy(np.ascontiguousarray(x)).float().unsqueeze(0)  # (1, T, D)

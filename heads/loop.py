@@ -2,9 +2,10 @@
 
 A recipe builds its model and data, then hands them to a :class:`Trainer`:
 
-- setup: AdamW over the recipe's parameter groups (S4's own group, a lower rate for pretrained
-  backbones), the learning-rate schedule named by ``RunConfig.schedule``
-  (:data:`heads.optim.SCHEDULES`), autocast and the fp16 loss scaler;
+- setup: the optimiser named by ``RunConfig.optimizer`` (AdamW, or SGD for VTN) over the
+  recipe's parameter groups (S4's own group, a lower rate for pretrained backbones), the
+  learning-rate schedule named by ``RunConfig.schedule`` (:data:`heads.optim.SCHEDULES`),
+  autocast and the fp16 loss scaler;
 - :meth:`Trainer.fit`: per epoch one pass over the recipe's batches (task loss + the head's
   ``aux_loss``, backward, gradient clipping, optimiser and schedule step), the validation metric
   (:class:`Evaluator`: windowed or per clip, whatever the recipe's ``predict`` does), best-on-val
@@ -32,7 +33,7 @@ from torch import nn
 from catalogs.base import SPLITS
 from heads.config import RunConfig
 from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
-from heads.optim import build_schedule, rng_state, set_rng_state
+from heads.optim import build_optimizer, build_schedule, rng_state, set_rng_state
 from heads.runs import TrainingLog
 
 # A batch as the loop sees it: the model's positional inputs (on its device) and the targets.
@@ -130,7 +131,7 @@ class Trainer:
         model: The model, on ``device``; ``model(*inputs)`` gives (B, K) outputs and may set
             ``model.aux_loss``.
         config: The run's config (optimisation and loop fields).
-        groups: AdamW parameter groups (:func:`heads.optim.param_groups`).
+        groups: Parameter groups (:func:`heads.optim.param_groups`).
         steps_per_epoch: Optimiser steps per epoch (sizes the schedule).
         kind: Task kind (loss, primary metric).
         run_dir: Where the checkpoints and TensorBoard files go.
@@ -150,10 +151,12 @@ class Trainer:
                  checkpoint_fields: Callable[[], dict], autocast=None, scaler=None,
                  state_keys: Sequence[str] | None = None, generators: dict | None = None):
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        self.optimizer = build_optimizer(config.optimizer, groups, lr=config.lr,
+                                         momentum=config.momentum, nesterov=config.nesterov)
         self.scheduler = build_schedule(
             config.schedule, self.optimizer, warmup_steps=config.warmup_epochs * steps_per_epoch,
-            total_steps=config.epochs * steps_per_epoch,
+            total_steps=config.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+            milestones=config.lr_milestones, gamma=config.lr_gamma,
         )
         self.autocast = autocast or nullcontext
         self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)

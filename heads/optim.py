@@ -50,33 +50,82 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int):
+def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, **_):
     """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``
     (:func:`lr_factor`), as a ``torch.optim.lr_scheduler.LambdaLR`` stepped once per batch.
 
-    Which paper uses it: none of the five states its schedule for the cached heads; this is
-    longvid's default for the transformer heads (warm-up keeps early updates from diverging).
+    Which paper uses it: STAM §4 (warm-up + cosine); VTN §4.1's "cosine schedule decay" of
+    R50/101-VTN is the same with ``warmup_steps = 0`` (official SlowFast ``cosine`` policy,
+    evaluated per iteration). Longvid's default for the other transformer heads, whose papers
+    do not state a schedule (warm-up keeps early updates from diverging).
     """
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps)
     )
 
 
+def step_factor(step: int, *, warmup_steps: int, milestone_steps: tuple[int, ...],
+                gamma: float) -> float:
+    """Learning-rate multiplier: linear warm-up, then ``gamma`` per milestone passed."""
+    warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+    return warm * gamma ** sum(step >= m for m in milestone_steps)
+
+
+def steps(optimizer, *, warmup_steps: int, steps_per_epoch: int, milestones: tuple[int, ...],
+          gamma: float, **_):
+    """The lr times ``gamma`` at the start of each epoch in ``milestones`` (after a linear
+    warm-up of ``warmup_steps``), a ``LambdaLR`` stepped once per batch.
+
+    Which paper uses it: VTN §4.1 "steps-based for the ViT-VTN versions"; the official
+    ``VIT_B_VTN.yaml``: ``steps_with_relative_lrs``, steps [0, 13, 24], lrs [1, 0.1, 0.01],
+    25 epochs (``milestones=(13, 24)``, ``gamma=0.1``).
+
+    Raises:
+        ValueError: ``milestones`` is empty.
+    """
+    if not milestones:
+        raise ValueError("the steps schedule needs lr_milestones (epochs), e.g. [13, 24]")
+    milestone_steps = tuple(m * steps_per_epoch for m in milestones)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        step_factor, warmup_steps=warmup_steps, milestone_steps=milestone_steps, gamma=gamma))
+
+
 # Learning-rate schedules by name (`--schedule`, RunConfig.schedule): a builder
-# `(optimizer, *, warmup_steps, total_steps) -> LRScheduler`, stepped once per optimiser step.
-# The papers' other schedules (VTN's steps, ViS4mer's plateau decay) are added here.
-SCHEDULES: dict[str, Callable] = {"warmup_cosine": warmup_cosine}
+# `(optimizer, *, warmup_steps, total_steps, steps_per_epoch, milestones, gamma) ->
+# LRScheduler` (keywords it does not use are ignored), stepped once per optimiser step.
+# ViS4mer's official ReduceLROnPlateau (stepped on a metric per epoch) is not here yet.
+SCHEDULES: dict[str, Callable] = {"warmup_cosine": warmup_cosine, "steps": steps}
 
 
-def build_schedule(name: str, optimizer, *, warmup_steps: int, total_steps: int):
+def build_schedule(name: str, optimizer, *, warmup_steps: int, total_steps: int,
+                   steps_per_epoch: int = 1, milestones: tuple[int, ...] = (),
+                   gamma: float = 0.1):
     """The learning-rate scheduler ``name`` of :data:`SCHEDULES` for ``optimizer``.
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones).
+        ValueError: unknown name (the message lists the valid ones), or settings the schedule
+            cannot use.
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+    return SCHEDULES[name](optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
+                           steps_per_epoch=steps_per_epoch, milestones=milestones, gamma=gamma)
+
+
+def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float = 0.9,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    """``adamw`` (longvid's default for cached heads; ViS4mer §4.4) or ``sgd`` with
+    ``momentum`` and optional Nesterov (VTN §4.1; official SlowFast: Nesterov, dampening 0)
+    over :func:`param_groups`' groups.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"unknown optimizer {name!r}; valid optimizers: adamw, sgd")
 
 
 def seed_everything(seed: int) -> None:

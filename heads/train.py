@@ -4,8 +4,9 @@ A recipe in torchtune's shape, read top to bottom in :func:`train`:
 
 - :func:`build`: the config's file defaults, the catalog, the feature sets (one per stream) and
   the task's tokens, in memory or streamed from the store;
-- :func:`setup`: seed, per-stream standardisation, the train batches (random windows for the
-  LVU protocol), the head, the run directory with ``config.json`` and ``environment.json``, and
+- :func:`setup`: seed, per-stream standardisation, the head, the train batches (random windows
+  for the LVU protocol, random clips for VTN's; the token times as one more stream for a head
+  that reads them), the run directory with ``config.json`` and ``environment.json``, and
   the :class:`heads.loop.Trainer` (AdamW, the named schedule, mixed precision on CUDA);
 - train: :meth:`heads.loop.Trainer.fit`, the loop ``heads finetune`` shares: best-on-val
   selection with early stopping, TensorBoard scalars, ``checkpoint.pt`` (best) and
@@ -53,7 +54,12 @@ from heads.runs import (
     predictions_frame,
     write_json,
 )
-from heads.windows import RandomWindowDataset, predict_videos
+from heads.windows import (
+    RandomClipDataset,
+    RandomWindowDataset,
+    predict_videos,
+    with_token_times,
+)
 
 __all__ = ["TrainConfig", "train"]
 
@@ -140,8 +146,6 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
     target_norm = TargetNorm.fit(kind, data.targets["train"])
     train_targets = target_norm.to_train(data.targets["train"]) if target_norm \
         else data.targets["train"]
-    loader, generators = _train_loader(config, tokens["train"], data.times["train"],
-                                       train_targets, streaming)
 
     head_args = {"in_dim": dims, "num_outputs": data.task.num_outputs, **config.head_kwargs}
     try:
@@ -150,10 +154,16 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
         raise ValueError(
             f"head {config.head!r} rejected its arguments ({err}); check --head-kwarg"
         ) from err
+    times = data.times
+    if getattr(model, "uses_token_times", False):  # one more stream: the token times
+        pairs = {s: with_token_times(tokens[s], times[s]) for s in SPLITS}
+        tokens, times = {s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()}
+    loader, generators = _train_loader(config, tokens["train"], times["train"], train_targets,
+                                       streaming)
 
     def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
         outputs = predict_videos(
-            model, tokens[split], data.times[split], task_kind=kind,
+            model, tokens[split], times[split], task_kind=kind,
             window_sec=config.window_sec, stride_sec=config.eval_stride_sec,
             batch_size=config.batch_size, device=device, autocast=autocast,
         )
@@ -208,9 +218,13 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
 
 
 def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, streaming: bool):
-    """The train videos' loader (whole videos, or a fresh random window of each every epoch
-    under the LVU protocol) and the generators its draws come from."""
-    if config.window_sec > 0:
+    """The train videos' loader (whole videos, a fresh random window of each every epoch under
+    the LVU protocol, or a random clip under VTN's) and the generators its draws come from."""
+    if config.train_clip_sec > 0:
+        train_set = RandomClipDataset(tokens, times, targets, clip_sec=config.train_clip_sec,
+                                      num_frames=config.train_clip_frames, seed=config.seed)
+        generators = {"windows": train_set.rng}
+    elif config.window_sec > 0:
         train_set = RandomWindowDataset(tokens, times, targets, window_sec=config.window_sec,
                                         seed=config.seed)
         generators = {"windows": train_set.rng}

@@ -141,6 +141,62 @@ def average_windows(outputs: np.ndarray, task_kind: str) -> np.ndarray:
     return out.numpy().astype(np.float32)
 
 
+def clip_streams(streams: Sequence[np.ndarray], times: Sequence[np.ndarray], lo_sec: float,
+                 hi_sec: float, num_frames: int) -> list[np.ndarray]:
+    """``num_frames`` tokens per stream at evenly spaced instants of ``[lo_sec, hi_sec]`` (VTN
+    §4.1: a clip's frames "subsampled uniformly to a fixed number of frames N"; official
+    ``temporal_sampling``: ``linspace`` over the clip, clamped to the video).
+
+    At each instant the token whose span holds it is taken (the last token starting at or before
+    it; the first token before the first start). Tokens coarser than the instants repeat, as the
+    official code repeats frames of a clip longer than the video.
+
+    Args:
+        streams: One video's (T_i, ...) arrays, sorted by start time.
+        times: The matching (T_i, 2) [start_sec, end_sec] arrays.
+        lo_sec: Clip start, seconds.
+        hi_sec: Clip end, seconds.
+        num_frames: N.
+
+    Returns:
+        Per stream, an (N, ...) array.
+    """
+    instants = np.linspace(lo_sec, hi_sec, num_frames)  # (N,)
+    out = []
+    for x, t in zip(streams, times):
+        idx = np.searchsorted(t[:, 0], instants, side="right") - 1  # (N,)
+        out.append(x[np.clip(idx, 0, len(t) - 1)])
+    return out
+
+
+class TimedVideos(Sequence):
+    """Videos with one more stream: their first stream's token times, (T, 2) float32
+    [start_sec, end_sec], for heads whose ``uses_token_times`` is true (VTN's frame-index
+    positions). Attributes other than the item access come from the wrapped videos (e.g.
+    :class:`heads.data.StoredVideos`'s ``parts``)."""
+
+    def __init__(self, tokens: Sequence, times: Times):
+        self.tokens, self.times = tokens, times
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> list[np.ndarray]:
+        return [*self.tokens[i], np.asarray(self.times[i][0], dtype=np.float32)]
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("tokens", "times"):
+            raise AttributeError(name)
+        return getattr(self.tokens, name)
+
+
+def with_token_times(tokens: Sequence, times: Times) -> tuple[TimedVideos, list]:
+    """``(tokens, times)`` with the times stream appended to every video (see
+    :class:`TimedVideos`); the new stream's own times are the first stream's, so windows and
+    clips cut it exactly as they cut that stream."""
+    return TimedVideos(tokens, times), [[*t, t[0]] for t in times]
+
+
 class RandomWindowDataset(FeatureDataset):
     """Training videos as one random ``window_sec`` window each time they are fetched.
 
@@ -166,15 +222,54 @@ class RandomWindowDataset(FeatureDataset):
         self.window_sec = window_sec
         self.rng = np.random.default_rng(seed)
 
-    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _draw(self, i: int):
+        """Video ``i``'s streams, target, times, a random start and the video's duration."""
         streams, target = super().__getitem__(i)
         times = self.times[i]
         duration = video_duration_sec(times)
         lo_sec = self.rng.uniform(0.0, max(0.0, duration - self.window_sec))
+        return streams, target, times, lo_sec, duration
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        streams, target, times, lo_sec, _ = self._draw(i)
         cut = window_streams(streams, times, lo_sec, lo_sec + self.window_sec)
         if not all(len(x) for x in cut):  # a gap in some stream: fall back to the whole video
             cut = streams
         return cut, target
+
+
+class RandomClipDataset(RandomWindowDataset):
+    """Training videos as one random clip each time they are fetched: VTN §4.1 ("a random
+    frame as the starting point, then sampling 2.56 or 5.12 seconds as the video's temporal
+    footprint ... subsampled uniformly to a fixed number of frames N (N = 16, 32)").
+
+    The start is uniform in ``[0, max(0, duration - clip_sec)]`` (official ``random.uniform(0,
+    delta)``), the clip ends at ``min(start + clip_sec, duration)``, and :func:`clip_streams`
+    takes ``num_frames`` tokens of every stream.
+
+    Args:
+        tokens: Per video, one array per stream.
+        times: Per video, one (T_i, 2) [start_sec, end_sec] array per stream.
+        targets: Encoded targets, first axis N.
+        clip_sec: The temporal footprint, seconds (VTN: 2.56 or 5.12).
+        num_frames: Tokens per clip (VTN: 16 or 32).
+        seed: Seeds the clip draws.
+
+    Raises:
+        ValueError: lengths differ, ``clip_sec`` is not positive or ``num_frames`` below 1.
+    """
+
+    def __init__(self, tokens, times: Times, targets: np.ndarray, *, clip_sec: float,
+                 num_frames: int, seed: int):
+        super().__init__(tokens, times, targets, window_sec=clip_sec, seed=seed)
+        if num_frames < 1:
+            raise ValueError(f"train_clip_frames must be at least 1, got {num_frames}")
+        self.num_frames = num_frames
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        streams, target, times, lo_sec, duration = self._draw(i)
+        hi_sec = min(lo_sec + self.window_sec, duration)
+        return clip_streams(streams, times, lo_sec, hi_sec, self.num_frames), target
 
 
 @torch.no_grad()

@@ -54,7 +54,13 @@ def pad_more(inputs: list[torch.Tensor], num_extra: int, fill: float) -> list[to
 
 
 def model_inputs(model, lengths=((5, 3, 1), (4, 4, 2), (2, 6, 3))) -> list[torch.Tensor]:
-    return make_inputs(model_dims(model), lengths[: len(model_dims(model))])
+    inputs = make_inputs(model_dims(model), lengths[: len(model_dims(model))])
+    if getattr(model, "uses_token_times", False):  # the first stream's token times, 0.5 s each
+        mask = inputs[1]
+        start = 0.5 * torch.arange(mask.shape[1], dtype=torch.float32).expand(mask.shape)
+        times = torch.stack([start, start + 0.5], dim=-1)  # (B, T, 2)
+        inputs += [torch.where(mask.unsqueeze(-1), times, 0.0), mask.clone()]
+    return inputs
 
 
 def model_dims(model) -> list[int]:

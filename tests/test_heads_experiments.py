@@ -420,6 +420,24 @@ def test_explain_stan_shows_each_streams_cls_attention(toy):
         assert 0 < weights.sum() <= 1 + 1e-6 and (weights > 0).all()
 
 
+def test_longformer_run_reevaluates_and_explains_with_its_token_times(toy):
+    """A VTN run (frame-index positions: the token times ride as one more stream) gives the
+    same metrics when re-evaluated from its checkpoint, and `heads explain` works on it."""
+    from heads.evaluate import evaluate_run
+    from heads.explain import explain_video
+    from heads.train import train
+    from test_heads_train import toy_catalog
+
+    config = toy_config(toy, head="longformer", epochs=1, runs_dir=str(toy / "vtn_runs"),
+                        train_clip_sec=4.0, train_clip_frames=3,
+                        head_kwargs={"num_heads": 2, "num_layers": 1, "ff_dim": 16})
+    result = train(config, catalog=toy_catalog(), log=lambda _: None)
+    again = evaluate_run(result["run_dir"], catalog=toy_catalog(), log=lambda _: None)
+    assert again["metrics"] == result["metrics"]
+    table, png = explain_video(result["run_dir"], "toy/v03")
+    assert png.exists() and 0 < table["weight"].sum() <= 1 + 1e-6
+
+
 def test_stan_cls_attention_ignores_padding():
     from heads.models import create_head
 

@@ -429,6 +429,35 @@ def test_train_end_to_end(tiny_store, tmp_path, patch_aware_train, head, feature
     assert (Path(result["run_dir"]) / "checkpoint.pt").exists()
 
 
+def test_train_longformer_on_vtn_clips_with_token_times(tiny_store, tmp_path, monkeypatch):
+    """VTN §4.1 on cached features: training sees N-token random clips with their times,
+    evaluation the whole video; SGD with the steps schedule runs."""
+    from heads.models.longformer import LongformerHead
+
+    seen = []
+    forward = LongformerHead.forward
+
+    def record(self, x, mask, times=None, times_mask=None):
+        seen.append((self.training, x.shape[1], None if times is None else times.shape))
+        return forward(self, x, mask, times, times_mask)
+
+    monkeypatch.setattr(LongformerHead, "forward", record)
+    config = TrainConfig(
+        dataset="tiny", task="genre", head="longformer", features=("resnet18",), plan="scene",
+        store=str(tiny_store), runs_dir=str(tmp_path / "runs"), epochs=2, batch_size=4,
+        warmup_epochs=0, train_clip_sec=3.0, train_clip_frames=7, optimizer="sgd",
+        nesterov=True, schedule="steps", lr_milestones=(1,), lr=1e-2,
+        head_kwargs={"num_heads": 2, "num_layers": 1, "ff_dim": 16},
+    )
+    result = train(config, catalog=tiny_catalog(), log=lambda _: None)
+    assert all(np.isfinite(v) for v in result["metrics"]["test"].values())
+    train_calls = [s for s in seen if s[0]]
+    assert train_calls and all(t == 7 and shape[1:] == (7, 2) for _, t, shape in train_calls)
+    eval_lengths = {t for training, t, _ in seen if not training}
+    assert max(eval_lengths) == 5  # whole videos (2 to 5 tokens), not clips
+    assert all(shape is not None for _, _, shape in seen)
+
+
 def test_train_stan_distill_adds_its_aux_loss(tiny_store, tmp_path):
     losses = []
     for weight in (0.0, 5.0):

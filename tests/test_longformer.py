@@ -11,7 +11,7 @@ from heads.models import create_head
 from heads.models.longformer import LongformerSelfAttention, sliding_window_attention
 
 SMALL = {"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, "window": 4,
-         "max_positions": 128}
+         "max_positions": 128, "positions": "token_index"}
 
 
 # Tiny models run on one intra-op thread (see conftest.one_thread).
@@ -165,11 +165,17 @@ def test_defaults_follow_vtn_and_bad_arguments_are_named():
     model = create_head("longformer", in_dim=768, num_outputs=400)
     assert len(model.layers) == 3
     attn = model.layers[0].attn
-    assert attn.window == 32 and attn.num_heads == 12
+    assert attn.window == 18 and attn.num_heads == 12  # official ATTENTION_WINDOW, 12 heads
+    assert create_head("longformer", in_dim=768, num_outputs=2, variant="paper").window == 32
     head = [type(m).__name__ for m in model.mlp_head]
     assert head == ["LayerNorm", "Linear", "GELU", "Dropout", "Linear"]
     with pytest.raises(ValueError, match="window must be even"):
         create_head("longformer", in_dim=8, num_outputs=2, **{**SMALL, "window": 5})
     small = create_head("longformer", in_dim=6, num_outputs=2, **{**SMALL, "max_positions": 8})
-    with pytest.raises(ValueError, match="max_positions=10"):
-        small(torch.randn(1, 9, 6), torch.ones(1, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="max_positions=9"):
+        small(torch.randn(1, 7, 6), torch.ones(1, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="position_embedding must be one of"):
+        create_head("longformer", in_dim=8, num_outputs=2, position_embedding="rope")
+    framed = create_head("longformer", in_dim=8, num_outputs=2, num_heads=2)
+    with pytest.raises(ValueError, match="needs the token times"):
+        framed(torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))

@@ -127,6 +127,6 @@ def test_warmup_cosine_schedule():
 def test_unknown_schedule_lists_the_valid_ones():
     with pytest.raises(ValueError, match="warmup_cosine"):
         build_schedule("step", None, warmup_steps=0, total_steps=1)
-    with pytest.raises(ValueError, match="--schedule must be one of warmup_cosine"):
+    with pytest.raises(ValueError, match="--schedule must be one of warmup_cosine, steps"):
         TrainConfig(task="genre", schedule="step")
-    assert list(SCHEDULES) == ["warmup_cosine"]
+    assert list(SCHEDULES) == ["warmup_cosine", "steps"]

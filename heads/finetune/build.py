@@ -61,6 +61,17 @@ def build_model(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool
                  **(config.head_kwargs if head_kwargs is None else head_kwargs)}
     try:
         head = create_head(config.head, **head_args)
+        if getattr(head, "uses_token_times", False):
+            # End-to-end batches carry no token times: such a head is built with the arguments
+            # that make it do without (longformer: positions=token_index), unless the user
+            # asked for the times explicitly.
+            off = dict(head.without_token_times)
+            if set(off) & set(head_args):
+                raise ValueError(f"head {config.head!r} with {head_args} needs token times, "
+                                 f"which end-to-end batches do not carry; pass --head-kwarg "
+                                 + " ".join(f"{k}={v}" for k, v in off.items()))
+            head_args.update(off)
+            head = create_head(config.head, **head_args)
     except TypeError as err:
         raise ValueError(f"head {config.head!r} rejected its arguments ({err}); check "
                          "--head-kwarg") from err

@@ -13,6 +13,11 @@ The interface every head follows:
 - optional class attribute ``uses_task_kind``: when true, :func:`create_head` passes the task's
   kind (``classification``, ``multilabel`` or ``regression``) as ``task_kind=`` (e.g. STAN's
   distillation picks its loss from it); other heads never see it.
+- optional instance attribute ``uses_token_times``: when true, the head takes one more input
+  pair after its streams, ``times`` (B, T, 2) float [start_sec, end_sec] of the first stream's
+  tokens and its mask (see :func:`heads.windows.with_token_times`; VTN's positions are frame
+  indices in the video); its class attribute ``without_token_times`` names the keyword
+  arguments that turn it off (end-to-end batches carry no times).
 - ``forward(x_0, mask_0, x_1, mask_1, ...)``: per stream ``x_i`` (B, T_i, D_i) float and ``mask_i``
   (B, T_i) bool, True at real tokens and False at padding; returns (B, K) logits or (B, 1)
   regression outputs. Padded positions never change the output.
