@@ -60,7 +60,7 @@ def extract(
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     precision: str = typer.Option("auto", help="Backbone arithmetic: fp32, bf16, or auto (bf16 where the hardware runs it natively)."),
-    detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, threshold, histogram, hash; none (not for the scene plan) skips detection."),
+    detector: str = typer.Option("content", help="PySceneDetect detector: content, adaptive, adaptive_luma (closest to STAN §3's brightness cuts), threshold, histogram, hash; none (not for the scene plan) skips detection."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold (default: PySceneDetect's)."),
     min_scene_len: int = typer.Option(15, help="Minimum scene length, frames."),
     detect_width_px: int = typer.Option(160, help="Frames are downscaled to this width for scene detection (0: no downscaling)."),

@@ -4,6 +4,22 @@ PySceneDetect's detectors consume BGR frames one at a time and report cut positi
 for earlier frames, e.g. the adaptive detector's look-ahead window). We drive them directly
 rather than through ``SceneManager`` so that the same decoded frames also feed the sampler:
 the video is never decoded twice.
+
+STAN's cuts (Fish et al., BMVC 2022, §3 "Overview"): "we first analyse the video for changes
+in average frame intensity/brightness using a running average over RGB video channels"; no
+threshold, window or minimum scene length is stated. No PySceneDetect detector computes exactly
+that. ``threshold`` (``ThresholdDetector``) computes the average RGB intensity of each frame but
+only cuts where it crosses a fixed level (fades to and from black), with no running average.
+``adaptive_luma`` (``AdaptiveDetector(luma_only=True)``) comes closest: its score is the
+frame-to-frame change in brightness (mean absolute difference of HSV value, max(R, G, B), per
+pixel) and a cut needs that score to stand out from the running average of the neighbouring
+frames' scores (``window_width`` 2, ratio 3, ``min_content_val`` 15: PySceneDetect's defaults).
+It differs from STAN in measuring the change per pixel rather than of the frame's mean, and in
+using the value channel rather than the mean of R, G and B. ``adaptive`` adds hue and
+saturation changes to the same score. The default stays ``content`` (hard cuts in HSV): the
+detector is part of every feature set's fingerprint, so a new default would give the stored
+feature sets (the demo's included) new keys and change the numbers measured on them; extract
+with ``--detector adaptive_luma`` for STAN's closest cuts.
 """
 
 from __future__ import annotations
@@ -12,13 +28,15 @@ from dataclasses import asdict, dataclass
 
 from pipeline.decode import THUMBNAIL_INTERPOLATIONS, Frame
 
-# Detector key → (class name in scenedetect, name of its threshold keyword).
-DETECTORS: dict[str, tuple[str, str]] = {
-    "content": ("ContentDetector", "threshold"),
-    "adaptive": ("AdaptiveDetector", "adaptive_threshold"),
-    "threshold": ("ThresholdDetector", "threshold"),
-    "histogram": ("HistogramDetector", "threshold"),
-    "hash": ("HashDetector", "threshold"),
+# Detector key → (class name in scenedetect, name of its threshold keyword, fixed keywords).
+DETECTORS: dict[str, tuple[str, str, dict]] = {
+    "content": ("ContentDetector", "threshold", {}),
+    "adaptive": ("AdaptiveDetector", "adaptive_threshold", {}),
+    # Brightness changes against their running average: closest to STAN §3 (module docstring).
+    "adaptive_luma": ("AdaptiveDetector", "adaptive_threshold", {"luma_only": True}),
+    "threshold": ("ThresholdDetector", "threshold", {}),
+    "histogram": ("HistogramDetector", "threshold", {}),
+    "hash": ("HashDetector", "threshold", {}),
 }
 
 
@@ -28,10 +46,11 @@ class SceneDetectConfig:
 
     Attributes:
         detector: One of :data:`DETECTORS` (PySceneDetect's detectors): ``content`` for hard
-            cuts (HSV + edge difference), ``adaptive`` (rolling-average content), ``threshold``
-            (fades to black), ``histogram``, ``hash``; or ``none`` to skip detection (plans
-            other than ``scene`` then record no scene index, and frames no token needs are
-            never converted at all).
+            cuts (HSV + edge difference), ``adaptive`` (rolling-average content),
+            ``adaptive_luma`` (the same on brightness alone: closest to STAN §3's cuts, see the
+            module docstring), ``threshold`` (fades to black), ``histogram``, ``hash``; or
+            ``none`` to skip detection (plans other than ``scene`` then record no scene index,
+            and frames no token needs are never converted at all).
         threshold: Detector threshold; ``None`` keeps PySceneDetect's default.
         min_scene_len: Minimum scene length in frames (PySceneDetect's ``min_scene_len``).
         detect_width_px: Frames wider than this are downscaled (straight from the decoded
@@ -86,11 +105,11 @@ class SceneSegmenter:
 
         if config.detector == "none":
             raise ValueError("scene detection is off (detector 'none'): nothing to segment")
-        cls_name, threshold_kw = DETECTORS[config.detector]
-        kwargs: dict = {"min_scene_len": config.min_scene_len}
+        cls_name, threshold_kw, fixed = DETECTORS[config.detector]
+        kwargs: dict = {"min_scene_len": config.min_scene_len, **fixed}
         if config.threshold is not None:
             kwargs[threshold_kw] = config.threshold
-        if config.detector in ("content", "adaptive"):
+        if cls_name in ("ContentDetector", "AdaptiveDetector"):
             from pipeline import scene_detectors  # same cuts as PySceneDetect's, less CPU
 
             self._detector = getattr(scene_detectors, f"Fast{cls_name}")(**kwargs)

@@ -12,7 +12,9 @@ from heads.models.mean import masked_mean
 from heads.models.stan import ContextGating, sinusoidal_encoding
 
 # Small widths keep every head fast on CPU; a head not listed here runs at its defaults.
-SMALL_KWARGS = {"stan": {"d_model": 32, "num_heads": 4, "ff_dim": 64}, "mean": {"hidden_dim": 32}}
+STAN_SMALL = {"d_model": 32, "num_heads": 4, "ff_dim": 64}
+SMALL_KWARGS = {"stan": STAN_SMALL, "stan_gated": STAN_SMALL, "stan_distill": STAN_SMALL,
+                "mean": {"hidden_dim": 32}}
 STREAM_DIMS = (12, 20, 8)
 
 
@@ -112,7 +114,9 @@ def test_output_shape(name, num_outputs):
 @pytest.mark.parametrize("name", list_heads())
 def test_gradients_reach_every_parameter(name):
     model = make_head(name).train()
-    model(*model_inputs(model)).square().sum().backward()
+    loss = model(*model_inputs(model)).square().sum()
+    aux_loss = getattr(model, "aux_loss", None)  # the trainer adds it (heads.loop.Trainer.step)
+    (loss + aux_loss if isinstance(aux_loss, torch.Tensor) else loss).backward()
     for param_name, param in model.named_parameters():
         assert param.grad is not None, f"{name}: no gradient for {param_name}"
         assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient for {param_name}"
@@ -220,14 +224,15 @@ def test_stan_fusion_weight_zero_ignores_the_temporal_stream():
 
 
 def test_stan_defaults_match_the_paper():
+    # λ = 0.6 (Eq. 5), 2 layers (Fig. 2), post-LN (§3); widths fit Tab. 4 (test_stan_paper.py).
     model = create_head("stan", in_dim=512, num_outputs=3)
     assert model.fusion_weight == 0.6
-    assert model.d_model == 512
+    assert model.d_model == 768
     for stream in (model.spatial, model.temporal):
         assert len(stream.encoder.layers) == 2
         layer = stream.encoder.layers[0]
-        assert layer.self_attn.num_heads == 8
-        assert layer.linear1.out_features == 2048
+        assert layer.self_attn.num_heads == 12 and not layer.norm_first
+        assert layer.linear1.out_features == 3072
     gates = [m for m in model.classifier if isinstance(m, ContextGating)]
     linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and len(gates) == 2

@@ -37,6 +37,8 @@ def _scores_and_cuts(detector, frames, fps=25.0):
     (FastContentDetector, scenedetect.ContentDetector,
      {"weights": scenedetect.ContentDetector.Components(1.0, 0.5, 2.0, 0.0)}),
     (FastAdaptiveDetector, scenedetect.AdaptiveDetector, {}),
+    # adaptive_luma, the detector closest to STAN §3's cuts
+    (FastAdaptiveDetector, scenedetect.AdaptiveDetector, {"luma_only": True}),
 ])
 def test_fast_detectors_score_as_pyscenedetect_on_real_footage(demo_small, ours, theirs, kwargs):
     path = demo_small.videos.sort("video_id")["path"][0]
