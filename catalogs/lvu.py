@@ -188,7 +188,10 @@ def lvu_catalog(
         tasks=tasks,
         labels=label_table,
         task_splits=split_table,
-        meta={"labels": str(folder), "video_root": str(video_dir), "num_found": len(found)},
+        # LVU reports mean ± standard error over five runs (the LVU paper's protocol, as STAN §4
+        # Metrics puts it): `heads train` / `heads sweep` default to that many seeds.
+        meta={"labels": str(folder), "video_root": str(video_dir), "num_found": len(found),
+              "protocol_seeds": 5},
     )
 
 

@@ -69,7 +69,7 @@ def train(
     seeds: Annotated[
         int | None,
         typer.Option(help="Run this many seeds (seed, seed+1, ...) and report mean ± standard "
-                     "error."),
+                     "error. Default: the dataset's protocol (lvu: 5), else one run."),
     ] = None,
     device: shared.Device = None,
     amp: Annotated[
@@ -132,16 +132,21 @@ def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) ->
     """`heads train` on cached features: the flags given, over the files (one run, or
     ``seeds`` runs summarised)."""
     from heads.config_files import build_config
-    from heads.experiments import format_seed_summary, train_seeds
+    from heads.experiments import format_seed_summary, protocol_seeds, train_seeds
     from heads.train import train as run_training
 
     train_config = build_config({k: v for k, v in given.items() if v is not None},
                                 config_file=config_file)
     if seeds is None:
-        run_training(train_config, log=typer.echo)
-        return
+        seeds = protocol_seeds(train_config.open_catalog(), 1)
+        if seeds > 1:
+            typer.echo(f"{train_config.dataset}: {seeds} seeds, the dataset's protocol (mean ± "
+                       "standard error); --seeds 1 for a single run")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if seeds == 1:
+        run_training(train_config, log=typer.echo)
+        return
     first = train_config.seed
     summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
     typer.echo(format_seed_summary(summary))
@@ -256,7 +261,8 @@ def sweep(
     tasks: Annotated[
         str, typer.Option(help="Comma-separated tasks of the catalog, or all.")
     ] = "all",
-    seeds: Annotated[int, typer.Option(help="Seeds per cell: 0 .. N-1.")] = 3,
+    seeds: Annotated[int | None, typer.Option(
+        help="Seeds per cell: 0 .. N-1. Default: the dataset's protocol (lvu: 5), else 3.")] = None,
     dataset: Annotated[str, typer.Option(help="Catalog key.")] = "demo",
     data_root: Annotated[
         str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
@@ -285,7 +291,7 @@ def sweep(
     [datasets.<dataset>] table, --config, then --set.
     """
     from catalogs import get_catalog
-    from heads.experiments import parse_sets, run_sweep
+    from heads.experiments import parse_sets, protocol_seeds, run_sweep
     from heads.runs import new_run_dir
 
     with user_errors():
@@ -301,6 +307,7 @@ def sweep(
                 "catalog_options": options}
         overrides = {h: {**base, **values} for h, values in overrides.items()}
         out_dir = new_run_dir(Path(runs_dir), "sweep", "-".join(head_names))
+        seeds = protocol_seeds(catalog, 3) if seeds is None else seeds
         run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
                   overrides=overrides, out_dir=out_dir, config_file=config, address=address,
                   num_workers=num_workers, log=typer.echo)

@@ -87,6 +87,13 @@ def format_seed_summary(summary: dict) -> str:
     return f"mean ± standard error over seeds {summary['seeds']}\n" + "\n".join(lines)
 
 
+def protocol_seeds(catalog, default: int) -> int:
+    """How many seeds a dataset's results are reported over: the catalog's ``protocol_seeds``
+    (LVU: 5, "the standard error averaged over five runs", STAN §4 Metrics after the LVU paper),
+    else ``default``."""
+    return int(catalog.meta.get("protocol_seeds", default))
+
+
 def train_seeds(config, seeds: Sequence[int], *, log: Callable[[str], None] = print,
                 **train_kwargs) -> dict:
     """Train ``config`` once per seed and summarise (mean ± standard error).

@@ -72,6 +72,14 @@ def test_lvu_has_exact_per_task_split_sizes(lvu):
 
 
 @needs_lvu
+def test_lvu_declares_its_five_seed_protocol(lvu):
+    from heads.experiments import protocol_seeds
+
+    catalog, _ = lvu
+    assert protocol_seeds(catalog, 3) == 5  # STAN §4 Metrics: standard error over five runs
+
+
+@needs_lvu
 def test_lvu_tasks_kinds_and_class_counts(lvu):
     catalog, _ = lvu
     assert list(catalog.tasks) == [*NUM_CLASSES, "like_ratio", "view_count"]

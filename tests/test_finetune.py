@@ -37,10 +37,12 @@ R2PLUS1D_PARAMS = 31_300_125  # torchvision r2plus1d_18 without its classifier
 
 
 def tiny_config(preset: str, demo_small, runs_dir, **overrides) -> FinetuneConfig:
-    """16 px crops, 2-frame clips, 4 frames per video for the uniform plan, one epoch."""
+    """16 px crops, 2-frame clips, 4 frames per video for the uniform and full plans (training
+    clips of 3), one epoch."""
     fields = dict(
         task=TASK, preset=preset, data_root=str(demo_small.root),
         catalog_options={"variant": "small"}, frame_size_px=16, frames_per_clip=2, num_frames=4,
+        train_clip_frames=3,
         stem_dim=16, stem_patch_px=8, epochs=1, batch_size=2, lr=1e-3, num_workers=0,
         cache_decoded=True, runs_dir=str(runs_dir), head_kwargs=HEAD_KWARGS[preset],
     )
@@ -195,6 +197,31 @@ def test_augmentation_is_one_draw_per_video(tmp_path):
     assert any(diff(draws[0], d) > 20 for d in draws[1:]), "every epoch drew the same crop"
     centre = evaluation[0].frames[0]
     assert all(diff(centre[0], d) > 10 for d in draws)  # train crops are not the centre crop
+
+
+def test_vtn_training_clips_pick_frames_of_a_random_clip(tmp_path):
+    """VTN §4.1 end to end: each training fetch keeps N of the `full` plan's frames at even
+    instants of a random clip (a new clip every epoch); evaluation keeps all of them."""
+    frames = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None, None] * 2, 64, 1)
+    frames = np.repeat(np.repeat(frames, 96, 2), 3, 3)  # (100, 64, 96, 3): brightness = frame
+    path = write_video(tmp_path / "ramp.mp4", frames, fps=25)  # 4 s
+    args = dict(streams=[StreamPixels(1, 16, 18)], plan=PlanConfig(name="full",
+                full_num_frames=20), scenes=SceneDetectConfig(detector="none"), seed=0)
+    train = VideoClipDataset([str(path)], np.zeros(1, np.int64), train=True, clip_sec=1.2,
+                             clip_frames=4, **args)
+    evaluation = VideoClipDataset([str(path)], np.zeros(1, np.int64), train=False, clip_sec=0.0,
+                                  **args)
+    assert evaluation[0].frames[0].shape[0] == 20
+    levels = []
+    for epoch in range(6):
+        train.set_epoch(epoch)
+        clip = train[0].frames[0]  # (4, 3, 16, 16)
+        assert clip.shape[0] == 4
+        level = clip.float().mean(dim=(1, 2, 3)) / 2  # ≈ the frame index
+        assert (level.diff() >= -1).all()  # in time order
+        assert 0.9 * 25 <= (level[-1] - level[0]).item() <= 1.5 * 25  # about 1.2 s apart
+        levels.append(round(level[0].item()))
+    assert len(set(levels)) > 1  # a new clip every epoch
 
 
 def test_grad_checkpointing_gives_the_same_gradients():

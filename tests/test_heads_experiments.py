@@ -359,6 +359,31 @@ def toy_run(toy):
     return Path(train(config, catalog=toy_catalog(), log=lambda _: None)["run_dir"])
 
 
+@pytest.mark.parametrize("flags, expected", [([], [0, 1, 2, 3, 4]), (["--seeds", "1"], None),
+                                             (["--seeds", "2", "--seed", "7"], [7, 8])])
+def test_heads_train_defaults_to_the_datasets_seed_protocol(monkeypatch, flags, expected):
+    """A catalog declaring `protocol_seeds` (LVU: 5) gets that many seeds unless --seeds says."""
+    import heads.experiments
+    import heads.train
+    from catalogs.base import Catalog
+    from heads.cli import app
+    from heads.config import TrainConfig
+
+    calls = []
+    videos = pl.DataFrame(schema={c: pl.String for c in ("video_id", "path", "split")})
+    protocol = Catalog(name="p", root=Path("."), videos=videos,
+                       tasks={}, meta={"protocol_seeds": 5})
+    monkeypatch.setattr(TrainConfig, "open_catalog", lambda self: protocol)
+    monkeypatch.setattr(heads.train, "train", lambda config, log: calls.append(config.seed))
+    monkeypatch.setattr(heads.experiments, "train_seeds",
+                        lambda config, seeds, log: calls.append(list(seeds)) or {})
+    monkeypatch.setattr(heads.experiments, "format_seed_summary", lambda summary: "")
+    result = CliRunner().invoke(app, ["train", "--head", "mean", "--task", "t", *flags])
+    assert result.exit_code == 0, result.output
+    assert calls == ([expected] if expected else [0])
+    assert ("5 seeds, the dataset's protocol" in result.output) == (not flags)
+
+
 def test_cli_eval_predict_runs_explain(toy, toy_run, monkeypatch, tmp_path):
     import catalogs
     from test_heads_train import toy_catalog

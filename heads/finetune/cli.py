@@ -48,7 +48,8 @@ def finetune(
     ] = None,
     weights_seed: Annotated[int, typer.Option(help="Seed of --weights none.")] = 0,
     plan: shared.Plan = None,
-    num_frames: Annotated[int, typer.Option(help="uniform plan: frames per video.")] = 16,
+    num_frames: Annotated[int | None, typer.Option(help="uniform / full plan: frames per video "
+                                                        "(default 16 / 250).")] = None,
     frames_per_clip: Annotated[int, typer.Option(help="scene plan: frames per 3D clip.")] = 12,
     frame_size_px: Annotated[
         int | None, typer.Option(help="Crop side for every stream (default: each backbone's).")
@@ -59,9 +60,8 @@ def finetune(
     epochs: shared.Epochs = 10,
     batch_size: shared.BatchSize = 2,
     lr: shared.Lr = 1e-4,
-    backbone_lr_scale: Annotated[
-        float, typer.Option(help="Pretrained backbones train at lr × this.")
-    ] = 0.1,
+    backbone_lr_scale: Annotated[float, typer.Option(
+        help="Pretrained backbones train at lr × this.")] = 0.1,
     weight_decay: shared.WeightDecay = 0.01,
     schedule: shared.Schedule = "warmup_cosine",
     warmup_epochs: shared.WarmupEpochs = 1,

@@ -138,6 +138,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         cache: A dict shared by datasets over the same videos to keep decoded windows across
             epochs and splits (memory: every window at the decoding resolution), or None. Only
             useful in the main process (``num_workers=0``): a worker's cache dies with it.
+        clip_sec: > 0: each fetch keeps ``clip_frames`` of the plan's windows, at evenly spaced
+            instants of a random ``clip_sec`` clip (VTN §4.1; :func:`heads.windows.clip_streams`,
+            drawn from the seed, the epoch and the item); 0 keeps every window.
+        clip_frames: Windows per clip.
 
     Items:
         :class:`VideoItem`; a video that fails to decode gives an item with ``error`` set,
@@ -157,6 +161,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         crop_scale: tuple[float, float] = (0.35, 1.0),
         flip: bool = True,
         cache: dict | None = None,
+        clip_sec: float = 0.0,
+        clip_frames: int = 16,
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} videos but {len(targets)} targets")
@@ -166,6 +172,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.plan, self.scenes = plan, scenes
         self.train, self.seed, self.crop_scale, self.flip = train, seed, crop_scale, flip
         self.cache = cache
+        self.clip_sec, self.clip_frames = clip_sec, clip_frames
         self.epoch = 0
         self.counts = {s.frames_per_window for s in self.streams}
         self.short_side_px = max(s.resize_px for s in self.streams)
@@ -190,6 +197,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
             self.cache[key] = windows
         return windows
 
+    def _clip(self, windows: list[Window], i: int) -> list[Window]:
+        """``clip_frames`` of ``windows`` at evenly spaced instants of a random clip."""
+        from heads.windows import clip_streams
+
+        times = np.array([[w.start_sec, w.end_sec] for w in windows])  # (W, 2)
+        duration = float(times[:, 1].max())
+        rng = np.random.default_rng((self.seed, self.epoch, i, 1))
+        lo_sec = rng.uniform(0.0, max(0.0, duration - self.clip_sec))
+        (picked,) = clip_streams([np.arange(len(windows))], [times], lo_sec,
+                                 min(lo_sec + self.clip_sec, duration), self.clip_frames)
+        return [windows[j] for j in picked]
+
     def __getitem__(self, i: int) -> VideoItem:
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as TF
@@ -198,6 +217,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
             windows = self._windows(i)
         except VideoError as err:
             return VideoItem(i, [], self.targets[i], error=str(err))
+        if self.clip_sec > 0:
+            windows = self._clip(windows, i)
         height_px, width_px = windows[0].frames[min(self.counts)].shape[1:3]
         with torch.random.fork_rng(devices=[]):
             # One draw per video, the same for every frame and stream (see the module docstring).

@@ -25,6 +25,7 @@ class Preset:
     plan: str
     source: str
     paper_params_m: float | None = None  # trainable parameters the paper reports, millions
+    train_clip_sec: float = 0.0  # > 0: train on random clips of this many seconds (VTN §4.1)
 
 
 PRESETS: dict[str, Preset] = {
@@ -37,8 +38,10 @@ PRESETS: dict[str, Preset] = {
         "STAN §3: fine-tune both backbones", 92.5,
     ),
     "vtn": Preset(
-        "longformer", ("resnet18",), ("resnet18",), "uniform",
-        "VTN Table 2d: fine-tune the 2D backbone under the Longformer head",
+        "longformer", ("resnet18",), ("resnet18",), "full",
+        "VTN §4.1, Table 2d: fine-tune the 2D backbone under the Longformer head; train on 16 "
+        "frames of a random 5.12 s clip, evaluate on 250 frames of the whole video",
+        train_clip_sec=5.12,
     ),
     "stat": Preset(
         "stat", (STEM,), (STEM,), "uniform",
@@ -59,7 +62,14 @@ class FinetuneConfig(RunConfig):
     trainable: tuple[str, ...] | None = None  # encoders that get gradients; None = preset's
     weights: tuple[str, ...] = ("none",)  # as `pipeline extract --weights`: none|default|PATH
     weights_seed: int = 0  # seed of `--weights none` (as `pipeline extract --seed`)
-    num_frames: int = 16  # `uniform` plan: frames per video (VTN and STAT train on 16)
+    # `uniform` / `full` plan: frames per video; None = 16 for `uniform` (STAT trains on 16),
+    # 250 for `full` (VTN's full-video inference).
+    num_frames: int | None = None
+    # VTN §4.1: train on train_clip_frames frames of a random train_clip_sec clip of the video's
+    # plan windows (the vtn preset: 16 of a 5.12 s clip of the `full` plan's 250); 0 = the whole
+    # video; None = the preset's.
+    train_clip_sec: float | None = None
+    train_clip_frames: int = 16
     frames_per_clip: int = 12  # clip backbones in the `scene` plan: frames per scene (STAN §3)
     detector: str = "content"  # PySceneDetect detector of the `scene` plan
     frame_size_px: int | None = None  # crop side for every stream; None = each backbone's own
@@ -110,7 +120,12 @@ class FinetuneConfig(RunConfig):
                                     self.backbone_lr_scale),
             "--num-workers": (self.num_workers >= 0, "non-negative", self.num_workers),
             "--chunk-windows": (self.chunk_windows >= 1, "at least 1", self.chunk_windows),
-            "--num-frames": (self.num_frames >= 1, "at least 1", self.num_frames),
+            "--num-frames": (self.num_frames is None or self.num_frames >= 1, "at least 1",
+                             self.num_frames),
+            "train_clip_sec": (self.train_clip_sec is None or self.train_clip_sec >= 0,
+                               "non-negative", self.train_clip_sec),
+            "train_clip_frames": (self.train_clip_frames >= 1, "at least 1",
+                                  self.train_clip_frames),
             "--frames-per-clip": (self.frames_per_clip >= 1, "at least 1", self.frames_per_clip),
             "--standardize-videos": (self.standardize_videos >= 1, "at least 1",
                                      self.standardize_videos),
@@ -135,7 +150,11 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
         head=config.head or preset.head,
         encoders=config.encoders or preset.encoders,
         plan=config.plan or preset.plan,
+        train_clip_sec=(preset.train_clip_sec if config.train_clip_sec is None
+                        else config.train_clip_sec),
     )
+    if config.num_frames is None:
+        config = replace(config, num_frames=250 if config.plan == "full" else 16)
     trainable = preset.trainable if config.trainable is None else config.trainable
     unknown = set(trainable) - set(config.encoders)
     if unknown:

@@ -10,7 +10,7 @@ Presets (:data:`heads.finetune.config.PRESETS`) are the papers' recipes:
 |---|---|---|---|---|
 | ``stan_small`` | ``stan`` | **resnet18**, r2plus1d_18 (stop-gradient) | scene | STAN §3 |
 | ``stan_large`` | ``stan`` | **resnet18**, **r2plus1d_18** | scene | STAN §3 |
-| ``vtn`` | ``longformer`` | **resnet18** | uniform | VTN Table 2d |
+| ``vtn`` | ``longformer`` | **resnet18** | full; trains on 5.12 s clips | VTN §4.1, Tab. 2d |
 | ``stat`` | ``stat`` | **conv3d_stem** (from scratch) | uniform | STAT, from pixels |
 
 A recipe read top to bottom in :func:`finetune`, in the shape of :func:`heads.train.train`:
@@ -210,6 +210,7 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
     from pipeline.scenes import SceneDetectConfig
 
     plan = PlanConfig(name=config.plan, num_frames=config.num_frames,
+                      full_num_frames=config.num_frames,
                       frames_per_clip=config.frames_per_clip)
     scenes = SceneDetectConfig(detector=config.detector)
     cache = {} if config.cache_decoded else None
@@ -220,7 +221,9 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
             targets = target_norm.to_train(targets)
         return VideoClipDataset(paths, targets, streams=streams, plan=plan, scenes=scenes,
                                 train=train, seed=config.seed, crop_scale=config.crop_scale,
-                                flip=config.flip, cache=cache)
+                                flip=config.flip, cache=cache,
+                                clip_sec=config.train_clip_sec if train else 0.0,
+                                clip_frames=config.train_clip_frames)
 
     loader_args = {"batch_size": config.batch_size, "collate_fn": collate,
                    "num_workers": config.num_workers, "pin_memory": device.type == "cuda",
