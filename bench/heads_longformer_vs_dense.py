@@ -53,7 +53,8 @@ def measure(impl: str, length: int, cfg: dict, device: str) -> dict:
     model = create_head(
         "longformer", in_dim=cfg["d_model"], num_outputs=10, d_model=cfg["d_model"],
         num_heads=cfg["num_heads"], num_layers=cfg["num_layers"], ff_dim=cfg["ff_dim"],
-        window=cfg["window"] if impl == "longformer" else None, max_positions=length + 1,
+        window=cfg["window"] if impl == "longformer" else None, max_positions=length + 2,
+        positions="token_index",  # no token times here: positions 0 … T-1
     ).to(device).train()
     x = torch.randn(cfg["batch"], length, cfg["d_model"], device=device)  # (B, T, D)
     mask = torch.ones(cfg["batch"], length, dtype=torch.bool, device=device)  # (B, T)
