@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,9 @@ from pipeline.store import SCHEMA_VERSION, FeatureSet, FeatureStore, fingerprint
 DTYPES = ("float16", "float32")
 TOKEN_KINDS = {"pooled": 2, "patch": 3}  # token kind -> ndim of one video's array
 H5_SUFFIXES = (".h5", ".hdf5")
+# Declared bytes of one video's array above which import refuses it unread: far above any
+# real video's features (a 2 h video at 1 fps, 1,024 floats: 29 MB), well below a host's RAM.
+MAX_BYTES_PER_VIDEO = 4 << 30
 _VIDEO_PARTS = ("features", "start_sec", "end_sec", "scene_idx")  # datasets of a video group
 
 
@@ -125,7 +130,12 @@ class _NpyDirSource(_Source):
 
 
 class _H5Source(_Source):
-    """One HDF5 file: a dataset per video, or a group per video with a ``features`` dataset."""
+    """One HDF5 file: a dataset per video, or a group per video with a ``features`` dataset.
+
+    Nothing outside the file is ever opened: a key reached through an external link, a soft
+    link leading out of the file or to nothing, external raw storage or a virtual dataset is
+    listed but refused (``refused``), and fails alone with the reason.
+    """
 
     format = "h5"
 
@@ -137,19 +147,65 @@ class _H5Source(_Source):
         except OSError as err:
             raise ValueError(f"{path} is not a readable HDF5 file ({err})") from None
         super().__init__(path, {})
+        self.refused: dict[str, str] = {}  # video id -> why it is not read
+        self._seen: set = set()  # groups walked: hard links can make cycles
         self._walk(self.file, "")
 
     def _walk(self, group, prefix: str) -> None:
         import h5py
 
-        is_video = bool(prefix) and isinstance(group.get("features"), h5py.Dataset)
+        if group.id in self._seen:
+            return
+        self._seen.add(group.id)
+        members = {name: self._resolve(group, name) for name in group}  # never opens a link
+        features, why_not, _ = members.get("features", (None, None, False))
+        is_video = bool(prefix) and (isinstance(features, h5py.Dataset) or why_not is not None)
         if is_video:
-            self.entries[prefix.rstrip("/")] = f"{prefix}features"
-        for name, obj in group.items():
+            video_id = prefix.rstrip("/")
+            self.entries[video_id] = f"{prefix}features"
+            bad = [f"{n}: {why}" for n, (_, why, _) in members.items()
+                   if n in _VIDEO_PARTS and why]
+            if bad:
+                self.refused[video_id] = "; ".join(bad)
+        for name, (obj, why_not, soft) in members.items():
             if isinstance(obj, h5py.Group):
-                self._walk(obj, f"{prefix}{name}/")  # a video group may hold nested videos
+                if not soft:  # a soft link to a group is an alias: its videos are found once
+                    self._walk(obj, f"{prefix}{name}/")  # a video group may nest videos
             elif not is_video:
                 self.entries[f"{prefix}{name}"] = f"{prefix}{name}"
+                if why_not:
+                    self.refused[f"{prefix}{name}"] = why_not
+
+    def _resolve(self, group, name: str, depth: int = 0) -> tuple[object, str | None, bool]:
+        """(object, None, via_soft_link) for a member inside this file, else (None, why, _).
+
+        A missing member gives (None, None, False). Links are inspected, never followed out.
+        """
+        import h5py
+
+        link = group.get(name, getlink=True)
+        if link is None:
+            return None, None, False
+        if isinstance(link, h5py.ExternalLink):
+            return None, (
+                f"external link to {Path(link.filename).name}:{link.path}, which import never "
+                "opens; import that file itself, or copy the data into this one"
+            ), False
+        if isinstance(link, h5py.SoftLink):
+            here = group.name.rstrip("/")
+            path = link.path if link.path.startswith("/") else f"{here}/{link.path}"
+            if depth >= 16:
+                return None, f"soft link to {path} nests more than 16 links deep", True
+            obj = self.file
+            for part in filter(None, path.split("/")):
+                found, why_not, _ = (self._resolve(obj, part, depth + 1)
+                                     if isinstance(obj, h5py.Group) else (None, None, False))
+                if found is None:
+                    why_not = why_not or "points to nothing in this file"
+                    return None, f"soft link to {path}: {why_not}", True
+                obj = found
+            return obj, None, True
+        return group[name], None, False  # a hard link: always inside this file
 
     def close(self) -> None:
         self.file.close()
@@ -165,7 +221,10 @@ class _H5Source(_Source):
         return sha.hexdigest()
 
     def shape_dtype(self, video_id: str) -> tuple[tuple[int, ...], np.dtype]:
+        if video_id in self.refused:
+            raise _MalformedVideo(self.refused[video_id])
         dataset = self.file[self.entries[video_id]]
+        _check_storage(dataset)
         return dataset.shape, dataset.dtype
 
     def load(self, video_id: str, dtype: np.dtype) -> tuple[np.ndarray, dict]:
@@ -174,8 +233,46 @@ class _H5Source(_Source):
         tokens, stamps = self.file[key].astype(dtype)[()], {}
         if key.endswith("/features"):
             group = self.file[key[: -len("/features")]]
-            stamps = {k: group[k][()] for k in _VIDEO_PARTS[1:] if k in group}
+            for name in (k for k in _VIDEO_PARTS[1:] if k in group):
+                part = group[name]  # links were refused by the walk
+                # Checked before reading: timestamps are (T,), never a second bomb.
+                if not hasattr(part, "shape") or part.shape != (len(tokens),):
+                    raise _MalformedVideo(f"{name} {getattr(part, 'shape', '(a group)')} is not "
+                                          f"{len(tokens)} finite numbers")
+                _check_storage(part, name)
+                stamps[name] = part[()]
         return tokens, stamps
+
+
+def _check_storage(dataset, what: str = "") -> None:
+    """Raise :class:`_MalformedVideo` for a dataset whose values are not all in this file.
+
+    Header only: external raw storage and virtual datasets read other files; a dataset with
+    unwritten chunks (or no storage at all) would read its fill value, and may declare far
+    more bytes than the file holds (a 1.4 KB file declaring 1 GB).
+    """
+    prefix = f"{what}: " if what else ""
+    if dataset.external:
+        files = sorted({Path(os.fsdecode(name)).name for name, *_ in dataset.external})
+        raise _MalformedVideo(f"{prefix}external storage in {', '.join(files)}, which import "
+                              "never reads; copy the data into the HDF5 file")
+    if dataset.is_virtual:
+        files = sorted({Path(m.file_name).name for m in dataset.virtual_sources()})
+        raise _MalformedVideo(f"{prefix}virtual dataset mapping {', '.join(files)}, which import "
+                              "never reads; copy the data into the HDF5 file")
+    if dataset.size == 0:
+        return  # an empty array is reported by the shape check
+    if dataset.chunks is not None:
+        num_chunks = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks))
+        num_written = dataset.id.get_num_chunks()
+        if num_written < num_chunks:
+            raise _MalformedVideo(
+                f"{prefix}only {num_written} of {num_chunks} chunks are written: the rest would "
+                f"read as the fill value {dataset.fillvalue}; write the whole array"
+            )
+    elif dataset.id.get_storage_size() == 0:
+        raise _MalformedVideo(f"{prefix}never written: it would read as the fill value "
+                              f"{dataset.fillvalue}; write the whole array")
 
 
 def _open_source(source: Path) -> _Source:
@@ -206,6 +303,7 @@ def import_features(
     token_kind: str | None = None,
     dtype: str = "float16",
     video_ids: list[str] | None = None,
+    max_bytes_per_video: int = MAX_BYTES_PER_VIDEO,
 ) -> ImportSummary:
     """Store existing per-video feature dumps as a feature set, one video at a time.
 
@@ -225,12 +323,17 @@ def import_features(
         token_kind: ``pooled`` (T, D) or ``patch`` (T, N, D); default: the first video's.
         dtype: Stored dtype, ``float16`` or ``float32``; other input dtypes are cast.
         video_ids: Import only these; an id absent from the source is recorded ``failed``.
+        max_bytes_per_video: Largest array a video may declare (T x D x source itemsize,
+            bytes; default :data:`MAX_BYTES_PER_VIDEO`, 4 GiB): larger ones are refused from
+            their header, before anything is read or allocated.
 
     Returns:
         Counts and failures. A malformed video (unreadable, not numeric, wrong ndim, per-token
-        shape differing from the first video's, empty, NaN/inf, beyond ``dtype``'s range, bad
-        timestamps) is recorded ``failed`` with its file/key and the reason; the others are
-        stored. Re-running skips ``ok`` videos and retries the others.
+        shape differing from the first video's, empty, declaring over ``max_bytes_per_video``,
+        NaN/inf, beyond ``dtype``'s range, bad timestamps; in HDF5 also an external link, a
+        soft link leading out of the file or to nothing, external or virtual storage, unwritten
+        chunks) is recorded ``failed`` with its file/key and the reason, before its data is
+        read; the others are stored. Re-running skips ``ok`` videos and retries the others.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -244,12 +347,14 @@ def import_features(
         raise ValueError(f"token_kind {token_kind!r}: valid values are {', '.join(TOKEN_KINDS)}")
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    if not max_bytes_per_video > 0:
+        raise ValueError(f"max_bytes_per_video must be positive, got {max_bytes_per_video}")
     source = Path(source)
     with contextlib.closing(_open_source(source)) as src:
         if not src.video_ids():
             raise ValueError(f"{source} holds no videos (.npy files or h5 datasets)")
         wanted = src.video_ids() if video_ids is None else sorted(set(video_ids))
-        ndim, tail = _first_shape(src, wanted, TOKEN_KINDS.get(token_kind))
+        ndim, tail = _first_shape(src, wanted, TOKEN_KINDS.get(token_kind), max_bytes_per_video)
         kind = next(k for k, n in TOKEN_KINDS.items() if n == ndim)
         spec = {
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "backbone": backbone,
@@ -268,7 +373,8 @@ def import_features(
         summary = ImportSummary(fs.name, len(wanted), sum(v in done for v in wanted))
         for video_id in (v for v in wanted if v not in done):
             try:
-                _import_one(fs, src, video_id, np.dtype(dtype), ndim, tail, fps)
+                _import_one(fs, src, video_id, np.dtype(dtype), ndim, tail, fps,
+                            max_bytes_per_video)
                 summary.num_ok += 1
             except _MalformedVideo as err:
                 summary.failed[video_id] = f"{src.where(video_id)}: {err}"
@@ -278,7 +384,8 @@ def import_features(
     return summary
 
 
-def _first_shape(src: _Source, wanted: list[str], ndim: int | None) -> tuple[int, tuple]:
+def _first_shape(src: _Source, wanted: list[str], ndim: int | None,
+                 max_bytes: int) -> tuple[int, tuple]:
     """(ndim, per-token shape) of the first well-formed wanted video, from its header only.
 
     Raises:
@@ -288,7 +395,7 @@ def _first_shape(src: _Source, wanted: list[str], ndim: int | None) -> tuple[int
     for video_id in (v for v in wanted if v in src):
         try:
             shape, src_dtype = src.shape_dtype(video_id)
-            _check_shape(shape, src_dtype, ndim, None)
+            _check_shape(shape, src_dtype, ndim, None, max_bytes)
             return len(shape), shape[1:]
         except _MalformedVideo as err:
             first_error = first_error or f"{src.where(video_id)}: {err}"
@@ -298,8 +405,10 @@ def _first_shape(src: _Source, wanted: list[str], ndim: int | None) -> tuple[int
     )
 
 
-def _check_shape(shape: tuple, dtype: np.dtype, ndim: int | None, tail: tuple | None) -> None:
-    """Raise :class:`_MalformedVideo` unless the array is (T, D)/(T, N, D) ending in ``tail``."""
+def _check_shape(shape: tuple, dtype: np.dtype, ndim: int | None, tail: tuple | None,
+                 max_bytes: int) -> None:
+    """Raise :class:`_MalformedVideo` unless the array is (T, D)/(T, N, D) ending in ``tail``
+    and declares at most ``max_bytes``."""
     if dtype.kind not in "fiu":
         raise _MalformedVideo(f"dtype {dtype} is not numeric")
     if len(shape) not in TOKEN_KINDS.values() or (ndim is not None and len(shape) != ndim):
@@ -307,16 +416,24 @@ def _check_shape(shape: tuple, dtype: np.dtype, ndim: int | None, tail: tuple | 
         raise _MalformedVideo(f"shape {shape} is not {want}")
     if 0 in shape:
         raise _MalformedVideo(f"empty array of shape {shape}")
+    num_bytes = math.prod(shape) * dtype.itemsize
+    if num_bytes > max_bytes:
+        raise _MalformedVideo(
+            f"declares {shape} {dtype} = {num_bytes:,} bytes, over the limit of {max_bytes:,} "
+            "bytes per video; if the video is really this large, raise the limit "
+            "(max_bytes_per_video)"
+        )
     if tail is not None and shape[1:] != tail:
         raise _MalformedVideo(f"per-token shape {shape[1:]} differs from the first video's {tail}")
 
 
 def _import_one(fs: FeatureSet, src: _Source, video_id: str, dtype: np.dtype, ndim: int,
-                tail: tuple, fps: float | None) -> None:
+                tail: tuple, fps: float | None, max_bytes: int) -> None:
     """Check, read, cast and store one video; raise :class:`_MalformedVideo` to fail it alone."""
     if video_id not in src:
         raise _MalformedVideo(f"video {video_id!r} is not in the import source")
-    _check_shape(*src.shape_dtype(video_id), ndim, tail)  # header only: bad arrays cost nothing
+    # Header only: a bad array, however large it claims to be, costs nothing.
+    _check_shape(*src.shape_dtype(video_id), ndim, tail, max_bytes)
     try:
         tokens, stamps = src.load(video_id, dtype)
         if not np.isfinite(tokens).all():
