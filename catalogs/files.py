@@ -14,6 +14,9 @@ from pathlib import Path
 import polars as pl
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
+# Label values that mean "this video has no label for the task" (compared stripped, lowercase):
+# blanks, str(float("nan")) as pandas writes it, and spelled-out nulls. NaN floats count too.
+MISSING_LABELS: frozenset[str] = frozenset({"", "nan", "-nan", "+nan", "null", "<na>"})
 
 
 def find_videos(video_root: str | Path | None, ids: Iterable[str]) -> dict[str, str]:
@@ -55,7 +58,8 @@ def find_videos(video_root: str | Path | None, ids: Iterable[str]) -> dict[str, 
 def split_list(value: str | None, separators: str = ";|") -> list[str] | None:
     """``"Action; Drama|Crime"`` → ``["Action", "Drama", "Crime"]`` (stripped, no empties).
 
-    None stays None (unlabelled); an empty string gives ``[]`` (labelled with no class).
+    None stays None (unlabelled); an empty string gives ``[]`` (labelled with no class). Values
+    such as ``NaN`` are made null beforehand by :func:`missing_as_null`, not here.
     """
     if value is None:
         return None
@@ -77,18 +81,65 @@ def resolve_paths(
     return [str((base / p).resolve()) if p else found.get(i) for i, p in zip(ids, given)]
 
 
+def missing_as_null(column: pl.Series, *, keep_empty: bool = False) -> pl.Series:
+    """``column`` with every missing label as null: NaN floats, and strings that are blank or in
+    :data:`MISSING_LABELS` once stripped (so no task ever gets a class named ``NaN``).
+
+    Args:
+        column: A label column.
+        keep_empty: Keep blank strings: a multilabel value ``""`` is a video labelled with no
+            class (see :func:`split_list`), unlike a null or ``NaN``.
+
+    Returns:
+        The column; lists (multilabel) lose their missing elements; other dtypes are unchanged.
+    """
+    if column.dtype.is_float():
+        return column.fill_nan(None)
+    if column.dtype == pl.String:
+        missing_labels = list(MISSING_LABELS - {""} if keep_empty else MISSING_LABELS)
+        missing = column.str.strip_chars().str.to_lowercase().is_in(missing_labels)
+        return column.zip_with(~missing.fill_null(True), pl.repeat(None, len(column),
+                                                                   dtype=pl.String, eager=True))
+    if column.dtype == pl.List(pl.String):
+        element = pl.element().str.strip_chars().str.to_lowercase()
+        return column.list.eval(pl.element().filter(~element.is_in(list(MISSING_LABELS))
+                                                    & pl.element().is_not_null()))
+    return column
+
+
+def read_csv(path: Path, *, strings: tuple[str, ...] = (), what: str = "labels file"
+             ) -> pl.DataFrame:
+    """A CSV table with the ``strings`` columns (those present) read as strings.
+
+    Raises:
+        ValueError: the file is empty (0 bytes, blank, or a header without rows), one line
+            naming it as ``what`` and the file.
+    """
+    try:
+        header = pl.read_csv(path, n_rows=0).columns
+        table = pl.read_csv(path, schema_overrides={c: pl.String for c in strings if c in header})
+    except pl.exceptions.NoDataError:
+        raise ValueError(f"{what} {path} is empty: no rows, not even a header; "
+                         "pass the table that lists the videos") from None
+    if not len(table):
+        raise ValueError(f"{what} {path} has no rows, only the header {','.join(header)}; "
+                         "add one row per video")
+    return table
+
+
 def read_table(path: Path) -> pl.DataFrame:
     """A labels table from ``.csv`` or ``.parquet``, ids and paths as strings.
 
     Raises:
-        ValueError: the file is missing, or its extension is neither.
+        ValueError: the file is missing, has no rows, or its extension is neither.
     """
     if not path.is_file():
         raise ValueError(f"labels file {path} does not exist")
     if path.suffix.lower() == ".parquet":
-        return pl.read_parquet(path)
+        table = pl.read_parquet(path)
+        if not len(table):
+            raise ValueError(f"labels file {path} has no rows; add one row per video")
+        return table
     if path.suffix.lower() != ".csv":
         raise ValueError(f"labels file {path}: expected a .csv or .parquet file")
-    header = pl.read_csv(path, n_rows=0).columns
-    strings = {c: pl.String for c in ("video_id", "path", "split", "youtube_id") if c in header}
-    return pl.read_csv(path, schema_overrides=strings)
+    return read_csv(path, strings=("video_id", "path", "split", "youtube_id"))

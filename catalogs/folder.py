@@ -4,7 +4,8 @@
 separators (``cats/clip01.mp4`` → ``cats/clip01``). A labels CSV adds splits and tasks: column
 ``video_id`` (required), ``split`` and ``path`` (optional), and one column per task whose kind
 is inferred from its values (numbers → regression; strings with ``;`` in any row → multilabel;
-other strings → classification).
+other strings → classification). A NaN, ``null`` or blank value is a missing label (that video
+has no label for the task), never a class; only a multilabel ``""`` is a label, the empty set.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import polars as pl
 
 from catalogs import register_catalog
 from catalogs.base import SPLITS, Catalog, Task
-from catalogs.files import VIDEO_EXTENSIONS
+from catalogs.files import VIDEO_EXTENSIONS, missing_as_null, read_csv
 # Columns of the labels CSV that describe the video rather than define a task.
 _RESERVED_COLUMNS: tuple[str, ...] = ("video_id", "split", "path")
 _MULTILABEL_SEPARATOR = ";"
@@ -87,13 +88,10 @@ def _read_labels(path: Path) -> tuple[pl.DataFrame, dict[str, Task]]:
     """Reads a labels CSV; returns it with task columns converted, and the inferred tasks."""
     if not path.is_file():
         raise ValueError(f"labels file {path} does not exist")
-    header = pl.read_csv(path, n_rows=0).columns
-    if "video_id" not in header:
-        raise ValueError(f"labels file {path}: no 'video_id' column (columns: {header})")
     # Ids such as "0001" must stay strings, not become integers.
-    table = pl.read_csv(
-        path, schema_overrides={c: pl.String for c in _RESERVED_COLUMNS if c in header}
-    )
+    table = read_csv(path, strings=_RESERVED_COLUMNS)
+    if "video_id" not in table.columns:
+        raise ValueError(f"labels file {path}: no 'video_id' column (columns: {table.columns})")
     if table["video_id"].null_count():
         raise ValueError(f"labels file {path}, column 'video_id': empty value(s)")
     dupes = table.filter(pl.col("video_id").is_duplicated())["video_id"].unique().to_list()
@@ -115,23 +113,35 @@ def _read_labels(path: Path) -> tuple[pl.DataFrame, dict[str, Task]]:
 
 
 def _infer_task(column: pl.Series, path: Path) -> tuple[Task, pl.Series]:
-    """Infers a task from a labels column; returns it and the column in the catalog's dtype."""
+    """Infers a task from a labels column; returns it and the column in the catalog's dtype.
+
+    Missing labels (NaN, blank, ``null``) become null first, so a column of numbers with a
+    ``null`` among them is still a regression task.
+    """
     where = f"labels file {path}, column {column.name!r}"
     description = f"column {column.name!r} of {path.name}"
-    if column.dtype.is_numeric():
-        return Task(column.name, "regression", description=description), column.cast(pl.Float64)
     if column.dtype == pl.Boolean:
         column = column.cast(pl.String)
+    multilabel = column.dtype == pl.String and bool(
+        column.str.contains(_MULTILABEL_SEPARATOR, literal=True).any())
+    column = missing_as_null(column, keep_empty=multilabel)
+    if column.dtype == pl.String and not multilabel:
+        numbers = column.cast(pl.Float64, strict=False)
+        if column.drop_nulls().len() and numbers.null_count() == column.null_count():
+            column = numbers
+    if column.dtype.is_numeric():
+        values = missing_as_null(column.cast(pl.Float64))
+        return Task(column.name, "regression", description=description), values
     if column.dtype != pl.String:
         raise ValueError(f"{where}: cannot infer a task from dtype {column.dtype}")
     column = column.str.strip_chars()
     if column.drop_nulls().len() == 0:
         raise ValueError(f"{where}: no values; drop the column or fill it in")
-    if column.str.contains(_MULTILABEL_SEPARATOR, literal=True).any():
+    if multilabel:
         kind = "multilabel"
-        column = column.str.split(_MULTILABEL_SEPARATOR).list.eval(
+        column = missing_as_null(column.str.split(_MULTILABEL_SEPARATOR).list.eval(
             pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != "")
-        )
+        ))  # "a;NaN" is class a alone
         classes = sorted(set(column.explode().drop_nulls().to_list()))
     else:
         kind = "classification"

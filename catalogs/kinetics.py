@@ -17,7 +17,7 @@ import polars as pl
 
 from catalogs import register_catalog
 from catalogs.base import Catalog, Task
-from catalogs.files import find_videos
+from catalogs.files import find_videos, missing_as_null, read_csv
 
 _COLUMNS = ("youtube_id", "time_start", "time_end", "split")
 _SPLIT_NAMES = {"train": "train", "val": "val", "validate": "val", "test": "test"}
@@ -38,7 +38,7 @@ def _csv_files(root: Path, labels: str | Path | None) -> list[Path]:
 
 
 def _read_csv(path: Path) -> pl.DataFrame:
-    table = pl.read_csv(path, schema_overrides={"youtube_id": pl.String, "label": pl.String})
+    table = read_csv(path, strings=("youtube_id", "label"), what="kinetics400 file")
     lacking = [c for c in _COLUMNS if c not in table.columns]
     if lacking:
         raise ValueError(
@@ -47,6 +47,7 @@ def _read_csv(path: Path) -> pl.DataFrame:
         )
     if "label" not in table.columns:
         table = table.with_columns(pl.lit(None, dtype=pl.String).alias("label"))
+    table = table.with_columns(missing_as_null(table["label"]))  # "NaN" is no action class
     bad = sorted(set(table["split"].drop_nulls().to_list()) - set(_SPLIT_NAMES))
     if bad or table["split"].null_count():
         raise ValueError(f"kinetics400 file {path}, column 'split': {bad or 'empty'} not in "
@@ -92,7 +93,9 @@ def kinetics400_catalog(
     table = pl.concat([_read_csv(f) for f in files])
     dupes = table.filter(pl.col("video_id").is_duplicated())["video_id"].unique().to_list()
     if dupes:
-        raise ValueError(f"kinetics400 CSVs {[f.name for f in files]}: clip(s) {dupes[:5]} listed twice")
+        raise ValueError(
+            f"kinetics400 CSVs {[f.name for f in files]}: clip(s) {dupes[:5]} listed twice"
+        )
     classes = tuple(sorted(table["label"].drop_nulls().unique().to_list()))
     video_dir = Path(video_root).expanduser().resolve() if video_root else root_path
     clip_ids = table["video_id"].to_list()

@@ -5,6 +5,9 @@ folder; without it, ``<video_id>.<ext>`` is looked for under the video root) and
 (``train``/``val``/``test``), and one column per task. Task kinds are declared, never guessed:
 ``tasks="genre:classification,tags:multilabel,score:regression"``. Multilabel values are lists
 (parquet) or strings separated by ``;`` or ``|``; class lists are the sorted values found.
+A NaN or ``null`` value, or a blank one (:data:`catalogs.files.MISSING_LABELS`), is a missing
+label: that video is unlabelled for the task, never in a class named ``NaN``; only a multilabel
+``""`` is a label, the empty set.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import polars as pl
 
 from catalogs import register_catalog
 from catalogs.base import SPLITS, TASK_KINDS, Catalog, Task
-from catalogs.files import read_table, resolve_paths, split_list
+from catalogs.files import missing_as_null, read_table, resolve_paths, split_list
 
 _RESERVED = ("video_id", "path", "split")
 
@@ -51,6 +54,8 @@ def task_column(
 ) -> tuple[Task, pl.Series]:
     """A declared task and its column in the catalog's dtype (see :class:`catalogs.Catalog`).
 
+    Missing labels (NaN, blank, ``null``: :func:`catalogs.files.missing_as_null`) become null.
+
     Args:
         column: The raw column.
         kind: Declared kind.
@@ -60,9 +65,10 @@ def task_column(
     Raises:
         ValueError: values that do not fit the kind, or a class outside ``classes``.
     """
+    column = missing_as_null(column, keep_empty=kind == "multilabel")
     if kind == "regression":
         try:
-            values = column.cast(pl.Float64)
+            values = missing_as_null(column.cast(pl.Float64))
         except pl.exceptions.InvalidOperationError:
             raise ValueError(f"{where}: regression values must be numbers") from None
         return Task(column.name, kind, description=where), values
@@ -72,10 +78,10 @@ def task_column(
                                dtype=pl.List(pl.String))
         elif not isinstance(column.dtype, pl.List):
             raise ValueError(f"{where}: multilabel values must be lists or ';'-separated strings")
-        values = column.cast(pl.List(pl.String))
+        values = missing_as_null(column.cast(pl.List(pl.String)))
         found = set(values.explode().drop_nulls().to_list())
     else:
-        values = column.cast(pl.String).str.strip_chars()
+        values = missing_as_null(column.cast(pl.String).str.strip_chars())
         found = set(values.drop_nulls().to_list())
     vocabulary = tuple(classes) if classes else tuple(sorted(found))
     unknown = sorted(found - set(vocabulary))

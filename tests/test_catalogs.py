@@ -322,3 +322,73 @@ def test_folder_catalog_errors_name_file_and_column(folder_dataset, tmp_path, cs
 def test_folder_catalog_missing_root(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         get_catalog("folder", root=tmp_path / "nowhere")
+
+
+# --------------------------------------------------------- missing labels and empty tables
+
+# Every spelling of "no label" that label tables carry: pandas' str(nan), polars' nulls, blanks.
+_MISSING = ("NaN", "nan", "", "  ", "null", "-nan")
+
+
+def _labels_table(tmp_path: Path, fmt: str) -> Path:
+    """Six videos, each with one missing-label spelling in ``genre`` and ``tags``, and two
+    labelled ones; ``score`` is NaN where a label is missing."""
+    ids = [f"v{i}" for i in range(len(_MISSING))] + ["cat1", "dog1"]
+    frame = pl.DataFrame({
+        "video_id": ids,
+        "genre": [*_MISSING, "cat", "dog"],
+        "tags": [*_MISSING, "indoor;outdoor", "outdoor"],
+        "score": [float("nan")] * len(_MISSING) + [0.5, 1.0],
+    })
+    for video_id in ids:
+        (tmp_path / f"{video_id}.mp4").write_bytes(b"")
+    path = tmp_path / f"labels.{fmt}"
+    if fmt == "parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["csv", "parquet", "folder"])
+def test_nan_and_empty_labels_are_missing_not_classes(tmp_path, name):
+    labels = _labels_table(tmp_path, "parquet" if name == "parquet" else "csv")
+    if name == "folder":
+        catalog = get_catalog("folder", root=tmp_path, labels=labels)
+    else:
+        catalog = get_catalog(name, root=tmp_path, labels=labels,
+                              tasks="genre:classification,tags:multilabel,score:regression")
+    assert catalog.tasks["genre"].classes == ("cat", "dog")
+    assert catalog.tasks["tags"].classes == ("indoor", "outdoor")
+    assert catalog.tasks["score"].kind == "regression"
+    by_id = {row["video_id"]: row for row in catalog.labels.iter_rows(named=True)}
+    for i, spelling in enumerate(_MISSING):
+        row = by_id[f"v{i}"]
+        # A blank multilabel value is the empty set of classes (a label), as split_list says.
+        tags = [] if spelling.strip() == "" else None
+        assert (row["genre"], row["tags"], row["score"]) == (None, tags, None), (spelling, row)
+    assert by_id["cat1"]["tags"] == ["indoor", "outdoor"] and by_id["dog1"]["score"] == 1.0
+
+
+@pytest.mark.parametrize("content", ["", "header", "\n"], ids=["0 bytes", "header only", "blank"])
+@pytest.mark.parametrize("name", ["csv", "folder", "kinetics400"])
+def test_empty_csv_is_a_one_line_error_naming_it(tmp_path, name, content):
+    if content == "header":
+        content = {"kinetics400": "label,youtube_id,time_start,time_end,split\n"}.get(
+            name, "video_id,genre\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(content)
+    options = {"tasks": "genre:classification"} if name == "csv" else {}
+    with pytest.raises(ValueError) as err:
+        get_catalog(name, root=tmp_path, labels=labels, **options)
+    message = str(err.value)
+    assert str(labels) in message and "\n" not in message, message
+    assert "no rows" in message, message
+
+
+def test_parquet_without_rows_is_an_error_naming_it(tmp_path):
+    labels = tmp_path / "labels.parquet"
+    pl.DataFrame({"video_id": [], "genre": []}, schema={"video_id": pl.String,
+                                                       "genre": pl.String}).write_parquet(labels)
+    with pytest.raises(ValueError, match=f"{labels}.*no rows"):
+        get_catalog("parquet", root=tmp_path, labels=labels, tasks="genre:classification")

@@ -115,8 +115,9 @@ def test_malformed_videos_fail_alone_with_reasons_and_resume_retries_them(tmp_pa
     index = FeatureStore(store).open(summary.feature_set).index()
     errors = dict(index.filter(index["status"] == "failed").select("video_id", "error").iter_rows())
     assert set(errors) == {*bad, "corrupt"}
-    for video_id, reason in {"flat": "not (T, D)", "narrow": "differs", "nan": "NaN",
-                             "empty": "empty", "huge": "float32", "corrupt": "not a readable"}.items():
+    reasons = {"flat": "not (T, D)", "narrow": "differs", "nan": "NaN", "empty": "empty",
+               "huge": "float32", "corrupt": "not a readable"}
+    for video_id, reason in reasons.items():
         assert str(source / f"{video_id}.npy") in errors[video_id] and reason in errors[video_id]
 
     np.save(source / "nan.npy", np.zeros((5, 8)))  # the user fixes one file
