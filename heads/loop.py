@@ -34,7 +34,7 @@ from catalogs.base import SPLITS
 from heads.config import RunConfig
 from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
 from heads.optim import build_optimizer, build_schedule, rng_state, set_rng_state
-from heads.runs import TrainingLog
+from heads.runs import TrainingLog, read_checkpoint, save_checkpoint
 
 # A batch as the loop sees it: the model's positional inputs (on its device) and the targets.
 Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
@@ -262,7 +262,8 @@ class Trainer:
         else:
             self.since_best += 1
         last = self.run_dir / "checkpoint_last.pt"
-        _save_atomic(self.checkpoint(), last)
+        # Written under a temporary name and renamed: a kill mid-save keeps the previous file.
+        save_checkpoint(self.checkpoint(), last)
         if improved:  # the same file: a second name, swapped in atomically
             tmp = self.run_dir / ".checkpoint.pt.tmp"
             tmp.unlink(missing_ok=True)
@@ -291,10 +292,20 @@ class Trainer:
             },
         }
 
-    def restore(self, last: dict, best: dict) -> None:
+    def restore(self, last: dict | str | Path, best: dict | str | Path) -> None:
         """Continue a stopped run: the state of ``last`` (``checkpoint_last.pt``), the best
         weights of ``best`` (``checkpoint.pt``); :meth:`fit` then goes on from the next epoch
-        and draws what the uninterrupted run would have drawn."""
+        and draws what the uninterrupted run would have drawn.
+
+        Args:
+            last, best: The checkpoints' content, or their files.
+
+        Raises:
+            ValueError: a file is empty, truncated or not a checkpoint of a training run
+                (:func:`heads.runs.read_checkpoint`); one line naming it.
+        """
+        last, best = (read_checkpoint(c, required=("epoch", "resume"))
+                      if isinstance(c, (str, Path)) else c for c in (last, best))
         resume = last["resume"]
         self.model.load_state_dict(resume["model"], strict=self.state_keys is None)
         self.optimizer.load_state_dict(resume["optimizer"])
@@ -306,7 +317,6 @@ class Trainer:
         self.since_best = resume["since_best"]
         device = next(iter(self.model.state_dict().values())).device
         self.best_state = {k: v.to(device) for k, v in best["resume"]["model"].items()}
-
 
 def report(evaluate: Evaluator, trainer: Trainer, *, task, video_ids: dict[str, list[str]],
            **fields) -> tuple[dict, dict[str, SplitEval]]:
@@ -347,12 +357,4 @@ def report(evaluate: Evaluator, trainer: Trainer, *, task, video_ids: dict[str, 
         results["baseline"][split] = majority_baseline(
             evaluate.targets["train"], evaluate.targets[split], task.kind)
     return results, evals
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a kill mid-write leaves the previous
-    file whole, and a second name (hard link) of the previous file keeps its content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 

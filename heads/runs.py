@@ -16,7 +16,8 @@ own ``config.json`` fields, see :mod:`heads.finetune.recipe`):
   training loop needs to continue the run (:meth:`heads.loop.Trainer.restore`: its weights,
   optimiser, scheduler, loss scaler, RNG states, history and best so far); loadable with
   ``torch.load(weights_only=True)``. Both are written under a temporary name and renamed, so a
-  killed run leaves whole files;
+  killed run leaves whole files (so are the JSON files, :func:`replace_atomically`); a damaged
+  or foreign file is a one-line error naming it (:func:`read_checkpoint`);
 - ``metrics.json``: ``num_videos``, ``metrics``, ``baseline`` and ``details`` (confusion matrix
   or per-class AP) per split, ``num_dropped``, ``selection`` (metric, best epoch), ``seed`` and
   the per-epoch ``history``;
@@ -30,10 +31,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import platform
 import re
 import subprocess
 import sys
+import zipfile
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +54,15 @@ from heads.models import create_head
 CHECKPOINTS = {"best": "checkpoint.pt", "last": "checkpoint_last.pt"}
 # Distributions whose versions decide a run's numbers; recorded in environment.json.
 PACKAGES = ("longvid", "torch", "numpy", "scikit-learn", "polars", "zarr", "ray", "torchvision")
+# What every checkpoint of `heads train` and `heads finetune` holds (see the module docstring).
+HEAD_FIELDS = ("head", "head_args", "model", "config", "task")
+_RETRAIN = ("use the run's other checkpoint (--which best / last) or train it again with "
+            "`heads train` / `heads finetune`")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def load_head(path: str | Path, *, which: str = "best") -> tuple[nn.Module, dict]:
@@ -65,7 +79,9 @@ def load_head(path: str | Path, *, which: str = "best") -> tuple[nn.Module, dict
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: ``which`` is neither ``best`` nor ``last``.
+        ValueError: ``which`` is neither ``best`` nor ``last``; the file is empty, truncated or
+            not a checkpoint of a head (:func:`read_checkpoint`), or its weights do not fit the
+            head it names.
     """
     path = Path(path)
     if which not in CHECKPOINTS:
@@ -74,10 +90,55 @@ def load_head(path: str | Path, *, which: str = "best") -> tuple[nn.Module, dict
         path = path / CHECKPOINTS[which]
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run directory of `heads train`")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, required=HEAD_FIELDS)
     model = create_head(checkpoint["head"], **checkpoint["head_args"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:  # another head's weights under this head's name
+        raise ValueError(f"checkpoint {path}: its weights do not fit head {checkpoint['head']!r} "
+                         f"({_first_line(err)}); {_RETRAIN}") from None
     return model.eval(), checkpoint
+
+
+def read_checkpoint(path: str | Path, *, required: Sequence[str] = HEAD_FIELDS) -> dict:
+    """A checkpoint file's content on the CPU (``torch.load(weights_only=True)``), checked.
+
+    Args:
+        path: The ``.pt`` file.
+        required: Top-level fields it must have (:data:`HEAD_FIELDS`; ``resume`` for
+            :meth:`heads.loop.Trainer.restore`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty or truncated (a run killed while writing it, before
+            checkpoints were written atomically; a partial copy), is not a torch checkpoint,
+            or lacks ``required`` fields; one line naming the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run directory of `heads train`")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes: a run killed while writing it, "
+                         f"or a failed copy); {_RETRAIN}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its index at the end
+        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint (no zip "
+                         f"index at its end); {_RETRAIN}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # its long message suggests weights_only=False: never here
+        raise ValueError(f"{path} holds objects other than tensors and plain values, so it is "
+                         f"no checkpoint of this project; {_RETRAIN}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} cannot be read, it is damaged "
+                         f"({_first_line(err)}); {_RETRAIN}") from None
+    missing = [f for f in required if f not in checkpoint] if isinstance(checkpoint, dict) \
+        else list(required)
+    if missing:
+        what = type(checkpoint).__name__
+        raise ValueError(f"{path} is not a checkpoint of `heads train` or `heads finetune` (a "
+                         f"{what} without {', '.join(missing)}); pass a run directory those "
+                         "commands wrote")
+    return checkpoint
 
 
 def format_table(results: dict) -> str:
@@ -115,9 +176,45 @@ def new_run_dir(runs_dir: Path, head: str, task: str) -> Path:
     raise FileExistsError(f"could not create a fresh run directory under {runs_dir}")
 
 
+def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Write a file whole or not at all: ``write(tmp)`` fills a temporary file next to
+    ``path``, which is flushed to disk and renamed over ``path`` (``os.replace``). A kill or a
+    full disk mid-write leaves the previous ``path`` as it was; a failed write removes the
+    temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no two writers
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())  # the content is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` as ``path``, replaced atomically (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_frame(frame: pl.DataFrame, path: str | Path) -> None:
+    """A frame as CSV (``.csv``) or parquet (anything else), replaced atomically."""
+    if str(path).endswith(".csv"):
+        replace_atomically(path, frame.write_csv)
+    else:
+        replace_atomically(path, frame.write_parquet)
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> None:
+    """``torch.save`` of ``payload``, replaced atomically: a run killed while saving keeps its
+    previous checkpoint."""
+    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
 def write_json(path: Path, payload: dict) -> None:
-    """``payload`` as indented JSON; NaN and inf become null (strict JSON, e.g. for an mAP over a
-    split without any positive label)."""
+    """``payload`` as indented JSON, replaced atomically; NaN and inf become null (strict JSON,
+    e.g. for an mAP over a split without any positive label)."""
 
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
@@ -128,7 +225,7 @@ def write_json(path: Path, payload: dict) -> None:
             return [clean(v) for v in value]
         return value
 
-    path.write_text(json.dumps(clean(payload), indent=2, default=str) + "\n")
+    write_text(path, json.dumps(clean(payload), indent=2, default=str) + "\n")
 
 
 def environment() -> dict:
@@ -208,7 +305,8 @@ def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> No
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in history]
-    metric_keys = sorted({k for r in history for k in r} - {"epoch", "train_loss", "val_loss", "lr"})
+    not_metrics = {"epoch", "train_loss", "val_loss", "lr"}
+    metric_keys = sorted({k for r in history for k in r} - not_metrics)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(epochs, [r["train_loss"] for r in history], label="train")
     if any("val_loss" in r for r in history):
