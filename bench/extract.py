@@ -145,7 +145,7 @@ def ours(paths: list[str], store: Path, **overrides) -> tuple[int, int, float, f
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     from pipeline.store import FeatureStore
 
-    config = ExtractConfig(dataset="bench", store=str(store), **overrides)
+    config = ExtractConfig(dataset="bench", store=str(store), **{"weights": ("none",), **overrides})
     summary = run_extract(config, catalog=_catalog(paths), progress=False)
     assert summary.num_failed == 0, summary.failed
     index = FeatureStore(store).feature_sets()[0].index()
@@ -159,7 +159,7 @@ def _backbone_worker(args: tuple[str, int, str]) -> float:
 
     name, num_tokens, device = args
     torch.set_num_threads(1)
-    backbone = create_backbone(name, precision="auto", device=device)
+    backbone = create_backbone(name, weights="none", precision="auto", device=device)
     frames = np.random.default_rng(0).integers(0, 255, (32, 180, 320, 3), dtype=np.uint8)
     for _ in range(1 if device == "cpu" else 3):  # warm-up (cuDNN picks its kernels)
         backbone(frames)
@@ -228,7 +228,8 @@ def _peak_rss_child(args: str) -> None:
     overrides["backbones"] = tuple(overrides["backbones"])
     import pipeline.extract as extract
 
-    config = extract.ExtractConfig(dataset="bench", store=spec["store"], num_workers=0, **overrides)
+    config = extract.ExtractConfig(dataset="bench", store=spec["store"], num_workers=0,
+                                   **{"weights": ("none",), **overrides})
     import pipeline.worker as worker
 
     baseline = {}

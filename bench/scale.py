@@ -109,7 +109,8 @@ import json
 from pipeline.extract import ExtractConfig, run_extract
 config = ExtractConfig(dataset="demo", data_root={catalog_root!r}, catalog_options={{"variant": {variant!r}}},
                        backbones=("resnet18",), plan="uniform", num_frames=8, detector="none",
-                       store={store!r}, address={address!r}, num_workers={num_workers}, limit={limit})
+                       store={store!r}, address={address!r}, num_workers={num_workers}, limit={limit},
+                       weights=("none",))
 s = run_extract(config, progress=False)
 print("SUMMARY " + json.dumps(dict(num_ok=s.num_ok, num_failed=s.num_failed, num_frames=s.num_frames,
                                     wall_sec=s.wall_sec, videos_per_node=s.videos_per_node)))

@@ -56,7 +56,7 @@ def extract(
     full_num_frames: int = typer.Option(250, help="full plan: tokens per video."),
     clip_len_sec: float = typer.Option(2.0, help="clips plan: clip window length, seconds."),
     store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
-    weights: list[str] = typer.Option(["none"], help="none | default | PATH | BACKBONE=SPEC (repeatable)."),
+    weights: list[str] = typer.Option(["default"], help="default (pretrained, from the library's cache) | none (seeded random init) | PATH | BACKBONE=SPEC (repeatable)."),
     seed: int = typer.Option(0, help="Seed of random-init weights."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     precision: str = typer.Option("auto", help="Backbone arithmetic: fp32, bf16, or auto (bf16 where the hardware runs it natively)."),
@@ -152,22 +152,26 @@ def catalog(
 
 @app.command("ls")
 def ls(store: str = typer.Option("store", help="Feature store directory.")) -> None:
-    """List the feature sets in a store: token shape, dtype, videos, tokens and size on disk."""
+    """List the feature sets in a store: token shape, dtype, weights (random(seed N) for a random
+    init), videos, tokens and size on disk."""
     from pipeline.store import FeatureStore
 
     sets = FeatureStore(store).feature_sets()
     if not sets:
         typer.echo(f"no feature sets in {store}")
         return
-    typer.echo(f"{'feature set':52s} {'token':>12s} {'dtype':>7s} {'ok':>5s} {'failed':>6s} "
-               f"{'tokens':>8s} {'MiB':>8s}")
+    from pipeline.weights import weights_column
+
+    typer.echo(f"{'feature set':52s} {'token':>12s} {'dtype':>7s} {'weights':>16s} {'ok':>5s} "
+               f"{'failed':>6s} {'tokens':>8s} {'MiB':>8s}")
     for fs in sets:
         index = fs.index()
         ok = index.filter(index["status"] == "ok")
         shape = fs.spec.get("token_shape", [fs.attrs["dim"]])
         token = ("T×" + "×".join(str(n) for n in shape))
+        weights = weights_column(fs.spec.get("weights") or {"kind": "?"})
         typer.echo(
-            f"{fs.name:52s} {token:>12s} {fs.attrs['dtype']:>7s} {ok.height:5d} "
+            f"{fs.name:52s} {token:>12s} {fs.attrs['dtype']:>7s} {weights:>16s} {ok.height:5d} "
             f"{index.height - ok.height:6d} {int(ok['num_tokens'].sum() or 0):8d} "
             f"{fs.size_bytes() / 2**20:8.1f}"
         )
@@ -284,6 +288,7 @@ def import_(
     name: Optional[str] = typer.Option(None, help="Feature-set name (default: <dataset>__<backbone>__<plan>__<fingerprint>)."),
     video_id: list[str] = typer.Option([], help="Import only these ids (repeatable)."),
     store: str = typer.Option("store", help="Feature store directory."),
+    max_gib_per_video: float = typer.Option(4.0, help="Refuse a video whose arrays declare more than this many GiB (read from the header, before any data)."),
 ) -> None:
     """Import per-video feature dumps (.npy directory or HDF5) as a feature set; re-run resumes."""
     from pipeline.interop import import_features
@@ -291,7 +296,8 @@ def import_(
     try:
         summary = import_features(store, source, dataset=dataset, backbone=backbone, plan=plan,
                                   name=name, fps=fps, token_kind=token_kind, dtype=dtype,
-                                  video_ids=video_id or None)
+                                  video_ids=video_id or None,
+                                  max_bytes_per_video=int(max_gib_per_video * 2**30))
     except (ValueError, KeyError, FileNotFoundError) as err:
         _fail(str(err).strip("'\""))
         return

@@ -26,8 +26,15 @@ def feature_set_spec(
     """The identity of one feature set: everything that changes its tokens (fingerprinted)."""
     from pipeline.backbones import backbone_spec
 
+    from pipeline.weights import describe_weights
+
     spec_ = backbone_spec(backbone)
     plan = config.plan_config()
+    backbone_info = spec_.to_dict()
+    # The spec says what the weights really are: "random init (seed N)" for `--weights none`,
+    # not the pretraining of the weights the backbone *could* have had.
+    backbone_info["pretrained_on"] = (spec_.pretrained_on if weights_identity.get("kind") ==
+                                      "default" else describe_weights(weights_identity, ""))
     return {
         "schema_version": SCHEMA_VERSION,
         "dataset": catalog.name,
@@ -36,7 +43,7 @@ def feature_set_spec(
         # pixels: its build config is part of the identity.
         "dataset_config": catalog.meta.get("config"),
         "backbone": backbone,
-        "backbone_spec": spec_.to_dict(),
+        "backbone_spec": backbone_info,
         "weights": weights_identity,
         "precision": precision,
         "plan": config.plan,

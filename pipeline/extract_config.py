@@ -41,8 +41,9 @@ class ExtractConfig:
     tokens: str = "pooled"
     # Store directory or fsspec URL (s3://bucket/store, file:///shared/store, ...).
     store: str = "store"
-    # --weights values: none | default | PATH | BACKBONE=SPEC.
-    weights: tuple[str, ...] = ("none",)
+    # --weights values: default (pretrained, through the library's cache) | none (seeded random
+    # init: only when asked, e.g. demo, tests, benches) | PATH | BACKBONE=SPEC.
+    weights: tuple[str, ...] = ("default",)
     # Seed of random-init weights (`none`).
     seed: int = 0
     # Stored token dtype; float16 halves the store with no loss that matters for heads.

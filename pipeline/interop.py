@@ -421,7 +421,7 @@ def _check_shape(shape: tuple, dtype: np.dtype, ndim: int | None, tail: tuple | 
         raise _MalformedVideo(
             f"declares {shape} {dtype} = {num_bytes:,} bytes, over the limit of {max_bytes:,} "
             "bytes per video; if the video is really this large, raise the limit "
-            "(max_bytes_per_video)"
+            "(`pipeline import --max-gib-per-video`, or max_bytes_per_video)"
         )
     if tail is not None and shape[1:] != tail:
         raise _MalformedVideo(f"per-token shape {shape[1:]} differs from the first video's {tail}")

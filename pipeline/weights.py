@@ -47,6 +47,34 @@ class WeightsRef:
         return {"kind": "path", "sha256": self.sha256, "file": Path(self.path).name}
 
 
+def describe_weights(identity: dict, pretrained_on: str) -> str:
+    """What a feature set's backbone weights are, in words: ``random init (seed N)``,
+    ``pretrained on ImageNet-1k (IMAGENET1K_V1)`` or ``weights file NAME (sha256 …)``.
+
+    Args:
+        identity: :meth:`WeightsRef.identity` (a feature-set spec's ``weights``).
+        pretrained_on: The backbone's pretraining dataset (its spec's ``pretrained_on``).
+    """
+    kind = identity.get("kind")
+    if kind == "none":
+        return f"random init (seed {identity.get('seed', 0)})"
+    if kind == "default":
+        return f"pretrained on {pretrained_on} ({identity.get('tag')})"
+    return f"weights file {identity.get('file')} (sha256 {str(identity.get('sha256'))[:12]})"
+
+
+def weights_column(identity: dict) -> str:
+    """A short form for tables (``pipeline ls``): ``random(seed 0)``, the tag, or ``file:NAME``."""
+    kind = identity.get("kind")
+    if kind == "none":
+        return f"random(seed {identity.get('seed', 0)})"
+    if kind == "default":
+        return str(identity.get("tag"))
+    if kind == "path":
+        return f"file:{identity.get('file')}"
+    return str(kind or "unknown")  # e.g. an imported feature set's own record
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,13 +86,14 @@ def _sha256(path: Path) -> str:
 def parse_weights_option(values: list[str], backbones: list[str]) -> dict[str, str]:
     """Per-backbone weights from repeated ``--weights`` values.
 
-    ``none``/``default``/``PATH`` applies to every backbone; ``NAME=SPEC`` to one.
+    ``none``/``default``/``PATH`` applies to every backbone; ``NAME=SPEC`` to one; a backbone
+    no value names gets ``default`` (pretrained): random weights only when asked.
 
     Raises:
         ValueError: ``NAME=`` names a backbone not in this run, or a bare PATH is given for
             several backbones.
     """
-    out = {name: "none" for name in backbones}
+    out = {name: "default" for name in backbones}  # pretrained unless a value says otherwise
     bare = [v for v in values if "=" not in v]
     for value in bare:
         if value not in ("none", "default") and len(backbones) > 1:

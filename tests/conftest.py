@@ -112,7 +112,8 @@ TINY_NUM_VIDEOS = 6
 # ExtractConfig fields of the cheapest real extraction: one 2D backbone, 2 uniform frames per
 # video, no scene detector, exact fp32 arithmetic (runs compare token for token).
 TINY_EXTRACT_OPTIONS = dict(backbones=("resnet18",), plan="uniform", num_frames=2,
-                            detector="none", precision="fp32", short_side_px=64)
+                            detector="none", precision="fp32", short_side_px=64,
+                            weights=("none",))
 
 
 @pytest.fixture(scope="session")

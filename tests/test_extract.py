@@ -50,7 +50,7 @@ def catalog_with_bad_files(demo_small, bad_videos) -> Catalog:
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory, catalog_with_bad_files, ray_local):
     store = tmp_path_factory.mktemp("store")
-    config = ExtractConfig(dataset="demo", store=str(store))
+    config = ExtractConfig(dataset="demo", store=str(store), weights=("none",))
     summary = run_extract(config, catalog=catalog_with_bad_files, progress=False)
     return config, summary
 
@@ -115,7 +115,8 @@ def test_a_different_config_makes_a_new_feature_set(extracted, demo_small):
     config, _ = extracted
     store = FeatureStore(config.store)
     before = {fs.name for fs in store.feature_sets()}
-    other = ExtractConfig(dataset="demo", store=config.store, backbones=("resnet18",), seed=1, limit=1)
+    other = ExtractConfig(dataset="demo", store=config.store, backbones=("resnet18",), seed=1,
+                          limit=1, weights=("none",))
     summary = run_extract(other, catalog=demo_small, progress=False)
     assert summary.num_ok == 1
     after = {fs.name for fs in store.feature_sets()}
@@ -126,15 +127,17 @@ def test_cli_exits_non_zero_and_names_failures(bad_videos, tmp_path, ray_local):
     result = CliRunner().invoke(
         app,
         ["extract", "--dataset", "folder", "--data-root", str(bad_videos["good"].parent),
-         "--backbone", "resnet18", "--store", str(tmp_path / "store")],
+         "--backbone", "resnet18", "--weights", "none", "--store", str(tmp_path / "store")],
     )
     assert result.exit_code == 1, result.output
     assert "failed" in result.output
     assert "empty.mp4: file is empty" in result.output
     listing = CliRunner().invoke(app, ["ls", "--store", str(tmp_path / "store")])
     assert listing.exit_code == 0, listing.output
-    (row,) = [line.split() for line in listing.output.splitlines() if "resnet18" in line]
-    assert row[1:5] == ["T×512", "float16", "2", "3"]  # token shape, dtype, ok, failed
+    (line,) = [line for line in listing.output.splitlines() if "resnet18" in line]
+    row = line.replace("random(seed 0)", "random(seed=0)").split()
+    # token shape, dtype, weights (random: said so), ok, failed
+    assert row[1:6] == ["T×512", "float16", "random(seed=0)", "2", "3"]
 
 
 def test_heads_train_runs_on_the_extracted_store(extracted, demo_small, tmp_path):

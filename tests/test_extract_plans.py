@@ -18,7 +18,7 @@ from tests.conftest import block_frames, write_video
 # Three 1-second shots at 25 fps: 2 hard cuts, 75 frames.
 COLOURS = [(200, 30, 30), (20, 20, 90), (60, 230, 60)]
 # Plan knobs shrunk so that each plan gives 2-4 tokens on the 3 s video.
-KNOBS = dict(num_frames=3, fps=1.0, full_num_frames=4, clip_len_sec=1.5)
+KNOBS = dict(num_frames=3, fps=1.0, full_num_frames=4, clip_len_sec=1.5, weights=("none",))
 EXPECTED_TOKENS = {"scene": 3, "uniform": 3, "fps": 3, "full": 4, "clips": 2}
 
 

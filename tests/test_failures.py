@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 OPTIONS = TINY_EXTRACT_OPTIONS
 CLI_OPTIONS = ["--backbone", "resnet18", "--plan", "uniform", "--num-frames", "2",
-               "--detector", "none", "--precision", "fp32"]
+               "--detector", "none", "--precision", "fp32", "--weights", "none"]
 
 
 @pytest.fixture(scope="module")

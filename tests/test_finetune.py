@@ -45,6 +45,7 @@ def tiny_config(preset: str, demo_small, runs_dir, **overrides) -> FinetuneConfi
         train_clip_frames=3,
         stem_dim=16, stem_patch_px=8, epochs=1, batch_size=2, lr=1e-3, num_workers=0,
         cache_decoded=True, runs_dir=str(runs_dir), head_kwargs=HEAD_KWARGS[preset],
+        weights=("none",),
     )
     return FinetuneConfig(**{**fields, **overrides})
 
@@ -232,7 +233,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
     lengths = torch.tensor([3, 2])
     grads = []
     for checkpointing in (False, True):
-        encoder = BackboneEncoder(create_backbone("resnet18"), trainable=True, chunk_windows=2,
+        encoder = BackboneEncoder(create_backbone("resnet18", weights="none"), trainable=True, chunk_windows=2,
                                   grad_checkpoint=checkpointing).train()
         tokens, mask = encoder(frames, lengths)  # (2, 3, 512), (2, 3)
         assert tokens.shape == (2, 3, 512) and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -332,7 +333,7 @@ def test_init_from_mismatch_fails_clearly(cached_run, demo_small, tmp_path, over
 def test_cli_finetune(demo_small, tmp_path):
     args = ["finetune", "--task", TASK, "--preset", "vtn", "--data-root", str(demo_small.root),
             "--variant", "small", "--frame-size-px", "16", "--num-frames", "4", "--epochs", "1",
-            "--num-workers", "0", "--cache-decoded", "--runs-dir", str(tmp_path)]
+            "--num-workers", "0", "--cache-decoded", "--runs-dir", str(tmp_path), "--weights", "none"]
     args += [f"--head-kwarg={k}={v}" for k, v in HEAD_KWARGS["vtn"].items()]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -118,6 +118,21 @@ def test_size_limit_applies_to_npy_dumps_too(tmp_path):
         _import(tmp_path / "store", tmp_path / "dump", max_bytes_per_video=0)
 
 
+def test_cli_flag_sets_the_limit(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    (tmp_path / "dump").mkdir()
+    np.save(tmp_path / "dump" / "big.npy", np.ones((300, 1_024), np.float32))  # 1.2 MB
+    np.save(tmp_path / "dump" / "small.npy", np.ones((3, 1_024), np.float32))
+    args = ["import", str(tmp_path / "dump"), "--dataset", "toy", "--backbone", "vit_b16",
+            "--plan", "fps", "--fps", "1", "--store", str(tmp_path / "store")]
+    refused = CliRunner().invoke(app, [*args, "--max-gib-per-video", "0.001"])
+    assert refused.exit_code == 1 and "--max-gib-per-video" in refused.output
+    assert CliRunner().invoke(app, args).exit_code == 0  # the 4 GiB default lets it in
+
+
 def test_links_and_external_storage_are_refused_per_key(tmp_path, monkeypatch):
     import h5py
 

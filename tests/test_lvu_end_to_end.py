@@ -32,7 +32,7 @@ def test_extract_skips_missing_videos_without_touching_the_index(tmp_path):
     write_video(videos / "-e6lEsIUf3U.mp4", block_frames([(200, 30, 30), (30, 30, 200)], 10))
     config = ExtractConfig(
         dataset="lvu", backbones=("resnet18",), plan="uniform", num_frames=2, detector="none",
-        store=str(tmp_path / "store"), num_workers=0,
+        store=str(tmp_path / "store"), num_workers=0, weights=("none",),
         catalog_options={"labels": str(LVU_LABELS), "video_root": str(videos)},
     )
     summary = run_extract(config, progress=False)

@@ -83,6 +83,63 @@ def test_weights_option_per_backbone():
         parse_weights_option(["vit=/w.pth"], both)
 
 
+def test_pretrained_is_the_default_and_random_only_when_asked():
+    """Issue 16 item 1: no command extracts with random weights unless told to."""
+    from pipeline.extract_config import ExtractConfig
+
+    assert ExtractConfig().weights == ("default",)
+    both = ["resnet18", "r2plus1d_18"]
+    # Naming one backbone leaves the other pretrained, not random.
+    assert parse_weights_option(["r2plus1d_18=none"], both) == {"resnet18": "default",
+                                                                "r2plus1d_18": "none"}
+    assert parse_weights_option([], both) == {"resnet18": "default", "r2plus1d_18": "default"}
+
+
+def test_cli_default_fails_at_once_offline(monkeypatch, tmp_path):
+    """`pipeline extract` without --weights asks for the pretrained weights: offline it stops
+    before any video with the message that says where to put the file or to pass none."""
+    import torch
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    result = CliRunner().invoke(app, ["extract", "--dataset", "folder", "--data-root", str(videos),
+                                      "--backbone", "resnet18", "--store", str(tmp_path / "s")])
+    assert result.exit_code != 0
+    assert "resnet18-f37072fd.pth" in result.output and "--weights none" in result.output
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_spec_says_random_init_when_the_weights_are_random():
+    from catalogs.base import Catalog
+    from pipeline.extract import feature_set_spec
+    from pipeline.extract_config import ExtractConfig
+    from pipeline.weights import describe_weights, weights_column
+
+    import polars as pl
+
+    catalog = Catalog(name="c", root=".", videos=pl.DataFrame(
+        schema={"video_id": pl.String, "path": pl.String, "split": pl.String}))
+    config = ExtractConfig(backbones=("resnet18",))
+    random = feature_set_spec(config, catalog, "resnet18", {"kind": "none", "seed": 3}, "fp32")
+    pretrained = feature_set_spec(config, catalog, "resnet18",
+                                  {"kind": "default", "tag": "IMAGENET1K_V1"}, "fp32")
+    assert random["backbone_spec"]["pretrained_on"] == "random init (seed 3)"
+    assert pretrained["backbone_spec"]["pretrained_on"] == "ImageNet-1k"
+    assert describe_weights(pretrained["weights"], "ImageNet-1k") == (
+        "pretrained on ImageNet-1k (IMAGENET1K_V1)")
+    assert weights_column(random["weights"]) == "random(seed 3)"
+
+
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(KeyError, match="resnet18"):
         backbone_spec("resnet1000")
@@ -90,13 +147,13 @@ def test_unknown_backbone_lists_valid_names():
 
 def test_bf16_features_stay_close_to_fp32():
     frames = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
-    fp32 = create_backbone("resnet18", precision="fp32")(frames)
-    bf16 = create_backbone("resnet18", precision="bf16")(frames)
+    fp32 = create_backbone("resnet18", weights="none", precision="fp32")(frames)
+    bf16 = create_backbone("resnet18", weights="none", precision="bf16")(frames)
     assert bf16.dtype == np.float32
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cosine.min() > 0.99
     with pytest.raises(ValueError, match="fp32"):
-        create_backbone("resnet18", precision="fp8")
+        create_backbone("resnet18", weights="none", precision="fp8")
 
 
 def test_weights_file_skips_random_init_and_gives_the_same_network(tmp_path, monkeypatch):
@@ -205,7 +262,8 @@ def test_building_a_backbone_skips_torch_dynamo_yet_leaves_it_whole():
     code = """
 import sys, numpy as np
 from pipeline.backbones import create_backbone
-features = create_backbone("resnet18", precision="fp32")(np.zeros((1, 64, 64, 3), np.uint8))
+net = create_backbone("resnet18", weights="none", precision="fp32")
+features = net(np.zeros((1, 64, 64, 3), np.uint8))
 print(features.shape, "torch._dynamo" in sys.modules)
 import torch, torchvision
 ra = sys.modules["torchvision.ops.roi_align"]

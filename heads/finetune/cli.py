@@ -43,8 +43,8 @@ def finetune(
     ] = None,
     weights: Annotated[
         list[str] | None,
-        typer.Option(help="none | default | PATH | BACKBONE=SPEC (repeatable), as for "
-                     "`pipeline extract`."),
+        typer.Option(help="default (pretrained; the default) | none (seeded random init) | PATH "
+                     "| BACKBONE=SPEC (repeatable), as for `pipeline extract`."),
     ] = None,
     weights_seed: Annotated[int, typer.Option(help="Seed of --weights none.")] = 0,
     plan: shared.Plan = None,
@@ -107,7 +107,7 @@ def finetune(
         run_finetune(FinetuneConfig(
             task=task, preset=preset, dataset=dataset, data_root=data_root,
             catalog_options=catalog_options, head=head, encoders=tuple(encoder or ()),
-            trainable=trainable, weights=tuple(weights or ("none",)), weights_seed=weights_seed,
+            trainable=trainable, weights=tuple(weights or ("default",)), weights_seed=weights_seed,
             plan=plan, num_frames=num_frames, frames_per_clip=frames_per_clip,
             frame_size_px=frame_size_px, stem_dim=stem_dim, stem_patch_px=stem_patch_px,
             flip=flip, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -60,7 +60,7 @@ class FinetuneConfig(RunConfig):
     preset: str = "stan_small"  # a key of PRESETS: head, encoders, trainable set, plan
     encoders: tuple[str, ...] = ()  # per stream: backbone name or "conv3d_stem"; () = preset's
     trainable: tuple[str, ...] | None = None  # encoders that get gradients; None = preset's
-    weights: tuple[str, ...] = ("none",)  # as `pipeline extract --weights`: none|default|PATH
+    weights: tuple[str, ...] = ("default",)  # as `pipeline extract --weights`: none|default|PATH
     weights_seed: int = 0  # seed of `--weights none` (as `pipeline extract --seed`)
     # `uniform` / `full` plan: frames per video; None = 16 for `uniform` (STAT trains on 16),
     # 250 for `full` (VTN's full-video inference).

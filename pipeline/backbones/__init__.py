@@ -235,14 +235,16 @@ def cpu_bf16_native() -> bool:
 
 
 def create_backbone(
-    name: str, *, weights: str = "none", seed: int = 0, device: str = "cpu", precision: str = "fp32"
+    name: str, *, weights: str = "default", seed: int = 0, device: str = "cpu",
+    precision: str = "fp32",
 ):
     """Build backbone ``name`` with its weights, in eval mode.
 
     Args:
         name: Registry key.
-        weights: ``none`` (seeded random init), ``default`` (the library's pretrained weights,
-            from the torch hub cache or downloaded) or a path to a state-dict file.
+        weights: ``default`` (the library's pretrained weights, from the torch hub cache or
+            downloaded; the default), ``none`` (seeded random init, only when asked) or a path
+            to a state-dict file.
         seed: Seed of the random init when ``weights`` is ``none``.
         device: Torch device.
         precision: ``fp32``, or ``bf16`` (autocast: matmuls and convolutions in bfloat16).
