@@ -256,11 +256,11 @@ def runs(
 @app.command()
 def sweep(
     heads_: Annotated[
-        str, typer.Option("--heads", help="Comma-separated heads, e.g. mean,stan,vis4mer.")
-    ],
+        str | None, typer.Option("--heads", help="Comma-separated heads, e.g. mean,stan,vis4mer.")
+    ] = None,
     tasks: Annotated[
-        str, typer.Option(help="Comma-separated tasks of the catalog, or all.")
-    ] = "all",
+        str | None, typer.Option(help="Comma-separated tasks of the catalog (default: all).")
+    ] = None,
     seeds: Annotated[int | None, typer.Option(
         help="Seeds per cell: 0 .. N-1. Default: the dataset's protocol (lvu: 5), else 3.")] = None,
     dataset: Annotated[str, typer.Option(help="Catalog key.")] = "demo",
@@ -284,33 +284,51 @@ def sweep(
     num_workers: Annotated[
         int | None, typer.Option(help="Parallel runs (default: one per CPU).")
     ] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="A sweep directory: rerun only its runs missing or failed in its sweep.json, with "
+             "the heads, tasks, seeds and overrides recorded there.")] = None,
 ) -> None:
     """Train every head × task × seed on Ray and print a summary table (mean ± standard error).
 
     Each head's settings are resolved as for `heads train`: its config file, the file's
-    [datasets.<dataset>] table, --config, then --set.
+    [datasets.<dataset>] table, --config, then --set. Exits with 1 when a run failed (its
+    worker may have died); `--resume SWEEP_DIR` then reruns only what did not finish.
     """
     from catalogs import get_catalog
-    from heads.experiments import parse_sets, protocol_seeds, run_sweep
+    from heads.experiments import (failed_cells, parse_sets, protocol_seeds, resume_sweep,
+                                   run_sweep)
     from heads.runs import new_run_dir
 
     with user_errors():
-        head_names = [h.strip() for h in heads_.split(",") if h.strip()]
-        options = {"variant": variant} if variant else {}
-        root = data_root or f"data/{dataset}"
-        catalog = get_catalog(dataset, root=root, **options)
-        task_names = list(catalog.tasks) if tasks == "all" else [
-            t.strip() for t in tasks.split(",") if t.strip()
-        ]
-        overrides = parse_sets(set_ or [], head_names)
-        base = {"dataset": dataset, "data_root": root, "store": store,
-                "catalog_options": options}
-        overrides = {h: {**base, **values} for h, values in overrides.items()}
-        out_dir = new_run_dir(Path(runs_dir), "sweep", "-".join(head_names))
-        seeds = protocol_seeds(catalog, 3) if seeds is None else seeds
-        run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
-                  overrides=overrides, out_dir=out_dir, config_file=config, address=address,
-                  num_workers=num_workers, log=typer.echo)
+        if resume:
+            given = [f for f, v in (("--heads", heads_), ("--tasks", tasks), ("--seeds", seeds),
+                                    ("--set", set_), ("--config", config)) if v]
+            if given:
+                raise ValueError(f"--resume reruns the sweep recorded in {resume}/sweep.json; "
+                                 f"drop {', '.join(given)}")
+            table = resume_sweep(Path(resume), address=address, num_workers=num_workers,
+                                 log=typer.echo)
+        else:
+            if not heads_:
+                raise ValueError("pass --heads (e.g. --heads mean,stan), or --resume SWEEP_DIR")
+            head_names = [h.strip() for h in heads_.split(",") if h.strip()]
+            options = {"variant": variant} if variant else {}
+            root = data_root or f"data/{dataset}"
+            catalog = get_catalog(dataset, root=root, **options)
+            task_names = list(catalog.tasks) if tasks in (None, "all") else [
+                t.strip() for t in tasks.split(",") if t.strip()
+            ]
+            overrides = parse_sets(set_ or [], head_names)
+            base = {"dataset": dataset, "data_root": root, "store": store,
+                    "catalog_options": options}
+            overrides = {h: {**base, **values} for h, values in overrides.items()}
+            out_dir = new_run_dir(Path(runs_dir), "sweep", "-".join(head_names))
+            seeds = protocol_seeds(catalog, 3) if seeds is None else seeds
+            table = run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
+                              overrides=overrides, out_dir=out_dir, config_file=config,
+                              address=address, num_workers=num_workers, log=typer.echo)
+    if failed_cells(table):
+        raise typer.Exit(code=1)
 
 
 @app.command()

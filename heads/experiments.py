@@ -12,7 +12,14 @@ A head's features are its defaults (``heads/configs/<head>.toml``, with the file
 says otherwise; a head whose feature sets the store lacks is not run:
 its cells are listed in the summary as ``skipped`` with the reason (and the ``pipeline
 extract`` command to run). A cell that fails is listed as ``failed`` with its error; the other
-cells go on.
+cells go on. A worker process that dies (a segfault, the OOM killer, ``ray.kill``) fails only
+the cell it was running: a fresh actor takes its place for the cells still to run.
+
+``sweep.json`` is rewritten (atomically) after every cell, and ``summary.csv`` /
+``summary.md`` are written however the sweep ends, also when the driver stops half-way (cells
+never started are ``not run``). :func:`resume_sweep` (``heads sweep --resume DIR``) reruns the
+cells of a sweep directory that are missing or not ``ok``, with the heads, tasks, seeds and
+overrides its ``sweep.json`` recorded, and keeps the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,6 +38,9 @@ import polars as pl
 
 from catalogs.base import SPLITS
 from heads.metrics import PRIMARY_METRIC
+
+# The status of a cell the sweep stopped before (a driver killed or interrupted half-way).
+NOT_RUN = "not run"
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -235,7 +247,8 @@ def summary_table(outcomes: Sequence[dict], skipped: Sequence[dict]) -> pl.DataF
         groups.setdefault((outcome["head"], outcome["task"]), []).append(outcome)
     for (head, task), group in groups.items():
         done = [o for o in group if o["status"] == "ok"]
-        failed = [o for o in group if o["status"] != "ok"]
+        failed = [o for o in group if o["status"] == "failed"]
+        not_run = [o for o in group if o["status"] == NOT_RUN]
         row = {"head": head, "task": task, "kind": None, "metric": None, "seeds": len(done),
                "val": "-", "test": "-", "test_mean": None, "test_se": None,
                "baseline_test": None, "status": "ok"}
@@ -247,8 +260,10 @@ def summary_table(outcomes: Sequence[dict], skipped: Sequence[dict]) -> pl.DataF
             row.update(kind=kind, metric=metric, val=format_mean_se(*val),
                        test=format_mean_se(*test), test_mean=test[0], test_se=test[1],
                        baseline_test=done[0]["baseline"]["test"].get(metric))
-        if failed:
-            row["status"] = f"failed {len(failed)}: {failed[0]['error']}"
+        problems = [f"failed {len(failed)}: {failed[0]['error']}"] if failed else []
+        problems += [f"{NOT_RUN} {len(not_run)}"] if not_run else []
+        if problems:
+            row["status"] = "; ".join(problems)
         rows.append(row)
     for skip in skipped:
         rows.append({"head": skip["head"], "task": skip["task"], "kind": None, "metric": None,
@@ -279,6 +294,18 @@ def to_markdown(table: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def failed_cells(table: pl.DataFrame) -> int:
+    """How many (head, task) rows of a summary have a cell that failed or did not run (skipped
+    heads do not count: they never had cells)."""
+    return table.filter(pl.col("status").str.starts_with("failed")
+                        | pl.col("status").str.starts_with(NOT_RUN)).height
+
+
+def cell_key(cell: dict) -> tuple[str, str, int]:
+    """A cell's (or its outcome's) identity in a sweep: ``(head, task, seed)``."""
+    return cell["head"], cell["task"], int(cell["seed"])
+
+
 def run_sweep(
     catalog,
     *,
@@ -291,6 +318,7 @@ def run_sweep(
     address: str | None = None,
     num_workers: int | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> pl.DataFrame:
     """Run every (head, task, seed) cell on Ray and write the summary.
 
@@ -302,18 +330,19 @@ def run_sweep(
         overrides: Per head, ``TrainConfig`` values (see :func:`parse_sets`); ``runs_dir`` is
             set to ``out_dir``.
         out_dir: The sweep directory: run directories, ``summary.csv``, ``summary.md`` and
-            ``sweep.json`` (the arguments and every cell's outcome).
+            ``sweep.json`` (the arguments and every cell's outcome, rewritten after each cell).
         config_file: Optional TOML file applied to every cell.
         address: Ray cluster address; None starts Ray locally.
         num_workers: Actors; default one per CPU of the cluster.
         log: Progress lines and the summary.
+        resume: Keep the ``ok`` outcomes of ``out_dir/sweep.json`` and run only the other
+            cells (missing, failed or not run).
 
     Returns:
-        The summary table (also written as CSV and markdown).
+        The summary table (also written as CSV and markdown), written also when a cell fails,
+        a worker dies or the driver stops (then re-raised).
     """
-    import ray
-    from ray.util import ActorPool
-    from tqdm.auto import tqdm
+    from heads.runs import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,39 +351,160 @@ def run_sweep(
                                 overrides=overrides, config_file=config_file)
     for skip in {s["head"]: s for s in skipped}.values():
         log(f"skipping {skip['head']}: {skip['reason']}")
-    outcomes: list[dict] = []
-    if cells:
-        started_here = not ray.is_initialized()
-        if started_here:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-            # "local" starts a fresh instance instead of joining whatever Ray runs on the host.
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
-        try:
-            num_cpus = int(ray.available_resources().get("CPU", 1)) or 1
-            num_workers = max(1, min(num_workers or num_cpus, len(cells)))
-            actor = ray.remote(num_cpus=1)(SweepWorker)
-            pool = ActorPool([actor.remote(catalog, 1) for _ in range(num_workers)])
-            log(f"sweep: {len(cells)} runs on {num_workers} Ray workers")
-            results = pool.map_unordered(lambda a, cell: a.run.remote(cell), cells)
-            for outcome in tqdm(results, total=len(cells), desc="sweep", disable=None):
-                outcomes.append(outcome)
-                if outcome["status"] != "ok":
-                    log(f"{outcome['head']}/{outcome['task']}/seed {outcome['seed']} failed: "
-                        f"{outcome['error']}")
-        finally:
-            if started_here:
-                ray.shutdown()
-    table = summary_table(outcomes, skipped)
-    table.write_csv(out_dir / "summary.csv")
-    markdown = to_markdown(table)
-    (out_dir / "summary.md").write_text(markdown + "\n")
-    from heads.runs import write_json
+    planned = {cell_key(c) for c in cells}
+    outcomes = [o for o in _saved_outcomes(out_dir) if o["status"] == "ok"
+                and cell_key(o) in planned] if resume else []
+    kept = {cell_key(o) for o in outcomes}
+    todo = [c for c in cells if cell_key(c) not in kept]
+    if resume:
+        log(f"resuming {out_dir}: {len(kept)} runs done, {len(todo)} to run")
+    record = {"heads": list(heads), "tasks": list(tasks), "seeds": list(seeds),
+              "overrides": overrides, "config_file": config_file,
+              "cells": [list(cell_key(c)) for c in cells], "outcomes": outcomes,
+              "skipped": skipped}
 
-    write_json(out_dir / "sweep.json", {
-        "heads": list(heads), "tasks": list(tasks), "seeds": list(seeds),
-        "overrides": overrides, "config_file": config_file, "outcomes": outcomes,
-        "skipped": skipped,
-    })
-    log(markdown)
+    def finished(outcome: dict) -> None:
+        outcomes.append(outcome)
+        write_json(out_dir / "sweep.json", record)  # a killed driver still leaves the record
+        if outcome["status"] != "ok":
+            log(f"{outcome['head']}/{outcome['task']}/seed {outcome['seed']} failed: "
+                f"{outcome['error']}")
+
+    write_json(out_dir / "sweep.json", record)
+    try:
+        if todo:
+            _run_cells(catalog, todo, finished, address=address, num_workers=num_workers,
+                       log=log)
+    finally:  # however the sweep ends, its summary is written
+        table = _write_summary(out_dir, cells, outcomes, skipped)
+        write_json(out_dir / "sweep.json", record)
+    log(to_markdown(table))
     log(f"sweep written to {out_dir}")
+    if failed_cells(table):
+        log(f"some runs failed or did not run; rerun only those with: heads sweep --resume "
+            f"{out_dir}")
     return table
+
+
+def resume_sweep(sweep_dir: str | Path, *, catalog=None, address: str | None = None,
+                 num_workers: int | None = None,
+                 log: Callable[[str], None] = print) -> pl.DataFrame:
+    """Rerun the cells of a sweep directory that are missing or not ``ok`` in its
+    ``sweep.json``, with the heads, tasks, seeds, overrides and config file recorded there.
+
+    Args:
+        sweep_dir: A directory written by :func:`run_sweep` (``heads sweep``).
+        catalog: The dataset; default: opened from the recorded overrides (``dataset``,
+            ``data_root``, ``catalog_options``).
+
+    Raises:
+        FileNotFoundError: no ``sweep.json`` in ``sweep_dir``.
+        ValueError: ``sweep.json`` is not a sweep's record.
+    """
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep.json in {sweep_dir}; pass --resume a directory "
+                                "`heads sweep` wrote")
+    try:
+        saved = json.loads(path.read_text())
+        heads, tasks, seeds = saved["heads"], saved["tasks"], saved["seeds"]
+        overrides = saved["overrides"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not the record of a `heads sweep` ({type(err).__name__}: "
+                         f"{err}); start the sweep again without --resume") from None
+    if catalog is None:
+        from catalogs import get_catalog
+
+        first = overrides[heads[0]]
+        catalog = get_catalog(first["dataset"], root=first.get("data_root"),
+                              **first.get("catalog_options", {}))
+    return run_sweep(catalog, heads=heads, tasks=tasks, seeds=seeds, overrides=overrides,
+                     out_dir=sweep_dir, config_file=saved.get("config_file"), address=address,
+                     num_workers=num_workers, log=log, resume=True)
+
+
+def _saved_outcomes(out_dir: Path) -> list[dict]:
+    path = out_dir / "sweep.json"
+    return json.loads(path.read_text()).get("outcomes", []) if path.is_file() else []
+
+
+def _write_summary(out_dir: Path, cells: list[dict], outcomes: list[dict],
+                   skipped: list[dict]) -> pl.DataFrame:
+    """``summary.csv`` and ``summary.md``; cells without an outcome count as ``not run``."""
+    from heads.runs import write_frame, write_text
+
+    ran = {cell_key(o) for o in outcomes}
+    not_run = [{"head": c["head"], "task": c["task"], "seed": c["seed"], "status": NOT_RUN,
+                "error": "the sweep stopped before this run"}
+               for c in cells if cell_key(c) not in ran]
+    table = summary_table([*outcomes, *not_run], skipped)
+    write_frame(table, out_dir / "summary.csv")
+    write_text(out_dir / "summary.md", to_markdown(table) + "\n")
+    return table
+
+
+# A free worker is asked again at this interval: Ctrl-C reaches the driver between waits.
+WAIT_SEC = 1.0
+
+
+def _run_cells(catalog, cells: list[dict], finished: Callable[[dict], None], *,
+               address: str | None, num_workers: int | None,
+               log: Callable[[str], None]) -> None:
+    """Run ``cells`` on a pool of :class:`SweepWorker` actors, one cell per actor at a time,
+    calling ``finished(outcome)`` for each. A worker that dies fails its cell (``failed``, with
+    the reason) and is replaced by a fresh actor while cells remain."""
+    import ray
+    from ray.exceptions import RayError
+    from tqdm.auto import tqdm
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
+        # "local" starts a fresh instance instead of joining whatever Ray runs on the host.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    worker = ray.remote(num_cpus=1, max_restarts=0)(SweepWorker)
+    actors: list = []  # every actor started here, ended here whatever happens
+    try:
+        num_cpus = int(ray.available_resources().get("CPU", 1)) or 1
+        num_workers = max(1, min(num_workers or num_cpus, len(cells)))
+        actors += [worker.remote(catalog, 1) for _ in range(num_workers)]
+        idle, todo, running = list(actors), list(reversed(cells)), {}
+        log(f"sweep: {len(cells)} runs on {num_workers} Ray workers")
+        progress = tqdm(total=len(cells), desc="sweep", disable=None)
+        while todo or running:
+            while todo and idle:
+                actor, cell = idle.pop(), todo.pop()
+                running[actor.run.remote(cell)] = (actor, cell)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SEC)
+            for ref in ready:
+                actor, cell = running.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                    idle.append(actor)
+                except RayError as err:  # the worker died (SweepWorker.run itself never raises)
+                    outcome = {**dict(zip(("head", "task", "seed"), cell_key(cell))),
+                               "status": "failed", "error": _worker_death(err)}
+                    with suppress(RayError):
+                        ray.kill(actor, no_restart=True)
+                    if todo:  # a fresh actor takes the dead one's place
+                        actors.append(worker.remote(catalog, 1))
+                        idle.append(actors[-1])
+                progress.update()
+                finished(outcome)
+        progress.close()
+    finally:
+        for actor in actors:  # their CPUs go back to the cluster, also on Ctrl-C
+            with suppress(RayError):
+                ray.kill(actor, no_restart=True)
+        if started_here:
+            ray.shutdown()
+
+
+def _worker_death(err: Exception) -> str:
+    """One line on why a cell's worker is gone, from Ray's multi-line error."""
+    text = str(err)
+    detail = re.search(r"Worker exit detail: ([^.]*)", text)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    reason = detail.group(1).strip() if detail else first
+    return f"worker process died ({type(err).__name__}: {reason})"

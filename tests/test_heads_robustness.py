@@ -1,14 +1,17 @@
-"""Runs that are killed or meet damaged files (issue 16, item 11): checkpoints and run files are
-replaced whole or not at all, and a damaged checkpoint is a one-line error."""
+"""Runs that are killed or meet damaged files (issue 16, items 11 and 12): checkpoints and run
+files are replaced whole or not at all, a damaged checkpoint is a one-line error, and a sweep
+survives a dead worker, always writes its summary and resumes only what did not finish."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from typer.testing import CliRunner
 
 from heads.cli import app
 from heads.runs import load_head, write_json
-from test_heads_train import small_config, toy_catalog, write_toy_store
+from test_heads_train import DATASET, MEAN_SMALL, small_config, toy_catalog, write_toy_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = {"log": lambda _: None}
@@ -199,3 +202,91 @@ def test_trainer_restore_names_a_damaged_checkpoint(mean_run, toy_store, tmp_pat
     one_line_error(err, last)
     run.trainer.restore(mean_run / "checkpoint_last.pt", mean_run / "checkpoint.pt")
     assert run.trainer.epoch == 2
+
+
+# ------------------------------------------------------------------- item 12: sweeps
+
+
+def dying_catalog(marker: Path):
+    """The toy catalog, but the first Ray worker that asks it for a task dies at once (as a
+    segfault or the OOM killer would end it); ``marker`` records that one died."""
+    from catalogs.base import Catalog
+
+    class DyingCatalog(Catalog):  # defined here: Ray ships the class itself to the workers
+        def task(self, name):
+            if os.getpid() != self.driver_pid and not Path(self.marker).exists():
+                Path(self.marker).touch()
+                os._exit(1)
+            return super().task(name)
+
+    base = toy_catalog()
+    catalog = DyingCatalog(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    object.__setattr__(catalog, "driver_pid", os.getpid())
+    object.__setattr__(catalog, "marker", str(marker))
+    return catalog
+
+
+SWEEP_FLAGS = ["--heads", "mean", "--tasks", "genre", "--seeds", "3", "--num-workers", "1",
+               "--dataset", DATASET, "--set", "epochs=1", "--set", "batch_size=8",
+               "--set", f"mean.head_kwargs={json.dumps(MEAN_SMALL)}"]
+
+
+def test_sweep_survives_a_dead_worker_and_resumes_what_failed(toy_store, ray_local, tmp_path,
+                                                              monkeypatch):
+    import catalogs
+
+    catalog = dying_catalog(tmp_path / "died")
+    monkeypatch.setattr(catalogs, "get_catalog", lambda name, **kw: catalog)
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", *SWEEP_FLAGS, "--store", str(toy_store),
+                                 "--runs-dir", str(tmp_path / "sweeps")])
+    assert (tmp_path / "died").exists()  # one worker did die
+    assert result.exit_code == 1, result.output  # a cell failed
+    assert "| mean | genre |" in result.output  # the table was printed all the same
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    assert {"summary.csv", "summary.md", "sweep.json"} <= {p.name for p in sweep_dir.iterdir()}
+    saved = json.loads((sweep_dir / "sweep.json").read_text())
+    by_seed = {o["seed"]: o for o in saved["outcomes"]}
+    assert sorted(by_seed) == [0, 1, 2]
+    assert by_seed[0]["status"] == "failed" and "worker" in by_seed[0]["error"]
+    assert by_seed[1]["status"] == by_seed[2]["status"] == "ok"  # a new worker ran the rest
+    assert len(list((sweep_dir / "runs").iterdir())) == 2
+    assert "failed 1" in (sweep_dir / "summary.md").read_text()
+
+    result = runner.invoke(app, ["sweep", "--resume", str(sweep_dir)])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sorted((o["seed"], o["status"]) for o in resumed["outcomes"]) == [
+        (0, "ok"), (1, "ok"), (2, "ok")]
+    kept = {o["seed"]: o["run_dir"] for o in resumed["outcomes"]}
+    assert kept[1] == by_seed[1]["run_dir"] and kept[2] == by_seed[2]["run_dir"]
+    assert len(list((sweep_dir / "runs").iterdir())) == 3  # only seed 0 ran again
+    assert "| mean | genre | top1 | 3 |" in (sweep_dir / "summary.md").read_text()
+
+
+def test_sweep_writes_its_summary_when_the_driver_stops(toy_store, ray_local, tmp_path):
+    from heads.experiments import parse_sets, run_sweep
+
+    overrides = parse_sets(["epochs=1", "batch_size=8",
+                            f"mean.head_kwargs={json.dumps(MEAN_SMALL)}"], ["mean"])
+    overrides = {h: {**v, "dataset": DATASET, "store": str(toy_store)}
+                 for h, v in overrides.items()}
+
+    def log(line: str) -> None:
+        if "failed" in line:  # the driver is stopped (Ctrl-C) right after the first outcome
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(dying_catalog(tmp_path / "died"), heads=["mean"], tasks=["genre"],
+                  seeds=[0, 1, 2], overrides=overrides, out_dir=tmp_path / "sweep",
+                  num_workers=1, log=log)
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(o["seed"], o["status"]) for o in saved["outcomes"]] == [(0, "failed")]
+    markdown = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "failed 1" in markdown and "not run 2" in markdown
+    assert (tmp_path / "sweep" / "summary.csv").is_file()
+    for _ in range(100):  # no worker is left holding a CPU (Ray frees them asynchronously)
+        if ray_local.available_resources().get("CPU") == 2:
+            break
+        time.sleep(0.1)
+    assert ray_local.available_resources().get("CPU") == 2
