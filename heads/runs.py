@@ -55,7 +55,7 @@ CHECKPOINTS = {"best": "checkpoint.pt", "last": "checkpoint_last.pt"}
 # Distributions whose versions decide a run's numbers; recorded in environment.json.
 PACKAGES = ("longvid", "torch", "numpy", "scikit-learn", "polars", "zarr", "ray", "torchvision")
 # What every checkpoint of `heads train` and `heads finetune` holds (see the module docstring).
-HEAD_FIELDS = ("head", "head_args", "model", "config", "task")
+HEAD_FIELDS = ("head", "head_args", "model", "standardizer", "config", "task")
 _RETRAIN = ("use the run's other checkpoint (--which best / last) or train it again with "
             "`heads train` / `heads finetune`")
 
