@@ -71,6 +71,7 @@ def extract(
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
+    video_timeout_sec: float = typer.Option(3600.0, help="Longest a video may take, seconds; past it its worker is killed and the video recorded as failed (0: no limit)."),
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
@@ -87,7 +88,7 @@ def extract(
             threshold=threshold, min_scene_len=min_scene_len, detect_width_px=detect_width_px or None,
             detect_interpolation=detect_interpolation, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
-            gpus_per_worker=gpus_per_worker, compact=compact,
+            gpus_per_worker=gpus_per_worker, compact=compact, video_timeout_sec=video_timeout_sec,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)

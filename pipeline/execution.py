@@ -7,11 +7,19 @@ feeds the run's :class:`~pipeline.extract_config.ExtractSummary`.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
+from pipeline.decode import VideoError
 from pipeline.extract_config import ExtractConfig, ExtractSummary
 from pipeline.store import FeatureStore
+
+
+# Longest the driver waits for a result before checking the videos' time limits, seconds.
+WAIT_POLL_SEC = 5.0
 
 
 class WorkerStartError(RuntimeError):
@@ -24,7 +32,10 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
 
     A worker process that dies takes only its current video with it: the driver starts a fresh
     extractor and hands the video to a worker again, up to ``config.crash_retries`` times, so a
-    killed worker costs no video. Extractors are spread over the cluster's nodes.
+    killed worker costs no video. A video still running after ``config.video_timeout_sec`` has
+    its worker killed and is recorded as failed ("timed out after N s"); the driver never waits
+    longer than :data:`WAIT_POLL_SEC` without looking. Extractors are spread over the cluster's
+    nodes.
     """
     import ray
 
@@ -44,26 +55,37 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
         def new_actor():
             actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
             nodes[actor] = actor.node_id.remote()
+            starting[actor] = actor.ready.remote()  # its clock starts once its backbones load
             return actor
 
         nodes = {}  # live actor -> ObjectRef of its Ray node id
+        starting = {}  # actor still loading -> ObjectRef of its `ready`
         actors = [new_actor() for _ in range(num_workers)]
         queue = list(reversed(todo))  # (video_id, path, feature sets), popped from the end
         crashes = {}  # video_id -> times its worker died under it
-        inflight = {}  # ObjectRef -> (actor, (video_id, path, feature sets))
+        inflight = {}  # ObjectRef -> (actor, (video_id, path, feature sets), submitted at)
 
         def submit(actor) -> None:
             if queue:
                 item = queue.pop()
-                inflight[actor.process.remote(*item)] = (actor, item)
+                inflight[actor.process.remote(*item)] = (actor, item, time.monotonic())
 
         for actor in actors:
             submit(actor)
         progress_bar = _Progress(summary, len(todo), enabled=progress)
         while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_POLL_SEC)
+            if not ready:  # nothing finished: end the videos over their time limit
+                for actor, item in _overdue(ray, inflight, starting, config.video_timeout_sec):
+                    ray.kill(actor, no_restart=True)
+                    nodes.pop(actor, None)
+                    message = _record_failure(store_root, item, f"timed out after "
+                                              f"{config.video_timeout_sec:g} s (--video-timeout-sec)")
+                    progress_bar.record(VideoResult(item[0], "failed", error=message))
+                    submit(new_actor())
+                continue
             ref = ready[0]
-            actor, item = inflight.pop(ref)
+            actor, item, _ = inflight.pop(ref)
             video_id, path, names = item
             try:
                 result = ray.get(ref)
@@ -80,11 +102,14 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 # fresh extractor; one that keeps killing workers is recorded as failed.
                 summary.num_worker_crashes += 1
                 nodes.pop(actor, None)
+                starting.pop(actor, None)
                 crashes[video_id] = crashes.get(video_id, 0) + 1
                 if crashes[video_id] <= config.crash_retries:
                     queue.append(item)
                 else:
-                    message = _record_crash(store_root, names, path, video_id, err, crashes[video_id])
+                    message = _record_failure(store_root, item, (
+                        f"the worker process died while extracting it, {crashes[video_id]} "
+                        f"time(s) ({type(err).__name__}); run again to retry"))
                     progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
             else:
@@ -154,13 +179,28 @@ def _forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("LONGVID_")}
 
 
-def _record_crash(
-    store_root: str, names: list[str], path: str, video_id: str, err, attempts: int
-) -> str:
-    message = (
-        f"{path}: the worker process died while extracting it, {attempts} time(s) "
-        f"({type(err).__name__}); run again to retry"
-    )
+def _overdue(ray, inflight: dict, starting: dict, limit_sec: float) -> list[tuple]:
+    """``(actor, item)`` of the in-flight videos running for over ``limit_sec``, taken out of
+    ``inflight`` (none when ``limit_sec`` is 0: no limit). A video's clock starts when it was
+    submitted or, if its extractor was still loading its backbones (``starting``), when the
+    extractor was seen ready."""
+    if not limit_sec:
+        return []
+    now = time.monotonic()
+    for ref, (actor, item, since) in list(inflight.items()):
+        if actor in starting:
+            loaded, _ = ray.wait([starting[actor]], timeout=0)
+            inflight[ref] = (actor, item, now)  # not started yet, or just now: count from here
+            if loaded:
+                del starting[actor]
+    late = [ref for ref, (_, _, since) in inflight.items() if now - since > limit_sec]
+    return [inflight.pop(ref)[:2] for ref in late]
+
+
+def _record_failure(store_root: str, item: tuple, reason: str) -> str:
+    """Record video ``item`` = (video_id, path, feature sets) as failed; returns the message."""
+    video_id, path, names = item
+    message = f"{path}: {reason}"
     store = FeatureStore(store_root)
     for name in names:
         store.open(name).write_status(video_id, "failed", message)
@@ -188,8 +228,37 @@ def run_here(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store_r
     summary.startup_sec = max(0.0, extractor.ready_at - summary.started_at)
     progress_bar = _Progress(summary, len(todo), enabled=progress)
     for video_id, path, names in todo:
-        progress_bar.record(extractor.process(video_id, path, names))
+        with _time_limit(config.video_timeout_sec, path):
+            result = extractor.process(video_id, path, names)
+        progress_bar.record(result)
     progress_bar.close()
+
+
+class VideoTimeout(VideoError):
+    """A video ran past ``--video-timeout-sec`` (recorded as that video's failure)."""
+
+
+@contextmanager
+def _time_limit(seconds: float, path: str):
+    """Raise :class:`VideoTimeout` in this (main) thread after ``seconds``; 0, or not the main
+    thread, or no ``SIGALRM`` (Windows): no limit. Python code is interrupted at once; a call
+    blocked in C is interrupted when it returns to Python."""
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise VideoTimeout(f"{path}: timed out after {seconds:g} s (--video-timeout-sec)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Progress:

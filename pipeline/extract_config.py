@@ -72,6 +72,9 @@ class ExtractConfig:
     # Times a video is retried on a fresh worker after its worker process died (OOM kill,
     # decoder segfault, lost node) before it is recorded as failed.
     crash_retries: int = 2
+    # Longest a video may take on a worker, seconds; past it the worker is killed and the video
+    # recorded as failed ("timed out after N s"); 0 = no limit.
+    video_timeout_sec: float = 3600.0
     # Process only the first N videos of the catalog (smoke runs).
     limit: int | None = None
     # At the end, pack the run's one-video parts into large parts (pipeline.compact): training
@@ -97,6 +100,9 @@ class ExtractConfig:
         self.scene_config()  # validates
         if self.crash_retries < 0:
             raise ValueError(f"crash_retries must be >= 0, not {self.crash_retries}")
+        if self.video_timeout_sec < 0:
+            raise ValueError(f"--video-timeout-sec must be >= 0 (0: no limit), not "
+                             f"{self.video_timeout_sec}")
         if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):
             raise ValueError(
                 f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "

@@ -10,6 +10,8 @@ variable set where ``pipeline extract`` runs reaches every worker process, on an
 
 Points, in the order a video passes them:
 
+- ``hang``: at the start, the process sleeps for good instead of exiting (a decoder stuck on
+  a network read: ``--video-timeout-sec`` must end it);
 - ``start``: the worker took the video, nothing written yet;
 - ``mid_part``: the part's arrays are written under their temporary name, not yet published;
 - ``after_part``: the part is published (renamed), its index fragment not yet written.
@@ -20,8 +22,9 @@ Unset (the normal case) it costs one dictionary lookup per point.
 from __future__ import annotations
 
 import os
+import time
 
-POINTS = ("start", "mid_part", "after_part")
+POINTS = ("hang", "start", "mid_part", "after_part")
 EXIT_STATUS = 137
 
 
@@ -49,4 +52,7 @@ def maybe_crash(point: str, video_id: str) -> None:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue  # another process already died here once
+        if where == "hang":
+            while True:
+                time.sleep(3600)
         os._exit(EXIT_STATUS)

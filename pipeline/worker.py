@@ -157,6 +157,7 @@ class VideoExtractor:
 
     def _process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:
         t0 = time.perf_counter()
+        maybe_crash("hang", video_id)
         maybe_crash("start", video_id)
         reader = VideoReader(path, short_side_px=self.short_side_px,
                              decode_threads=self.decode_threads)

@@ -153,7 +153,8 @@ def test_a_killed_driver_resumes_and_its_half_part_stays_invisible(tiny_catalog,
     with pytest.raises(KeyError, match="v3"):
         fs.read("v3")
     listing = CliRunner().invoke(app, ["ls", "--store", str(store)])
-    assert listing.output.splitlines()[1].split()[3:5] == ["3", "0"]  # ok, failed
+    row = listing.output.splitlines()[1].replace("random(seed 0)", "random(seed=0)").split()
+    assert row[3:6] == ["random(seed=0)", "3", "0"]  # weights, ok, failed
 
     env.pop("LONGVID_FAULT")
     again = subprocess.run(_extract_command(tiny_catalog, store), env=env, capture_output=True,
