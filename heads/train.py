@@ -52,6 +52,7 @@ from heads.runs import (
     new_run_dir,
     plot_curves,
     predictions_frame,
+    write_frame,
     write_json,
 )
 from heads.windows import (
@@ -246,9 +247,8 @@ def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log) 
     """Write ``metrics.json``, ``predictions.parquet`` and ``curves.png``; print the table."""
     write_json(run.run_dir / "metrics.json", results)
     outputs = {s: evals[s].outputs for s in SPLITS}
-    predictions_frame(run.task_info, data.video_ids, outputs, data.targets).write_parquet(
-        run.run_dir / "predictions.parquet"
-    )
+    write_frame(predictions_frame(run.task_info, data.video_ids, outputs, data.targets),
+                run.run_dir / "predictions.parquet")  # atomically, as every run file
     plot_curves(results["history"], run.run_dir / "curves.png",
                 title=f"{results['head']} / {results['task']}")
     log(format_table(results))

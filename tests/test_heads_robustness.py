@@ -290,3 +290,12 @@ def test_sweep_writes_its_summary_when_the_driver_stops(toy_store, ray_local, tm
             break
         time.sleep(0.1)
     assert ray_local.available_resources().get("CPU") == 2
+
+
+def test_finetune_init_from_names_a_truncated_checkpoint(tmp_path):
+    """`heads finetune --init-from RUN` reads its checkpoint through the same checks."""
+    from heads.finetune.build import load_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(ValueError, match="checkpoint.pt"):
+        load_checkpoint(tmp_path)

@@ -175,4 +175,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run directory of `heads train` "
                                 "or `heads finetune`")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from heads.runs import read_checkpoint
+
+    # A damaged file (empty, truncated, foreign) is a one-line ValueError naming it.
+    return read_checkpoint(path, required=("head", "head_args", "model", "config"))

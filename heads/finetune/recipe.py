@@ -239,14 +239,14 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
 def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) -> dict:
     """Write ``metrics.json`` (with the videos that could not be decoded), ``predictions.parquet``
     (the videos that could) and ``curves.png``; print the table."""
-    from heads.runs import format_table, plot_curves, predictions_frame, write_json
+    from heads.runs import format_table, plot_curves, predictions_frame, write_frame, write_json
 
     results["failed"] = dict(run.failed)
     write_json(run.run_dir / "metrics.json", results)
     decoded = {s: [video_ids[s][i] for i in evals[s].positions] for s in SPLITS}
-    predictions_frame(run.task_info, decoded, {s: evals[s].outputs for s in SPLITS},
-                      {s: evals[s].targets for s in SPLITS}).write_parquet(
-        run.run_dir / "predictions.parquet")
+    write_frame(predictions_frame(run.task_info, decoded, {s: evals[s].outputs for s in SPLITS},
+                                  {s: evals[s].targets for s in SPLITS}),
+                run.run_dir / "predictions.parquet")
     plot_curves(results["history"], run.run_dir / "curves.png",
                 title=f"{results['preset']} / {results['task']}")
     log(format_table(results))
