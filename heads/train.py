@@ -117,9 +117,16 @@ def build(config: TrainConfig, *, catalog: Catalog | None, log, cache: dict | No
     # `pipeline extract` records the catalog's name as the spec's `dataset`, and its variant (if
     # any) as `dataset_variant`: that breaks ties between extractions of two demo variants.
     variant = catalog.meta.get("variant")
+    prefer = {"dataset_variant": variant} if variant is not None else {}
+    # A generic catalog (folder, csv, parquet) records where its videos are: the sets of *this*
+    # folder win over another folder's of the same backbone and plan.
+    from pipeline.sources import catalog_source
+
+    source = catalog_source(catalog)
+    if source is not None:
+        prefer["dataset_source"] = source
     feature_sets = resolve_feature_sets(
-        config.store, catalog.name, config.features, config.plan,
-        prefer={"dataset_variant": variant} if variant is not None else None,
+        config.store, catalog.name, config.features, config.plan, prefer=prefer or None,
         token_kinds=head_token_kinds(config.head),
     )
     data = load_task_data(catalog, config.task, feature_sets, log=log, cache=cache,

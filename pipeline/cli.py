@@ -110,6 +110,11 @@ def extract(
             f"{node} {count}" for node, count in sorted(summary.videos_per_node.items())))
     for name in summary.feature_sets:
         typer.echo(f"  feature set {name}")
+    if summary.changed:
+        typer.echo(f"{len(summary.changed)} stored video(s) had a changed source file and were "
+                   "extracted again: " + "; ".join(
+                       f"{vid} ({why})" for vid, why in sorted(summary.changed.items())[:5])
+                   + ("; ..." if len(summary.changed) > 5 else ""))
     if summary.missing:
         shown = ", ".join(summary.missing[:5]) + (", ..." if len(summary.missing) > 5 else "")
         typer.echo(f"{len(summary.missing)} catalog videos have no file on disk and were not "

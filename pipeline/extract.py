@@ -25,7 +25,6 @@ def feature_set_spec(
 ) -> dict:
     """The identity of one feature set: everything that changes its tokens (fingerprinted)."""
     from pipeline.backbones import backbone_spec
-
     from pipeline.weights import describe_weights
 
     spec_ = backbone_spec(backbone)
@@ -35,7 +34,7 @@ def feature_set_spec(
     # not the pretraining of the weights the backbone *could* have had.
     backbone_info["pretrained_on"] = (spec_.pretrained_on if weights_identity.get("kind") ==
                                       "default" else describe_weights(weights_identity, ""))
-    return {
+    spec = {
         "schema_version": SCHEMA_VERSION,
         "dataset": catalog.name,
         "dataset_variant": catalog.meta.get("variant"),
@@ -54,6 +53,12 @@ def feature_set_spec(
         "token_shape": list(spec_.token_shape(config.tokens)),
         "dtype": config.dtype,
     }
+    from pipeline.sources import catalog_source
+
+    source = catalog_source(catalog)
+    if source is not None:  # only generic catalogs: the others keep their fingerprints
+        spec["dataset_source"] = source
+    return spec
 
 
 def feature_set_name(spec: dict) -> str:
@@ -127,7 +132,11 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
             FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision, config.tokens)
         )
 
-    done = {fs.name: fs.ok_ids() for fs in feature_sets}
+    paths = dict(zip(videos["video_id"], videos["path"]))
+    done, changed = {}, {}
+    for fs in feature_sets:
+        done[fs.name], why = stored_unchanged(fs, paths)
+        changed.update(why)
     todo = []  # (video_id, path, [feature sets still missing it])
     for row in videos.iter_rows(named=True):
         missing = [fs.name for fs in feature_sets if row["video_id"] not in done[fs.name]]
@@ -139,6 +148,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         num_skipped=len(videos) - len(todo),
         missing=missing_on_disk,
         started_at=started_at,
+        changed=changed,
     )
     if todo and config.num_workers == 0:
         execution.run_here(config, jobs, todo, summary, store.url, progress=progress)
@@ -152,6 +162,33 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
             summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
+
+
+def stored_unchanged(fs, paths: dict[str, str]) -> tuple[set[str], dict[str, str]]:
+    """The videos of ``fs`` stored ``ok`` whose source file is still the one they were extracted
+    from (:func:`pipeline.sources.compare_source`), and ``{video_id: why}`` for those whose file
+    changed: they are to be extracted again.
+
+    Args:
+        fs: A feature set.
+        paths: The catalog's ``video_id -> path`` now.
+    """
+    import json
+
+    import polars as pl
+
+    from pipeline.sources import compare_source
+
+    index = fs.index().filter(pl.col("status") == "ok")
+    done, changed = set(), {}
+    for video_id, info_json in index.select("video_id", "info_json").iter_rows():
+        recorded = json.loads(info_json or "{}").get("source")
+        why = compare_source(recorded, paths.get(video_id)) if video_id in paths else None
+        if why:
+            changed[video_id] = why
+        else:
+            done.add(video_id)
+    return done, changed
 
 
 def _record_run(feature_sets, config: ExtractConfig, summary: ExtractSummary) -> None:

@@ -144,6 +144,8 @@ class ExtractSummary:
     num_ok: int = 0
     num_failed: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    # Stored videos whose source file changed since (pipeline.sources): re-extracted; why.
+    changed: dict[str, str] = field(default_factory=dict)
     num_worker_crashes: int = 0  # worker processes that died; their videos were retried
     videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
     num_frames: int = 0

@@ -18,6 +18,7 @@ from pipeline.decode import VideoError, VideoReader
 from pipeline.faults import maybe_crash
 from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
+from pipeline.sources import source_identity
 from pipeline.store import FeatureStore
 
 
@@ -157,6 +158,7 @@ class VideoExtractor:
 
     def _process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:
         t0 = time.perf_counter()
+        source = source_identity(path)  # recorded: a later run notices a changed file
         maybe_crash("hang", video_id)
         maybe_crash("start", video_id)
         reader = VideoReader(path, short_side_px=self.short_side_px,
@@ -201,6 +203,7 @@ class VideoExtractor:
             "width_px": reader.info.width_px,
             "height_px": reader.info.height_px,
             "cut_frames": sorted(set(cuts)),
+            "source": source,
         }
         for name in feature_sets:
             self.feature_sets[name].write_video(
