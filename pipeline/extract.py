@@ -155,11 +155,14 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     elif todo:
         execution.run_on_ray(config, jobs, todo, summary, store.url, progress=progress)
     summary.wall_sec = time.perf_counter() - t0
-    if config.compact and summary.num_ok:
-        from pipeline.compact import compact_feature_set
+    if config.compact:
+        from pipeline.compact import compact_feature_set, is_packed
 
         for fs in feature_sets:
-            summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
+            # This run's parts, and one-video parts a killed earlier run left unpacked.
+            ok = fs.index().filter(pl.col("status") == "ok")
+            if any(not is_packed(part) for part in ok["part"].to_list()):
+                summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
 

@@ -243,3 +243,22 @@ def test_verify_names_damaged_videos_and_fix_gets_them_redone(tiny_catalog, refe
     assert_complete(store, reference)
     clean = CliRunner().invoke(app, ["verify", "--store", str(store)])
     assert clean.exit_code == 0 and "0 damaged" in clean.output
+
+
+def test_a_rerun_packs_the_parts_a_killed_run_left(tiny_catalog, tmp_path):
+    """Issue 16 item 10: one-video parts left unpacked (a driver killed before it compacted)
+    are packed by the next run, even when it has no video left to extract."""
+    from pipeline.compact import is_packed
+
+    store = tmp_path / "store"
+    left = run_extract(ExtractConfig(store=str(store), num_workers=0, compact=False, **OPTIONS),
+                       catalog=tiny_catalog, progress=False)
+    (fs,) = FeatureStore(store).feature_sets()
+    assert left.num_ok == NUM_VIDEOS and not any(map(is_packed, fs.index()["part"].to_list()))
+    rerun = run_extract(ExtractConfig(store=str(store), num_workers=0, **OPTIONS),
+                        catalog=tiny_catalog, progress=False)
+    assert (rerun.num_ok, rerun.num_skipped) == (0, NUM_VIDEOS) and rerun.compact_sec > 0
+    assert all(map(is_packed, fs.index()["part"].to_list()))
+    quiet = run_extract(ExtractConfig(store=str(store), num_workers=0, **OPTIONS),
+                        catalog=tiny_catalog, progress=False)
+    assert quiet.compact_sec == 0  # nothing small left: no compaction
