@@ -79,7 +79,9 @@ PAPER_SIZES: tuple[PaperSize, ...] = (
     PaperSize(
         "stan_large", "STAN Tab. 4", 92.5, "stan on resnet18 + r2plus1d_18 tokens, 20 classes, "
         "+ both trained backbones", ("resnet18", "r2plus1d_18"), "stan",
-        {"in_dim": (512, 512), "num_outputs": 20}, "trainable parameters",
+        {"in_dim": (512, 512), "num_outputs": 20},
+        "trainable parameters; 92.5 M = 45 + 48 counts the temporal transformer twice (Tab. 4 "
+        "puts R(2+1)D at 31.5 M)",
     ),
     PaperSize(
         "stam_16f", "STAM Tab. 1", 96.0, "vit_b_16 + temporal_transformer (768-d, 6 layers, "
