@@ -50,7 +50,8 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
             VideoExtractor
         )
         kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
-                  "device": "cuda" if config.gpus_per_worker else "cpu"}
+                  "device": "cuda" if config.gpus_per_worker else "cpu",
+                  "run_started_at": summary.started_at}
 
         def new_actor():
             actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
@@ -79,8 +80,9 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 for actor, item in _overdue(ray, inflight, starting, config.video_timeout_sec):
                     ray.kill(actor, no_restart=True)
                     nodes.pop(actor, None)
-                    message = _record_failure(store_root, item, f"timed out after "
-                                              f"{config.video_timeout_sec:g} s (--video-timeout-sec)")
+                    limit = f"{config.video_timeout_sec:g} s (--video-timeout-sec)"
+                    message = _record_failure(store_root, item, f"timed out after {limit}",
+                                              summary.started_at)
                     progress_bar.record(VideoResult(item[0], "failed", error=message))
                     submit(new_actor())
                 continue
@@ -109,7 +111,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 else:
                     message = _record_failure(store_root, item, (
                         f"the worker process died while extracting it, {crashes[video_id]} "
-                        f"time(s) ({type(err).__name__}); run again to retry"))
+                        f"time(s) ({type(err).__name__}); run again to retry"), summary.started_at)
                     progress_bar.record(VideoResult(video_id, "failed", error=message))
                 actor = new_actor()
             else:
@@ -197,13 +199,17 @@ def _overdue(ray, inflight: dict, starting: dict, limit_sec: float) -> list[tupl
     return [inflight.pop(ref)[:2] for ref in late]
 
 
-def _record_failure(store_root: str, item: tuple, reason: str) -> str:
-    """Record video ``item`` = (video_id, path, feature sets) as failed; returns the message."""
+def _record_failure(store_root: str, item: tuple, reason: str, run_started_at: float) -> str:
+    """Record video ``item`` = (video_id, path, feature sets) as failed (never over an ``ok``
+    row another run wrote since ``run_started_at``: :func:`pipeline.worker.record_failure`);
+    returns the message."""
+    from pipeline.worker import record_failure
+
     video_id, path, names = item
     message = f"{path}: {reason}"
     store = FeatureStore(store_root)
     for name in names:
-        store.open(name).write_status(video_id, "failed", message)
+        record_failure(store.open(name), video_id, message, run_started_at=run_started_at)
     return message
 
 
@@ -224,7 +230,7 @@ def run_here(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store_r
     from pipeline.worker import VideoExtractor
 
     extractor = VideoExtractor(store_root, jobs, num_threads=None, decode_threads=0,
-                               **_extractor_kwargs(config))
+                               run_started_at=summary.started_at, **_extractor_kwargs(config))
     summary.startup_sec = max(0.0, extractor.ready_at - summary.started_at)
     progress_bar = _Progress(summary, len(todo), enabled=progress)
     for video_id, path, names in todo:

@@ -19,7 +19,27 @@ from pipeline.faults import maybe_crash
 from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.sources import source_identity
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, video_key
+
+
+def record_failure(fs, video_id: str, message: str, *, run_started_at: float | None) -> bool:
+    """Record ``video_id`` as failed in feature set ``fs``, unless its index row is ``ok`` and
+    was written after this run started (``run_started_at``, Unix time): another run committed
+    the video since, and a failure of this one must never replace that success. The row is
+    re-read just before writing.
+
+    Returns:
+        Whether the failure was written.
+    """
+    if run_started_at is not None:
+        try:
+            row = fs.read_index_file(f"{video_key(video_id)}.parquet").row(0, named=True)
+        except (FileNotFoundError, KeyError, OSError, ValueError):
+            row = None  # no row (or an unreadable one): nothing to protect
+        if row and row["status"] == "ok" and (row["updated_at"] or 0) >= run_started_at:
+            return False
+    fs.write_status(video_id, "failed", message)
+    return True
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,8 @@ class VideoExtractor:
         env: Environment variables to set in this process first (the driver forwards its
             ``LONGVID_*`` ones, e.g. :mod:`pipeline.faults`, to workers it does not share a
             process environment with).
+        run_started_at: When the run began (Unix time): a failure never replaces an ``ok`` row
+            written after it (:func:`record_failure`).
     """
 
     def __init__(
@@ -91,6 +113,7 @@ class VideoExtractor:
         decode_threads: int = 1,
         device: str = "cpu",
         env: dict[str, str] | None = None,
+        run_started_at: float | None = None,
     ):
         import torch
 
@@ -123,6 +146,7 @@ class VideoExtractor:
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
         self.batch_size = batch_size
+        self.run_started_at = run_started_at
         self.ready_at = time.time()
 
     def ready(self) -> float:
@@ -152,8 +176,11 @@ class VideoExtractor:
                     f"{path}: {type(err).__name__}: {err} "
                     f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
                 )
-            for name in feature_sets:
-                self.feature_sets[name].write_status(video_id, "failed", message)
+            written = [record_failure(self.feature_sets[name], video_id, message,
+                                      run_started_at=self.run_started_at)
+                       for name in feature_sets]
+            if not any(written):
+                message += " (not recorded: another run stored the video since this run began)"
             return VideoResult(video_id, "failed", error=message)
 
     def _process(self, video_id: str, path: str, feature_sets: list[str]) -> VideoResult:

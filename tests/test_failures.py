@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from catalogs.base import Catalog
 from pipeline.cli import app
+from pipeline import execution
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.store import FeatureStore
 from pipeline.verify import mark_for_redo, verify_feature_set
@@ -262,3 +263,28 @@ def test_a_rerun_packs_the_parts_a_killed_run_left(tiny_catalog, tmp_path):
     quiet = run_extract(ExtractConfig(store=str(store), num_workers=0, **OPTIONS),
                         catalog=tiny_catalog, progress=False)
     assert quiet.compact_sec == 0  # nothing small left: no compaction
+
+
+def test_a_failure_never_replaces_a_newer_success(tiny_catalog, tmp_path):
+    """Issue 16 item 7: run B started, run A committed the video ok, then B's attempt failed:
+    the ok row stays. An ok row older than the run (a video being redone) is replaced."""
+    import time
+
+    from pipeline.worker import FeatureSetJob, VideoExtractor
+
+    store = tmp_path / "store"
+    run_extract(ExtractConfig(store=str(store), num_workers=0, compact=False, **OPTIONS),
+                catalog=tiny_catalog, progress=False)  # "run A" stores v0 ... v5
+    (fs,) = FeatureStore(store).feature_sets()
+    config = ExtractConfig(store=str(store), **OPTIONS)
+    job = FeatureSetJob(fs.name, "resnet18", "none", 0, "fp32", "pooled")
+    before_a = time.time() - 3600  # run B began before A committed
+    run_b = VideoExtractor(str(store), [job], run_started_at=before_a,
+                           **execution._extractor_kwargs(config))
+    result = run_b.process("v0", str(tmp_path / "gone.mp4"), [fs.name])  # a transient failure
+    assert result.status == "failed" and "another run stored the video" in result.error
+    assert fs.index().filter(pl.col("video_id") == "v0")["status"].to_list() == ["ok"]
+    later = VideoExtractor(str(store), [job], run_started_at=time.time() + 1,
+                           **execution._extractor_kwargs(config))
+    later.process("v1", str(tmp_path / "gone.mp4"), [fs.name])  # v1's ok row predates the run
+    assert fs.index().filter(pl.col("video_id") == "v1")["status"].to_list() == ["failed"]
