@@ -30,12 +30,10 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 progress: bool) -> None:
     """Keep one extractor per worker busy until every video in ``todo`` is done or failed.
 
-    A worker process that dies takes only its current video with it: the driver starts a fresh
-    extractor and hands the video to a worker again, up to ``config.crash_retries`` times, so a
-    killed worker costs no video. A video still running after ``config.video_timeout_sec`` has
-    its worker killed and is recorded as failed ("timed out after N s"); the driver never waits
-    longer than :data:`WAIT_POLL_SEC` without looking. Extractors are spread over the cluster's
-    nodes.
+    A worker process that dies takes only its current video with it: a fresh extractor gets
+    the video again, up to ``config.crash_retries`` times. A video running past
+    ``config.video_timeout_sec`` has its worker killed and is recorded as timed out; the driver
+    looks every :data:`WAIT_POLL_SEC`. Extractors are spread over the cluster's nodes.
     """
     import ray
 
