@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.store import ARRAYS, EVERY_CHUNK, FeatureSet, video_key
+from pipeline.store import ARRAYS, FeatureSet, array_options, video_key
 
 PACKED_PREFIX = "packed-"
 _CHUNK_BYTES = 4 << 20  # bytes per Zarr chunk of a packed part's tokens
@@ -206,7 +206,7 @@ def _write_packed_part(fs: FeatureSet, pack: list[dict]) -> tuple[str, list[int]
     group.attrs["longvid_packed"] = {"members": members}
     for name, values in data.items():
         group.create_array(
-            name, data=values, chunks=(chunk_t, *values.shape[1:]), config=EVERY_CHUNK
+            name, data=values, chunks=(chunk_t, *values.shape[1:]), **array_options(name)
         )
     if fs.loc.atomic_rename:
         fs.loc.rename(tmp, f"parts/{part_id}")

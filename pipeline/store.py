@@ -36,6 +36,7 @@ import json
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,62 @@ INDEX_SCHEMA = {
     "duration_sec": pl.Float64,
     "updated_at": pl.Float64,
     "info_json": pl.Utf8,
+    # {"algo": "crc32", "<array>": "<hex>", ...} of the video's stored bytes; null in feature
+    # sets written before longvid hashed videos (see `content_hashes`)
+    "content_hash": pl.Utf8,
 }
 _TOKEN_CHUNK = 1024  # tokens per Zarr chunk along T: ~1 MiB at D=512 float16
 ARRAYS = ("tokens", "start_sec", "end_sec", "scene_idx")  # the arrays of every part
 # Write chunks even when they hold only the fill value (a one-token video starting at 0 s):
 # `pipeline verify` tells a lost chunk file by a chunk that is not there.
 EVERY_CHUNK = {"write_empty_chunks": True}
+# A lost chunk reads as its array's fill value: make that value impossible, never a plausible 0.
+FILL_VALUES = {"tokens": np.nan, "start_sec": np.nan, "end_sec": np.nan,
+               "scene_idx": np.iinfo(np.int32).min}
+HASH_ALGO = "crc32"  # zlib's: ~2 GB/s, in the standard library
+VERIFY_FIX = "`pipeline verify --fix` marks it for re-extraction"
+
+
+class DamagedVideoError(ValueError):
+    """A stored video's data is missing or corrupt (a user error: the fix is to redo it)."""
+
+
+def array_options(name: str) -> dict:
+    """Keyword arguments of ``zarr.Group.create_array`` for the part array ``name``: zstd, then
+    a crc32c checksum of every chunk (zarr v3's ``crc32c`` codec: a flipped bit fails to
+    decode), an impossible fill value, and every chunk written."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return {
+        "compressors": [ZstdCodec(level=0), Crc32cCodec()],
+        "fill_value": FILL_VALUES[name],
+        "config": EVERY_CHUNK,
+    }
+
+
+def content_hashes(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """CRC-32 (hex) of each array's stored bytes (no conversion: cheap enough to check on every
+    read), keyed by array name, plus ``algo``."""
+    out = {"algo": HASH_ALGO}
+    for name, values in arrays.items():
+        out[name] = f"{zlib.crc32(np.ascontiguousarray(values)):08x}"
+    return out
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid feature-set name (one visible path component).
+
+    Raises:
+        ValueError: it is empty, holds a path separator or ``..``, or starts with ``.``.
+    """
+    bad = (not name or "/" in name or "\\" in name or ".." in name or name.startswith(".")
+           or any(ord(c) < 32 for c in name))
+    if bad:
+        raise ValueError(
+            f"invalid feature-set name {name!r}: it must be one path component, not empty, "
+            "without '/', '\\' or '..', and not starting with '.'; choose another --name"
+        )
+    return name
 
 
 def fingerprint(spec: dict) -> str:
@@ -74,8 +125,11 @@ def fingerprint(spec: dict) -> str:
 
 
 def video_key(video_id: str) -> str:
-    """A file-name-safe, collision-free key for ``video_id`` (ids may contain ``/``)."""
+    """A file-name-safe, collision-free, visible key for ``video_id`` (ids may contain ``/``;
+    a key never starts with ``.``)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[:80]
+    if slug.startswith("."):  # a dot-file would be hidden from every listing
+        slug = "_" + slug[:79]
     return f"{slug}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
 
 
@@ -119,10 +173,24 @@ class FeatureSet:
 
     @property
     def attrs(self) -> dict:
-        """The group's attributes (spec, fingerprint, token kind, dim, dtype, ...)."""
+        """The group's attributes (spec, fingerprint, token kind, dim, dtype, ...).
+
+        Raises:
+            ValueError: its ``zarr.json`` cannot be parsed (the message names the file).
+        """
         if self._attrs is None:
-            meta = json.loads(self.loc.read_text("zarr.json"))
-            self._attrs = meta.get("attributes", {})
+            try:
+                meta = json.loads(self.loc.read_text("zarr.json"))
+                attrs = meta.get("attributes", {})
+                if not isinstance(attrs, dict) or not isinstance(attrs.get("dim", 0), int):
+                    raise ValueError("its attributes are not a mapping with an integer dim")
+            except (ValueError, AttributeError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{self.loc.url}/zarr.json, the metadata of feature set {self.name}, cannot "
+                    f"be read ({type(err).__name__}: {err}); run `pipeline verify`, then restore "
+                    "the file or extract into a new store"
+                ) from None
+            self._attrs = attrs
         return self._attrs
 
     @property
@@ -184,18 +252,16 @@ class FeatureSet:
         tmp = f"parts/.tmp-{part_id}" if self.loc.atomic_rename else f"parts/{part_id}"
         group = zarr.open_group(store=self.loc.child(tmp).zarr_store(), mode="w", zarr_format=3)
         dtype = np.dtype(self.attrs["dtype"])
-        data = np.ascontiguousarray(tokens, dtype=dtype)
+        data = {
+            "tokens": np.ascontiguousarray(tokens, dtype=dtype),
+            "start_sec": np.asarray(start_sec, dtype=np.float32),
+            "end_sec": np.asarray(end_sec, dtype=np.float32),
+            "scene_idx": np.asarray(scene_idx, dtype=np.int32),
+        }
         chunk_t = max(1, min(num_tokens, _TOKEN_CHUNK))
-        group.create_array(
-            "tokens", data=data, chunks=(chunk_t, *data.shape[1:]), config=EVERY_CHUNK
-        )
-        for name, values, dt in (
-            ("start_sec", start_sec, np.float32),
-            ("end_sec", end_sec, np.float32),
-            ("scene_idx", scene_idx, np.int32),
-        ):
+        for name, values in data.items():
             group.create_array(
-                name, data=np.asarray(values, dtype=dt), chunks=(chunk_t,), config=EVERY_CHUNK
+                name, data=values, chunks=(chunk_t, *values.shape[1:]), **array_options(name)
             )
         maybe_crash("mid_part", video_id)
         if self.loc.atomic_rename:
@@ -209,6 +275,7 @@ class FeatureSet:
             offset=0,
             duration_sec=duration_sec,
             info=info,
+            content_hash=json.dumps(content_hashes(data)),
         )
         return part_id
 
@@ -258,12 +325,14 @@ class FeatureSet:
             offset=offset,
             duration_sec=row["duration_sec"],
             info=json.loads(row["info_json"] or "{}"),
+            content_hash=row.get("content_hash"),
         )
 
     def write_run_record(self, name: str, record: dict) -> None:
         """Save one run's config and counts as ``runs/<name>.json``."""
         self.loc.mkdir("runs")
-        self.loc.write_bytes(f"runs/{name}.json", json.dumps(record, indent=2, default=str).encode())
+        payload = json.dumps(record, indent=2, default=str).encode()
+        self.loc.write_bytes(f"runs/{name}.json", payload)
 
     def index_files(self) -> list[str]:
         """Names of the published index fragments (one per video)."""
@@ -272,18 +341,42 @@ class FeatureSet:
         ]
 
     def read_index_file(self, name: str) -> pl.DataFrame:
-        """One index fragment (one row)."""
+        """One index fragment (one row, every column of ``INDEX_SCHEMA``: those a fragment
+        written by an older longvid lacks are null).
+
+        Raises:
+            ValueError: the fragment cannot be parsed (the message names the file).
+        """
         # Whole bytes, one open: polars reading a path may reopen it for the row groups after
         # a writer replaced the fragment (compaction, a retry), and see the new file's bytes.
-        return read_parquet_bytes(self.loc.read_bytes(f"index/{name}"))
+        data = self.loc.read_bytes(f"index/{name}")
+        try:
+            frame = read_parquet_bytes(data)
+            missing = [c for c in INDEX_SCHEMA if c not in frame.columns]
+            frame = frame.with_columns(pl.lit(None, INDEX_SCHEMA[c]).alias(c) for c in missing)
+            frame = frame.select(list(INDEX_SCHEMA)).cast(INDEX_SCHEMA)
+            if frame.height != 1:
+                raise ValueError(f"{frame.height} rows, not one")
+        except (pl.exceptions.PolarsError, ValueError, OSError) as err:
+            raise ValueError(
+                f"index fragment {self.loc.url}/index/{name} of feature set {self.name} cannot "
+                f"be read ({type(err).__name__}: {err}); `pipeline verify --fix` drops it (its "
+                "video is then extracted again)"
+            ) from None
+        return frame
 
     def open_part(self, part_id: str):
-        """The Zarr group of a published part (read only)."""
+        """The Zarr group of a published part (read only).
+
+        Its arrays raise :class:`DamagedVideoError` (naming the part, the feature set and the
+        fix) where a chunk fails to decode (a failed checksum, a truncated file).
+        """
         import zarr
 
-        return zarr.open_group(
+        group = zarr.open_group(
             store=self.loc.child(f"parts/{part_id}").zarr_store(read_only=True), mode="r"
         )
+        return _CheckedGroup(group, f"part {part_id} of feature set {self.name}")
 
     # ---------------------------------------------------------------- reading
 
@@ -300,10 +393,14 @@ class FeatureSet:
         return set(index.filter(pl.col("status") == "ok")["video_id"].to_list())
 
     def read(self, video_id: str, *, row: dict | None = None) -> VideoFeatures:
-        """One video's tokens and timestamps.
+        """One video's tokens and timestamps, checked against its content hash.
 
         Raises:
             KeyError: the video is not stored in this feature set (or its extraction failed).
+            DamagedVideoError: (a ValueError) its part or a chunk is missing or fails its
+                checksum, or its data do not match its content hash; the message names the
+                video, the feature set and the fix.
+            ValueError: its index fragment cannot be parsed.
         """
         if row is None:
             name = f"{video_key(video_id)}.parquet"
@@ -315,14 +412,19 @@ class FeatureSet:
                 f"video {video_id!r} has status {row['status']!r} in feature set {self.name}: "
                 f"{row['error']}"
             )
-        group = self.open_part(row["part"])
-        lo, hi = row["offset"], row["offset"] + row["num_tokens"]
-        return VideoFeatures(
-            video_id=video_id,
-            tokens=group["tokens"][lo:hi],
-            start_sec=group["start_sec"][lo:hi],
-            end_sec=group["end_sec"][lo:hi],
-            scene_idx=group["scene_idx"][lo:hi],
+        try:
+            return self._read_part([row], ARRAYS)[row["video_id"]]
+        except Exception as err:  # zarr's errors for a missing part or chunk vary
+            raise self._damage(row, err) from None
+
+    def _damage(self, row: dict, err: Exception) -> DamagedVideoError:
+        """The error for a video of ``row`` that failed to read with ``err``."""
+        if isinstance(err, DamagedVideoError) and row["video_id"] in str(err):
+            return err
+        what = err.args[0] if isinstance(err, DamagedVideoError) else f"{type(err).__name__}: {err}"
+        return DamagedVideoError(
+            f"video {row['video_id']!r} of feature set {self.name} cannot be read from part "
+            f"{row['part']} ({what}); {VERIFY_FIX}"
         )
 
     def read_many(
@@ -335,7 +437,8 @@ class FeatureSet:
         half of the span between the first and the last of them in a part (a compacted part,
         :mod:`pipeline.compact`), that span is fetched with one read per array and sliced.
         A part that fails to read because compaction moved its videos since the index was
-        listed is looked up again in the videos' index fragments.
+        listed is looked up again in the videos' index fragments. Every array read is checked
+        against the video's content hash (feature sets written before hashes: not checked).
 
         Args:
             video_ids: The videos.
@@ -346,6 +449,8 @@ class FeatureSet:
 
         Raises:
             KeyError: a video is missing or not ``ok``; the message names it.
+            DamagedVideoError: (a ValueError) a video's data are missing or corrupt; the
+                message names the video, the feature set and the fix.
         """
         index = self.index() if index is None else index
         rows = {r["video_id"]: r for r in index.iter_rows(named=True)}
@@ -364,19 +469,28 @@ class FeatureSet:
         for part_rows in by_part.values():
             try:
                 out.update(self._read_part(part_rows, arrays))
-            except Exception:  # zarr's errors for a part deleted under us vary
+            except Exception as err:  # zarr's errors for a part deleted under us vary
                 fresh = [
                     self.read_index_file(f"{video_key(r['video_id'])}.parquet").row(0, named=True)
                     for r in part_rows
                 ]
                 if all(f["part"] == r["part"] for f, r in zip(fresh, part_rows)):
-                    raise  # the videos did not move: a real problem
+                    raise self._culprit(part_rows, arrays, err) from None  # a real problem
                 for row in fresh:  # compacted meanwhile: follow the fresh index rows
                     out[row["video_id"]] = self._select(self.read(row["video_id"], row=row), arrays)
         return {v: out[v] for v in video_ids}
 
+    def _culprit(self, rows: list[dict], arrays: Sequence[str], err: Exception):
+        """The error naming the first video of ``rows`` (one part) that fails to read alone."""
+        for row in rows:
+            try:
+                self._read_part([row], arrays)
+            except Exception as alone:  # noqa: BLE001 - any failure is this video's damage
+                return self._damage(row, alone)
+        return self._damage(rows[0], err)
+
     def _read_part(self, rows: list[dict], arrays: Sequence[str]) -> dict[str, VideoFeatures]:
-        """The videos of ``rows``, all in one part (see :meth:`read_many`)."""
+        """The videos of ``rows``, all in one part, hash-checked (see :meth:`read_many`)."""
         group = self.open_part(rows[0]["part"])
         lo = min(r["offset"] for r in rows)
         hi = max(r["offset"] + r["num_tokens"] for r in rows)
@@ -393,10 +507,34 @@ class FeatureSet:
                 name: (block[name][a:b] if block is not None else group[name][a:b])
                 for name in arrays
             }
+            self.check_hashes(row, values)
             out[row["video_id"]] = VideoFeatures(
                 video_id=row["video_id"], **{name: values.get(name) for name in ARRAYS}
             )
         return out
+
+    def check_hashes(self, row: dict, values: dict[str, np.ndarray]) -> None:
+        """Check a video's arrays as read (stored dtype, name → array) against the content
+        hash of its index row ``row``; a row without one (older feature sets) passes.
+
+        Raises:
+            DamagedVideoError: an array does not match; the message names the video, the
+                feature set, the array and the fix.
+        """
+        if not row.get("content_hash"):
+            return
+        expected = json.loads(row["content_hash"])
+        got = content_hashes(values)
+        for name in values:
+            if name in expected and got[name] != expected[name]:
+                lost = values[name].dtype.kind == "f" and np.isnan(values[name]).any()
+                raise DamagedVideoError(
+                    f"video {row['video_id']!r} of feature set {self.name}: its {name} do not "
+                    f"match the content hash in its index row (crc32 {got[name]} != "
+                    f"{expected[name]}"
+                    + ("; NaN fill values: a chunk of part " f"{row['part']} is missing)"
+                       if lost else ")") + f"; {VERIFY_FIX}"
+                )
 
     @staticmethod
     def _select(video: VideoFeatures, arrays: Sequence[str]) -> VideoFeatures:
@@ -409,6 +547,42 @@ class FeatureSet:
     def size_bytes(self) -> int:
         """Bytes on disk (or in the object store) under this feature set."""
         return self.loc.size_bytes()
+
+
+class _CheckedGroup:
+    """A read-only Zarr group whose arrays turn decode failures into :class:`DamagedVideoError`
+    (everything else is the group's own)."""
+
+    def __init__(self, group, where: str):
+        self._group, self._where = group, where
+
+    def __getitem__(self, name: str) -> "_CheckedArray":
+        return _CheckedArray(self._group[name], f"array {name} of {self._where}")
+
+    def __getattr__(self, name: str):
+        return getattr(self._group, name)
+
+
+class _CheckedArray:
+    """A Zarr array (see :class:`_CheckedGroup`): ``array[...]`` raises
+    :class:`DamagedVideoError` naming the array, its part and the fix when a chunk fails to
+    decode."""
+
+    def __init__(self, array, where: str):
+        self._array, self._where = array, where
+
+    def __getitem__(self, selection) -> np.ndarray:
+        try:
+            return self._array[selection]
+        except Exception as err:  # crc32c mismatch, truncated zstd frame: codec errors vary
+            raise DamagedVideoError(
+                f"{self._where}: a chunk cannot be decoded ({type(err).__name__}: {err}); "
+                "`pipeline verify` names the damaged videos, `pipeline verify --fix` marks "
+                "them for re-extraction"
+            ) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._array, name)
 
 
 class FeatureStore:
@@ -451,10 +625,12 @@ class FeatureStore:
             dtype: Stored dtype, ``float16`` or ``float32``.
 
         Raises:
-            ValueError: a feature set of that name exists with a different fingerprint.
+            ValueError: ``name`` is not a valid name (:func:`check_name`), or a feature set of
+                that name exists with a different fingerprint.
         """
         import zarr
 
+        check_name(name)
         self._ensure_root()
         fp = fingerprint(spec)
         if self.loc.exists(f"{name}/zarr.json"):
@@ -478,7 +654,9 @@ class FeatureStore:
         if not self.loc.atomic_rename:
             # No rename on object stores: the group's own zarr.json, written last, is what
             # makes the feature set exist; two drivers racing here write the same spec.
-            group = zarr.open_group(store=self.loc.child(name).zarr_store(), mode="a", zarr_format=3)
+            group = zarr.open_group(
+                store=self.loc.child(name).zarr_store(), mode="a", zarr_format=3
+            )
             group.require_group("parts")
             group.attrs.update(attrs)
             return FeatureSet(self.loc.child(name))
@@ -502,11 +680,14 @@ class FeatureStore:
 
         Raises:
             KeyError: no such feature set; the message lists those present.
+            ValueError: ``name`` is not a valid name (:func:`check_name`).
         """
+        check_name(name)
         if not self.loc.exists(f"{name}/zarr.json"):
             names = [fs.name for fs in self.feature_sets()]
             raise KeyError(
-                f"no feature set {name!r} in store {self.root}; present: {', '.join(names) or 'none'}"
+                f"no feature set {name!r} in store {self.root}; present: "
+                f"{', '.join(names) or 'none'}"
             )
         return FeatureSet(self.loc.child(name))
 

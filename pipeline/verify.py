@@ -12,8 +12,15 @@ Checks, per ``ok`` row of the index (see :mod:`pipeline.store` for the layout):
    ``scene_idx``, of one length, with the feature set's dim and dtype;
 3. the rows naming a part tile it exactly (``offset``/``num_tokens`` vs the arrays' length),
    or, in a part packed by :mod:`pipeline.compact`, lie inside it without overlapping;
-4. unless ``quick``: every chunk of those arrays exists and decodes, tokens are finite and
-   ``start_sec <= end_sec``.
+4. unless ``quick``: every chunk of those arrays exists and decodes (its crc32c checksum
+   holds), each video's slices match the content hash in its index row, tokens are finite and
+   ``start_sec <= end_sec``; a missing or corrupt chunk is blamed on the videos whose slices
+   touch it.
+
+Feature sets written before checksums and content hashes (longvid's first stores) stay
+readable, but their integrity cannot be checked: :attr:`VerifyReport.integrity` says how many
+videos carry no checksums. An unreadable feature-set ``zarr.json`` is
+:attr:`VerifyReport.metadata_error`.
 
 A damaged video is listed with the reason; :func:`mark_for_redo` records it as ``failed`` so
 that re-running the same ``pipeline extract`` command extracts it again (resume retries failed
@@ -23,6 +30,7 @@ which extract also redoes).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +51,9 @@ class VerifyReport:
         orphan_parts: Published parts that no index row names (a worker died between
             publishing the part and writing its index row; harmless, takes space).
         temporaries: Unpublished ``.tmp-*`` parts (a writer died mid-part, or is writing now).
+        integrity: Empty, or why some videos' integrity cannot be checked (no checksums).
+        metadata_error: Empty, or why the feature set's ``zarr.json`` cannot be read (then
+            nothing else is checked).
     """
 
     feature_set: str
@@ -51,11 +62,13 @@ class VerifyReport:
     bad_index_files: dict[str, str] = field(default_factory=dict)
     orphan_parts: list[str] = field(default_factory=list)
     temporaries: list[str] = field(default_factory=list)
+    integrity: str = ""
+    metadata_error: str = ""
 
     @property
     def ok(self) -> bool:
-        """No video needs redoing (garbage does not count)."""
-        return not self.damaged and not self.bad_index_files
+        """No video needs redoing and the metadata reads (garbage does not count)."""
+        return not self.damaged and not self.bad_index_files and not self.metadata_error
 
     @property
     def redo(self) -> list[str]:
@@ -63,20 +76,38 @@ class VerifyReport:
         return sorted(self.damaged)
 
 
-def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = False) -> VerifyReport:
+def verify_feature_set(
+    fs: FeatureSet, *, quick: bool = False, progress: bool = False
+) -> VerifyReport:
     """Check every ``ok`` video of ``fs`` (see the module docstring for the checks).
 
     Args:
         fs: The feature set.
         quick: Check metadata and lengths only, without reading chunk data.
-        progress: Show a progress bar on stderr.
+        progress: Show a progress bar, and the report's ``integrity`` and ``metadata_error``
+            notes, on stderr.
 
     Returns:
         The report; nothing is changed (see :func:`mark_for_redo`).
     """
+    report = VerifyReport(fs.name)
+    try:
+        dim, dtype = fs.attrs["dim"], np.dtype(fs.attrs["dtype"])
+    except (ValueError, KeyError, TypeError) as err:
+        report.metadata_error = str(err).strip("'\"")
+    else:
+        _verify_videos(fs, report, dim, dtype, quick=quick, progress=progress)
+    if progress:
+        for note in (report.metadata_error, report.integrity):
+            if note:
+                print(f"  {note}", file=sys.stderr)
+    return report
+
+
+def _verify_videos(fs, report, dim, dtype, *, quick, progress) -> None:
+    """The checks of :func:`verify_feature_set` on a feature set whose metadata reads."""
     from tqdm import tqdm
 
-    report = VerifyReport(fs.name)
     rows = []
     for name in fs.index_files():
         try:
@@ -85,7 +116,9 @@ def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = 
             report.bad_index_files[name] = f"{type(err).__name__}: {err}"
             continue
         if f"{video_key(row['video_id'])}.parquet" != name:
-            report.bad_index_files[name] = f"holds video {row['video_id']!r}, not the one it is named for"
+            report.bad_index_files[name] = (
+                f"holds video {row['video_id']!r}, not the one it is named for"
+            )
             continue
         rows.append(row)
     ok_rows = [r for r in rows if r["status"] == "ok"]
@@ -98,8 +131,13 @@ def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = 
     for row in ok_rows:
         by_part.setdefault(row["part"] or "", []).append(row)
     report.orphan_parts = sorted(published - set(by_part))
-
-    dim, dtype = fs.attrs["dim"], np.dtype(fs.attrs["dtype"])
+    unhashed = sum(not r.get("content_hash") for r in ok_rows)
+    if unhashed:
+        report.integrity = (
+            f"{unhashed} of {len(ok_rows)} ok videos carry no checksums (written before longvid "
+            "checksummed chunks and hashed videos): their integrity cannot be checked; "
+            "extract them into a new store to get checksums"
+        )
     bar = tqdm(total=len(ok_rows), unit="video", desc=f"verify {fs.name}", disable=not progress)
     for part_id, part_rows in sorted(by_part.items()):
         problems = _check_part(fs, part_id, part_rows, published, dim, dtype, quick=quick)
@@ -109,7 +147,6 @@ def verify_feature_set(fs: FeatureSet, *, quick: bool = False, progress: bool = 
                 report.damaged[row["video_id"]] = problem
             bar.update(1)
     bar.close()
-    return report
 
 
 def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | dict[str, str]:
@@ -139,23 +176,46 @@ def _check_part(fs, part_id, rows, published, dim, dtype, *, quick) -> str | dic
         return f"token count mismatch: the index says {counts}, part {part_id} holds {length}"
     if quick:
         return {}
-    for name, array in arrays.items():
-        if array.nchunks_initialized != array.nchunks:
-            return (
-                f"part {part_id}: {array.nchunks - array.nchunks_initialized} of "
-                f"{array.nchunks} chunk(s) of {name} are missing"
-            )
+    problems = _missing_chunks(fs, part_id, rows, arrays)
     try:
         values = {name: array[:] for name, array in arrays.items()}
-    except Exception as err:  # a truncated or corrupt chunk fails to decode
-        return f"part {part_id}: a chunk cannot be decoded ({type(err).__name__}: {err})"
-    problems = {}
+    except Exception:  # a truncated or corrupt chunk fails to decode: find whose
+        values = None
     for row in rows:  # a packed part holds many videos: blame each slice alone
+        if row["video_id"] in problems:
+            continue
         lo, hi = row["offset"], row["offset"] + row["num_tokens"]
-        if not np.isfinite(values["tokens"][lo:hi].astype(np.float32)).all():
+        try:
+            mine = {n: (values[n] if values else a)[lo:hi] for n, a in arrays.items()}
+            fs.check_hashes(row, mine)
+        except ValueError as err:
+            problems[row["video_id"]] = str(err).split("; `pipeline verify")[0]
+            continue
+        if not np.isfinite(mine["tokens"].astype(np.float32)).all():
             problems[row["video_id"]] = f"part {part_id}: tokens hold NaN or inf"
-        elif (values["start_sec"][lo:hi] > values["end_sec"][lo:hi]).any():
+        elif (mine["start_sec"] > mine["end_sec"]).any():
             problems[row["video_id"]] = f"part {part_id}: a token ends before it starts"
+    return problems
+
+
+def _missing_chunks(fs, part_id, rows, arrays) -> dict[str, str]:
+    """Video id → which chunk of its slice is missing, for the rows of part ``part_id``
+    (chunks split the token axis only; a chunk file is ``<array>/c/<i>[/0...]``)."""
+    problems = {}
+    for name, array in arrays.items():
+        if array.nchunks_initialized == array.nchunks:
+            continue
+        present = {int(n) for n in fs.loc.listdir(f"parts/{part_id}/{name}/c") if n.isdigit()}
+        size = array.chunks[0]
+        for row in rows:
+            first = (row["offset"] or 0) // size
+            last = ((row["offset"] or 0) + row["num_tokens"] - 1) // size
+            lost = [i for i in range(first, last + 1) if i not in present]
+            if lost and row["video_id"] not in problems:
+                problems[row["video_id"]] = (
+                    f"part {part_id}: {len(lost)} of {array.nchunks} chunk(s) of {name} are "
+                    f"missing (number {', '.join(map(str, lost))})"
+                )
     return problems
 
 
