@@ -11,7 +11,8 @@ Layout on disk (a Zarr v3 hierarchy plus parquet index fragments)::
           start_sec  (T,) float32          token start, seconds from the start of the video
           end_sec    (T,) float32          token end, seconds
           scene_idx  (T,) int32            scene a token belongs to (-1 where there are no scenes)
-        index/<video key>.parquet    one row per video, written last (atomic replace)
+        index/<video key>.parquet    one row per video, written last (atomic replace), with
+                                     a CRC-32 per array of the video's bytes (content_hash)
         runs/<stamp>-<pid>.json      config and counts of every extraction run
 
 Why this shape:
@@ -21,6 +22,8 @@ Why this shape:
   index fragment names that part, so a crash at any point leaves nothing half-visible (on object
   stores, which cannot rename, the part is written under its final unique name and the index
   fragment, one atomic object put, is what publishes it; see :mod:`pipeline.storage`);
+- nothing wrong is read silently: every chunk carries a crc32c checksum, every video a
+  content hash checked on read, and a lost chunk reads as NaN (never a plausible 0);
 - ragged sequences: each video's tokens are a contiguous slice (``offset``, ``num_tokens``) of
   one part, fetched without touching any other video's data.
 
