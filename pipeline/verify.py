@@ -109,6 +109,12 @@ def _verify_videos(fs, report, dim, dtype, *, quick, progress) -> None:
     from tqdm import tqdm
 
     rows = []
+    for name in fs.loc.listdir("index"):
+        if name.startswith(".") and not name.startswith(".tmp-") and name.endswith(".parquet"):
+            report.bad_index_files[name] = (
+                "hidden index fragment written by an older longvid (an id starting with '.'); "
+                "--fix drops it and extract stores the video under a visible key"
+            )
     for name in fs.index_files():
         try:
             row = fs.read_index_file(name).row(0, named=True)
@@ -126,7 +132,9 @@ def _verify_videos(fs, report, dim, dtype, *, quick, progress) -> None:
 
     parts = fs.loc.listdir("parts")
     report.temporaries = [p for p in parts if p.startswith(".tmp-")]
-    published = {p for p in parts if not p.startswith(".") and p != "zarr.json"}
+    # dot-named parts other than temporaries: written under the hidden keys of ids starting
+    # with '.' by an older longvid; no index row names them any more (orphans for --gc)
+    published = {p for p in parts if not p.startswith(".tmp-") and p != "zarr.json"}
     by_part: dict[str, list[dict]] = {}
     for row in ok_rows:
         by_part.setdefault(row["part"] or "", []).append(row)

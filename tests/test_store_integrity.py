@@ -198,6 +198,18 @@ def test_ids_starting_with_a_dot_get_visible_keys(tmp_path, video_id):
     assert fs.read(video_id).tokens.shape == (2, 8)
 
 
+def test_verify_sees_the_hidden_parts_and_fragments_of_older_stores(tmp_path):
+    fs, _ = _store(tmp_path, packed=False)
+    (fs.path / "parts" / "..-hidden-part").mkdir()  # as an older longvid keyed id '..'
+    (fs.path / "index" / "..-5c8bc1b6.parquet").write_bytes(b"x")
+    report = verify_feature_set(fs)
+    assert report.orphan_parts == ["..-hidden-part"]
+    assert "hidden" in report.bad_index_files["..-5c8bc1b6.parquet"]
+    result = _verify_cli(tmp_path / "store", "--fix", "--gc")
+    assert result.exit_code == 0, result.output
+    assert verify_feature_set(fs).ok and not verify_feature_set(fs).orphan_parts
+
+
 @pytest.mark.parametrize("name", ["../../X", "a/b", "..", ".hidden", "", "a\\b", "x..y"])
 def test_feature_set_names_are_validated(tmp_path, name):
     store = FeatureStore(tmp_path / "store")
