@@ -28,8 +28,10 @@ re-extracted since, or an interrupted compaction) is repacked; the old parts an 
 compaction had copied but not deleted (each packed part lists where its slices came from) are
 deleted.
 
-Compaction must not run while a writer works on the same feature set (as ``pipeline verify
---gc``), and a reader that listed the index before compaction and opens an old part after it
+Compactions of one feature set take turns (an exclusive lock, :mod:`pipeline.locks`; on object
+stores a single-writer rule), and each repoints a video only if its index fragment is still the
+row it listed. Compaction must not run while a writer works on the same feature set (as
+``pipeline verify --gc``), and a reader that listed the index before compaction and opens an old part after it
 re-reads the index fragment of that video (:meth:`FeatureSet.read_many`).
 """
 
@@ -80,10 +82,12 @@ def compact_feature_set(
     """Pack the small parts of ``fs`` into parts of about ``target_mib`` MiB of tokens.
 
     A video whose tokens alone reach ``target_mib`` keeps its own part; packed parts at least
-    half named by the index are left alone; fewer than two videos to pack is a no-op.
+    half named by the index are left alone; fewer than two videos to pack is a no-op. Holds the
+    feature set's maintenance lock (:mod:`pipeline.locks`): a second compaction, or ``pipeline
+    verify --gc``, waits for this one.
 
     Args:
-        fs: The feature set (nothing may write to it meanwhile).
+        fs: The feature set.
         target_mib: Tokens per packed part, MiB (uncompressed, stored dtype).
         progress: Show a progress bar on stderr.
 
@@ -92,11 +96,20 @@ def compact_feature_set(
 
     Raises:
         ValueError: ``target_mib`` is not positive.
+        pipeline.locks.LockTimeout: another maintainer held the lock for an hour.
     """
-    from tqdm import tqdm
+    from pipeline.locks import maintenance_lock
 
     if target_mib <= 0:
         raise ValueError(f"target_mib must be positive, got {target_mib}")
+    with maintenance_lock(fs, "compaction"):
+        return _compact(fs, target_mib=target_mib, progress=progress)
+
+
+def _compact(fs: FeatureSet, *, target_mib: float, progress: bool) -> CompactReport:
+    """:func:`compact_feature_set`'s work, under the lock (the index is listed here)."""
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     report = CompactReport(fs.name)
     index = fs.index()

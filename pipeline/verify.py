@@ -260,12 +260,18 @@ def remove_garbage(fs: FeatureSet, report: VerifyReport) -> int:
     """Delete the orphan parts and ``.tmp-*`` leftovers ``report`` lists.
 
     Only safe while nothing writes to the feature set: a running writer's ``.tmp-*`` part
-    looks exactly like a crashed one's.
+    looks exactly like a crashed one's. Holds the maintenance lock (:mod:`pipeline.locks`), so
+    no compaction runs meanwhile, and re-reads the index under it: a part some row names by now
+    is kept.
 
     Returns:
         Number of parts removed.
     """
-    names = report.orphan_parts + report.temporaries
-    for name in names:
-        fs.loc.remove(f"parts/{name}")
+    from pipeline.locks import maintenance_lock
+
+    with maintenance_lock(fs, "verify --gc"):
+        named = set(fs.index()["part"].drop_nulls())
+        names = [n for n in report.orphan_parts if n not in named] + report.temporaries
+        for name in names:
+            fs.loc.remove(f"parts/{name}")
     return len(names)
