@@ -31,8 +31,8 @@ deleted.
 Compactions of one feature set take turns (an exclusive lock, :mod:`pipeline.locks`; on object
 stores a single-writer rule), and each repoints a video only if its index fragment is still the
 row it listed. Compaction must not run while a writer works on the same feature set (as
-``pipeline verify --gc``), and a reader that listed the index before compaction and opens an old part after it
-re-reads the index fragment of that video (:meth:`FeatureSet.read_many`).
+``pipeline verify --gc``), and a reader that listed the index before compaction and opens an
+old part after it re-reads the index fragment of that video (:meth:`FeatureSet.read_many`).
 """
 
 from __future__ import annotations
