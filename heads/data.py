@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from catalogs.base import SPLITS, Catalog, Task
-from pipeline.store import FeatureSet, FeatureStore
+from pipeline.store import DamagedVideoError, FeatureSet, FeatureStore
 
 
 def head_token_kinds(head: str) -> tuple[str, ...]:
@@ -414,28 +414,56 @@ class PartCache:
 
     def slice(self, fs: FeatureSet, row: dict) -> tuple[np.ndarray, bool]:
         """The tokens of the video of index row ``row`` in memory form, and whether they may
-        hold NaN or inf (False: checked finite with their whole part)."""
+        hold NaN or inf (False: checked finite with their whole part).
+
+        Parts are kept in their stored dtype; each video's slice is checked against the content
+        hash of its index row (:meth:`pipeline.store.FeatureSet.check_hashes`) before it is
+        converted.
+
+        Raises:
+            pipeline.store.DamagedVideoError: the slice does not match its hash, or the part
+                cannot be read (a chunk that fails its checksum); the message names the video.
+        """
         key = (str(fs.loc), row["part"])
         lo, hi = row["offset"], row["offset"] + row["num_tokens"]
         if key in self._parts:
             self._parts.move_to_end(key)
-            tokens, finite = self._parts[key]
-            return tokens[lo:hi], not finite
+            raw, finite = self._parts[key]
+        else:
+            raw, finite = self._read(fs, row, key, lo, hi)
+            if raw is None:  # too large to keep: this video's slice alone
+                raw, finite = self._read_slice(fs, row, key, lo, hi), False
+                lo, hi = 0, len(raw)
+        stored = raw[lo:hi]
+        fs.check_hashes(row, {"tokens": stored})
+        return _in_memory(stored), not finite
+
+    def _read_slice(self, fs: FeatureSet, row: dict, key, lo: int, hi: int) -> np.ndarray:
+        try:
+            return self._arrays[key][lo:hi]
+        except Exception as err:  # a chunk failing its checksum, or missing metadata
+            raise DamagedVideoError(
+                f"video {row['video_id']!r} of feature set {fs.name} cannot be read from part "
+                f"{row['part']} ({type(err).__name__}: {err}); `pipeline verify --fix` marks it "
+                "for re-extraction") from None
+
+    def _read(self, fs: FeatureSet, row: dict, key, lo: int, hi: int):
+        """Read the part of ``row`` whole and keep it (stored dtype), or ``(None, False)`` when
+        it is larger than the cache."""
         if key not in self._arrays:
             self._arrays[key] = fs.open_part(row["part"])["tokens"]
         array = self._arrays[key]
         self.num_reads += 1
-        nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
-        if nbytes > self.max_bytes:
-            return _in_memory(array[lo:hi]), True
-        tokens = _in_memory(array[:])  # pooled: float32 once per part, not once per video
-        finite = bool(np.isfinite(tokens).all())
-        self._parts[key] = tokens, finite
-        self._bytes += tokens.nbytes
+        if int(np.prod(array.shape)) * array.dtype.itemsize > self.max_bytes:
+            return None, False
+        raw = self._read_slice(fs, row, key, 0, array.shape[0])
+        finite = bool(np.isfinite(raw).all())
+        self._parts[key] = raw, finite
+        self._bytes += raw.nbytes
         while self._bytes > self.max_bytes and len(self._parts) > 1:
             _, (dropped, _) = self._parts.popitem(last=False)
             self._bytes -= dropped.nbytes
-        return tokens[lo:hi], not finite
+        return raw, finite
 
 
 class StoredVideos(Sequence):
