@@ -162,7 +162,14 @@ def ls(store: str = typer.Option("store", help="Feature store directory.")) -> N
     init), videos, tokens and size on disk."""
     from pipeline.store import FeatureStore
 
-    sets = FeatureStore(store).feature_sets()
+    try:
+        _ls(FeatureStore(store), store)
+    except (ValueError, KeyError) as err:  # a damaged index fragment or zarr.json
+        _fail(str(err).strip("'\""))
+
+
+def _ls(st, store: str) -> None:
+    sets = st.feature_sets()
     if not sets:
         typer.echo(f"no feature sets in {store}")
         return
@@ -192,13 +199,16 @@ def status(
     from pipeline.store import FeatureStore
 
     st = FeatureStore(store)
-    sets = [st.open(feature_set)] if feature_set else st.feature_sets()
-    for fs in sets:
-        index = fs.index()
-        counts = dict(index.group_by("status").len().iter_rows())
-        typer.echo(f"{fs.name}: {counts}")
-        for row in index.filter(index["status"] != "ok").iter_rows(named=True):
-            typer.echo(f"  {row['video_id']}: {row['status']}: {row['error']}")
+    try:
+        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+        for fs in sets:
+            index = fs.index()
+            counts = dict(index.group_by("status").len().iter_rows())
+            typer.echo(f"{fs.name}: {counts}")
+            for row in index.filter(index["status"] != "ok").iter_rows(named=True):
+                typer.echo(f"  {row['video_id']}: {row['status']}: {row['error']}")
+    except (ValueError, KeyError) as err:  # a damaged index fragment or zarr.json
+        _fail(str(err).strip("'\""))
 
 
 @app.command()
