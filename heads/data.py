@@ -430,7 +430,7 @@ class PartCache:
             self._parts.move_to_end(key)
             raw, finite = self._parts[key]
         else:
-            raw, finite = self._read(fs, row, key, lo, hi)
+            raw, finite = self._read(fs, row, key)
             if raw is None:  # too large to keep: this video's slice alone
                 raw, finite = self._read_slice(fs, row, key, lo, hi), False
                 lo, hi = 0, len(raw)
@@ -447,7 +447,7 @@ class PartCache:
                 f"{row['part']} ({type(err).__name__}: {err}); `pipeline verify --fix` marks it "
                 "for re-extraction") from None
 
-    def _read(self, fs: FeatureSet, row: dict, key, lo: int, hi: int):
+    def _read(self, fs: FeatureSet, row: dict, key):
         """Read the part of ``row`` whole and keep it (stored dtype), or ``(None, False)`` when
         it is larger than the cache."""
         if key not in self._arrays:

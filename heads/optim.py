@@ -42,10 +42,15 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float) -> list[di
     return [{"params": params, **dict(key)} for key, params in groups.items()]
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The linear warm-up's multiplier: from 1 / warmup_steps up to 1, then 1."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return warmup_factor(step, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -67,8 +72,7 @@ def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, **_):
 def step_factor(step: int, *, warmup_steps: int, milestone_steps: tuple[int, ...],
                 gamma: float) -> float:
     """Learning-rate multiplier: linear warm-up, then ``gamma`` per milestone passed."""
-    warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
-    return warm * gamma ** sum(step >= m for m in milestone_steps)
+    return warmup_factor(step, warmup_steps) * gamma ** sum(step >= m for m in milestone_steps)
 
 
 def steps(optimizer, *, warmup_steps: int, steps_per_epoch: int, milestones: tuple[int, ...],

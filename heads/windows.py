@@ -169,6 +169,15 @@ def clip_streams(streams: Sequence[np.ndarray], times: Sequence[np.ndarray], lo_
     return out
 
 
+def random_span(duration_sec: float, length_sec: float, rng: np.random.Generator
+                ) -> tuple[float, float]:
+    """A random ``[start, end]`` of ``length_sec`` inside a video: the start uniform in
+    ``[0, max(0, duration - length)]`` (official ViS4mer and VTN), the end capped at the
+    duration."""
+    lo_sec = rng.uniform(0.0, max(0.0, duration_sec - length_sec))
+    return lo_sec, min(lo_sec + length_sec, duration_sec)
+
+
 class TimedVideos(Sequence):
     """Videos with one more stream: their first stream's token times, (T, 2) float32
     [start_sec, end_sec], for heads whose ``uses_token_times`` is true (VTN's frame-index
@@ -223,12 +232,11 @@ class RandomWindowDataset(FeatureDataset):
         self.rng = np.random.default_rng(seed)
 
     def _draw(self, i: int):
-        """Video ``i``'s streams, target, times, a random start and the video's duration."""
+        """Video ``i``'s streams, target, times and a random span (:func:`random_span`)."""
         streams, target = super().__getitem__(i)
         times = self.times[i]
-        duration = video_duration_sec(times)
-        lo_sec = self.rng.uniform(0.0, max(0.0, duration - self.window_sec))
-        return streams, target, times, lo_sec, duration
+        lo_sec, hi_sec = random_span(video_duration_sec(times), self.window_sec, self.rng)
+        return streams, target, times, lo_sec, hi_sec
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         streams, target, times, lo_sec, _ = self._draw(i)
@@ -267,8 +275,7 @@ class RandomClipDataset(RandomWindowDataset):
         self.num_frames = num_frames
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        streams, target, times, lo_sec, duration = self._draw(i)
-        hi_sec = min(lo_sec + self.window_sec, duration)
+        streams, target, times, lo_sec, hi_sec = self._draw(i)
         return clip_streams(streams, times, lo_sec, hi_sec, self.num_frames), target
 
 

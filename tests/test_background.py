@@ -69,17 +69,26 @@ def test_a_foreground_or_non_terminal_stdin_is_left_alone(tmp_path):
     assert detach_background_stdin() is False  # pytest's stdin is no foreign terminal
 
 
-def test_a_hung_video_times_out_alone_in_process(tiny_catalog, tmp_path, monkeypatch):
+def extract_with_a_hang(catalog, store, monkeypatch, *, video: str, num_workers: int,
+                        timeout_sec: float):
+    """Extract ``catalog`` with ``video`` hanging for good; checks that it alone failed, timed
+    out, and returns the summary."""
     from pipeline.extract import ExtractConfig, run_extract
     from tests.conftest import TINY_EXTRACT_OPTIONS
 
-    monkeypatch.setenv("LONGVID_FAULT", "hang:v2")
-    config = ExtractConfig(store=str(tmp_path / "store"), num_workers=0, compact=False,
-                           video_timeout_sec=2, **TINY_EXTRACT_OPTIONS)
-    summary = run_extract(config, catalog=tiny_catalog, progress=False)
-    assert set(summary.failed) == {"v2"}, summary.failed
-    assert "timed out after 2 s (--video-timeout-sec)" in summary.failed["v2"]
-    assert summary.num_ok == tiny_catalog.videos.height - 1
+    monkeypatch.setenv("LONGVID_FAULT", f"hang:{video}")
+    config = ExtractConfig(store=str(store), num_workers=num_workers, compact=False,
+                           video_timeout_sec=timeout_sec, **TINY_EXTRACT_OPTIONS)
+    summary = run_extract(config, catalog=catalog, progress=False)
+    assert set(summary.failed) == {video}, summary.failed
+    assert f"timed out after {timeout_sec:g} s (--video-timeout-sec)" in summary.failed[video]
+    assert summary.num_ok == catalog.videos.height - 1
+    return summary
+
+
+def test_a_hung_video_times_out_alone_in_process(tiny_catalog, tmp_path, monkeypatch):
+    extract_with_a_hang(tiny_catalog, tmp_path / "store", monkeypatch, video="v2",
+                        num_workers=0, timeout_sec=2)
 
 
 def test_a_hung_worker_is_killed_and_the_run_goes_on(tiny_catalog, tmp_path, monkeypatch,
@@ -87,18 +96,11 @@ def test_a_hung_worker_is_killed_and_the_run_goes_on(tiny_catalog, tmp_path, mon
     """Under Ray: the driver's wait is bounded, the hung worker is killed, its video recorded
     as timed out, a fresh worker takes the rest."""
     import pipeline.execution as execution
-    from pipeline.extract import ExtractConfig, run_extract
     from pipeline.store import FeatureStore
-    from tests.conftest import TINY_EXTRACT_OPTIONS
 
     monkeypatch.setattr(execution, "WAIT_POLL_SEC", 0.5)
-    monkeypatch.setenv("LONGVID_FAULT", "hang:v1")
-    config = ExtractConfig(store=str(tmp_path / "store"), num_workers=2, compact=False,
-                           video_timeout_sec=8, **TINY_EXTRACT_OPTIONS)
-    summary = run_extract(config, catalog=tiny_catalog, progress=False)
-    assert set(summary.failed) == {"v1"}, summary.failed
-    assert "timed out after 8 s" in summary.failed["v1"]
-    assert summary.num_ok == tiny_catalog.videos.height - 1
+    extract_with_a_hang(tiny_catalog, tmp_path / "store", monkeypatch, video="v1",
+                        num_workers=2, timeout_sec=8)
     (fs,) = FeatureStore(tmp_path / "store").feature_sets()
     row = fs.index().filter(fs.index()["video_id"] == "v1").row(0, named=True)
     assert row["status"] == "failed" and "timed out" in row["error"]

@@ -199,14 +199,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def _clip(self, windows: list[Window], i: int) -> list[Window]:
         """``clip_frames`` of ``windows`` at evenly spaced instants of a random clip."""
-        from heads.windows import clip_streams
+        from heads.windows import clip_streams, random_span
 
         times = np.array([[w.start_sec, w.end_sec] for w in windows])  # (W, 2)
-        duration = float(times[:, 1].max())
         rng = np.random.default_rng((self.seed, self.epoch, i, 1))
-        lo_sec = rng.uniform(0.0, max(0.0, duration - self.clip_sec))
-        (picked,) = clip_streams([np.arange(len(windows))], [times], lo_sec,
-                                 min(lo_sec + self.clip_sec, duration), self.clip_frames)
+        lo_sec, hi_sec = random_span(float(times[:, 1].max()), self.clip_sec, rng)
+        (picked,) = clip_streams([np.arange(len(windows))], [times], lo_sec, hi_sec,
+                                 self.clip_frames)
         return [windows[j] for j in picked]
 
     def __getitem__(self, i: int) -> VideoItem:
