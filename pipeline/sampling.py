@@ -11,13 +11,19 @@ the centre frame for frame backbones, ``F`` frames spread uniformly for clip bac
 | ``full`` | VTN §4 | ``full_num_frames`` (250) equal segments: full-video inference |
 | ``clips`` | R(2+1)D / SlowFast | consecutive ``clip_len_sec`` clips tiled over the video |
 
+Windows and samples are cut in **seconds**, from each frame's presentation time (PTS), never
+from frame indices and the average frame rate: on a variable-frame-rate video (phone footage,
+screen recordings, edited clips) ``frame_idx / fps`` can be seconds away from when the frame is
+shown. A window's samples are the frames shown nearest to evenly spaced instants of it
+(:func:`sample_instants`).
+
 Frames arrive one at a time from the single decode. Fixed plans know their windows up front
-(from the container's frame count) and keep only the frames some window needs. Scene windows
+(from the container's duration) and keep only the frames some window needs. Scene windows
 are only known once the detector reports the next cut, so frames of the open scene are
 buffered (as decoded pictures, converted only when sampled); when the buffer is full (frames
 or MiB) every other frame is dropped and the keep-stride doubles, so
 memory stays bounded whatever the scene length and a sample lands at most ``stride / 2`` frames
-from its exact uniform position.
+from the frame nearest its instant.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ import numpy as np
 from pipeline.decode import Frame
 
 PLANS = ("scene", "uniform", "fps", "full", "clips")
+# Two frames this close to an instant (seconds) are a tie, which goes to the earlier frame: a
+# segment centre on a constant-rate video often falls exactly between two frames, and float
+# rounding must not decide which one it gets.
+TIE_SEC = 1e-6
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,8 @@ class PlanConfig:
         }[self.name]
         if self.name != "scene":
             own["frames_per_clip"] = self.frames_per_clip
-        return {"name": self.name, **own}
+        # Windows and samples by presentation time (before: frame index / average fps).
+        return {"name": self.name, **own, "timing": "pts"}
 
 
 @dataclass
@@ -96,134 +107,160 @@ class Window:
 
     Attributes:
         token_idx: 0-based position of the token in the video.
-        start_frame: First frame index (inclusive).
-        end_frame: Last frame index + 1 (exclusive).
-        start_sec: Start time, seconds.
-        end_sec: End time, seconds.
+        start_sec: Start time, seconds from the first frame's presentation time.
+        end_sec: End time (exclusive), seconds.
         scene_idx: Scene of the window (its own index for ``scene``; filled in at the end of the
             video for the other plans; -1 until then).
         frames: Frames per requested count F: (F, H, W, 3) uint8 RGB; F = 1 is the centre frame.
+        frame_idx: Per count F, the (F,) decode-order indices of the frames in ``frames``.
     """
 
     token_idx: int
-    start_frame: int
-    end_frame: int
     start_sec: float
     end_sec: float
     scene_idx: int = -1
     frames: dict[int, np.ndarray] = field(default_factory=dict)
+    frame_idx: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def sample_positions(start_frame: int, end_frame: int, count: int) -> np.ndarray:
-    """Frame indices sampled in ``[start_frame, end_frame)``: the centre for ``count == 1``,
-    else ``count`` indices spread uniformly from the first to the last frame (repeats allowed
-    when the window is shorter than ``count``)."""
-    if count == 1:
-        return np.array([(start_frame + end_frame - 1) // 2])
-    return np.round(np.linspace(start_frame, end_frame - 1, count)).astype(int)
+def sample_instants(start_sec: float, end_sec: float, count: int) -> np.ndarray:
+    """(count,) instants, seconds, sampled in ``[start_sec, end_sec)``: the centres of
+    ``count`` equal segments (``count == 1``: the window's centre). Each instant is then
+    shown by the frame whose presentation time is nearest to it (:func:`nearest_frame`).
+
+    Instants, not frame indices: on a variable-frame-rate video frame indices are not
+    evenly spaced in time, so sampling by index would crowd samples where the frame rate is
+    high (e.g. 2.5 samples per second, then 0.8, for a 1-fps plan)."""
+    step = (end_sec - start_sec) / count
+    return start_sec + step * (np.arange(count) + 0.5)
 
 
-def fixed_windows(config: PlanConfig, num_frames: int, fps: float) -> list[tuple[int, int]]:
-    """Window bounds ``(start_frame, end_frame)`` of a fixed plan over a video of
-    ``num_frames`` frames at ``fps`` frames/s.
+def fixed_windows(config: PlanConfig, duration_sec: float) -> list[tuple[float, float]]:
+    """Window bounds ``(start_sec, end_sec)`` of a fixed plan over a video of
+    ``duration_sec`` seconds, cut by time (never by frame count, which is wrong on
+    variable-frame-rate videos).
+
+    ``uniform`` / ``full``: ``num_frames`` / ``full_num_frames`` equal segments. ``fps``: one
+    window per ``1 / fps`` s, ``clips``: one per ``clip_len_sec``; the last window ends with the
+    video (it may be shorter).
 
     Raises:
-        ValueError: ``scene`` (its windows come from cuts) or an empty video.
+        ValueError: ``scene`` (its windows come from cuts) or a video of no duration.
     """
-    if num_frames <= 0:
-        raise ValueError("a video with no frames has no windows")
+    if not duration_sec > 0:
+        raise ValueError(f"a video of duration {duration_sec} s has no windows")
     if config.name in ("uniform", "full"):
         count = config.num_frames if config.name == "uniform" else config.full_num_frames
-        bounds = np.round(np.linspace(0, num_frames, count + 1)).astype(int)
-        # A video shorter than `count` frames: windows of one frame, repeated.
-        return [(min(s, num_frames - 1), max(e, min(s, num_frames - 1) + 1))
-                for s, e in zip(bounds[:-1], bounds[1:])]
+        bounds = np.linspace(0.0, duration_sec, count + 1)
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
     if config.name == "fps":
-        step = fps / config.fps
+        step_sec = 1.0 / config.fps
     elif config.name == "clips":
-        step = config.clip_len_sec * fps
+        step_sec = config.clip_len_sec
     else:
         raise ValueError(f"plan {config.name!r} has no fixed windows")
-    bounds = np.round(np.arange(0, num_frames, step)).astype(int).tolist() + [num_frames]
-    return [(s, e) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+    # A float duration a hair past a window boundary (10.000001 s) opens no empty window.
+    count = max(1, int(np.ceil(duration_sec / step_sec - 1e-6)))
+    starts = np.arange(count) * step_sec
+    return list(zip(starts.tolist(), np.append(starts[1:], duration_sec).tolist()))
 
 
 class FixedSampler:
     """Samples windows known in advance, keeping only the frames some window needs.
 
+    Each window's instants (:func:`sample_instants`) are shown by the frame whose presentation
+    time is nearest (ties: the earlier frame). Frames arrive in presentation order, so the
+    sampler holds at most the previous frame (as a decoded picture) besides the sampled ones.
+
     Args:
-        windows: ``(start_frame, end_frame)`` per token, in order.
+        windows: ``(start_sec, end_sec)`` per token, in order.
         counts: Frame counts to sample per window (1 = centre frame, F = clip).
-        fps: Frame rate, frames/s (token times are ``frame_idx / fps``).
     """
 
-    def __init__(self, windows: list[tuple[int, int]], counts: set[int], fps: float):
-        self.fps = fps
-        self._windows = [
-            Window(i, s, e, s / fps, e / fps) for i, (s, e) in enumerate(windows)
+    def __init__(self, windows: list[tuple[float, float]], counts: set[int]):
+        self._windows = [Window(i, s, e) for i, (s, e) in enumerate(windows)]
+        targets = [
+            (float(instant), i, count, slot)
+            for i, (s, e) in enumerate(windows)
+            for count in sorted(counts)
+            for slot, instant in enumerate(sample_instants(s, e, count))
         ]
-        self._positions = [
-            {count: sample_positions(w.start_frame, w.end_frame, count) for count in counts}
-            for w in self._windows
-        ]
-        self._wanted: dict[int, list[tuple[int, int, int]]] = {}  # frame -> (window, count, slot)
-        for i, per_count in enumerate(self._positions):
-            for count, positions in per_count.items():
-                for slot, frame_idx in enumerate(positions):
-                    self._wanted.setdefault(int(frame_idx), []).append((i, count, slot))
-        self._last_needed = [max(int(p.max()) for p in pc.values()) for pc in self._positions]
+        targets.sort()
+        self._targets = targets  # (instant, window, count, slot) by instant
+        self._next_target = 0
+        # A window is complete once every target up to its last one is assigned.
+        self._last_target = [0] * len(windows)
+        for rank, (_, i, _, _) in enumerate(targets):
+            self._last_target[i] = rank
         self._got: list[dict[int, list]] = [
-            {count: [None] * len(p) for count, p in pc.items()} for pc in self._positions
+            {count: [None] * count for count in counts} for _ in windows
         ]
         self._next = 0  # first window not emitted yet
-        self._last_frame: Frame | None = None
+        self._previous: Frame | None = None
 
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; returns the windows it completes. ``cuts`` are ignored."""
-        self._last_frame = frame  # pixels converted only if a short video needs them as filler
-        for window, count, slot in self._wanted.pop(frame.frame_idx, ()):
-            self._got[window][count][slot] = frame.rgb
-        done = []
-        while self._next < len(self._windows) and frame.frame_idx >= self._last_needed[self._next]:
-            done.append(self._emit(self._next))
-            self._next += 1
-        return done
+        previous = self._previous
+        while (self._next_target < len(self._targets)
+               and self._targets[self._next_target][0] <= frame.time_sec):
+            instant = self._targets[self._next_target][0]
+            nearer = (previous if previous is not None
+                      and instant - previous.time_sec <= frame.time_sec - instant + TIE_SEC
+                      else frame)
+            self._assign(nearer)
+        self._previous = frame
+        return self._emit_complete()
 
     def finish(self, cuts: list[int]) -> list[Window]:
-        """Emit the windows still open: a video shorter than its header announced fills the
-        missing samples with the last frame it kept."""
+        """Emit the windows still open: instants past the last frame (a video shorter than its
+        header announced) are shown by the last frame."""
+        if self._previous is None:
+            return []
+        while self._next_target < len(self._targets):
+            self._assign(self._previous)
+        return self._emit_complete()
+
+    def _assign(self, frame: Frame) -> None:
+        _, window, count, slot = self._targets[self._next_target]
+        self._got[window][count][slot] = frame
+        self._next_target += 1
+
+    def _emit_complete(self) -> list[Window]:
         done = []
-        while self._next < len(self._windows) and self._last_frame is not None:
-            done.append(self._emit(self._next))
+        while (self._next < len(self._windows)
+               and self._last_target[self._next] < self._next_target):
+            window = self._windows[self._next]
+            got = self._got[self._next]
+            window.frames = {count: np.stack([f.rgb for f in frames])
+                             for count, frames in got.items()}  # count -> (F, H, W, 3)
+            window.frame_idx = {count: np.array([f.frame_idx for f in frames])
+                                for count, frames in got.items()}  # count -> (F,)
+            self._got[self._next] = {}
+            done.append(window)
             self._next += 1
         return done
-
-    def _emit(self, i: int) -> Window:
-        window = self._windows[i]
-        if any(rgb is None for slots in self._got[i].values() for rgb in slots):
-            fallback = self._last_frame.rgb
-        window.frames = {
-            count: np.stack([fallback if rgb is None else rgb for rgb in slots])
-            for count, slots in self._got[i].items()
-        }  # count -> (F, H, W, 3)
-        self._got[i] = {}
-        return window
 
 
 class SceneSampler:
     """Windows = scenes: turns a stream of frames plus cut positions into sampled windows.
 
+    A scene runs from the presentation time of its first frame to that of the next scene's
+    first frame (the last one to the end of the video); its samples are the buffered frames
+    nearest to :func:`sample_instants` of that span.
+
     Args:
         counts: Frame counts to sample per scene (1 = centre frame, F = clip).
-        fps: Frame rate, frames/s.
+        fps: Average frame rate, frames/s (only to end a video whose header has no duration).
+        duration_sec: The video's duration from its header (0: unknown), ends the last scene.
         max_buffered_frames: Frames of one scene held before decimation.
         max_buffered_mib: Memory of the held frames (decoded pictures) before decimation, MiB.
     """
 
-    def __init__(self, counts: set[int], fps: float, *, max_buffered_frames: int = 256,
-                 max_buffered_mib: float = 256.0):
+    def __init__(self, counts: set[int], fps: float, *, duration_sec: float = 0.0,
+                 max_buffered_frames: int = 256, max_buffered_mib: float = 256.0):
         self.counts = counts
         self.fps = fps
+        self.duration_sec = duration_sec
         self.max_buffered_frames = max_buffered_frames
         self.max_buffered_bytes = int(max_buffered_mib * 2**20)
         # Buffered frames of the open scene (and beyond a cut), still as decoded pictures: only
@@ -233,11 +270,11 @@ class SceneSampler:
         self._stride = 1
         self._scene_start = 0
         self._num_scenes = 0
-        self._last_idx = -1
+        self._times: list[float] = []  # presentation time of every frame so far, by index
 
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; ``cuts`` are scene-start indices the detector just reported."""
-        self._last_idx = frame.frame_idx
+        self._times.append(frame.time_sec)
         if (frame.frame_idx - self._scene_start) % self._stride == 0:
             self._frames.append(frame)
             self._buffered_bytes += frame.nbytes
@@ -253,11 +290,17 @@ class SceneSampler:
 
     def finish(self, cuts: list[int]) -> list[Window]:
         """Close the remaining scenes at the end of the video."""
-        last = self._last_idx
+        last = len(self._times) - 1
         scenes = [self._close(cut) for cut in sorted(cuts) if self._scene_start < cut <= last]
         if last >= self._scene_start:
             scenes.append(self._close(last + 1))
         return scenes
+
+    def _time(self, frame_idx: int) -> float:
+        """Presentation time of frame ``frame_idx``; past the last frame, the video's end."""
+        if frame_idx < len(self._times):
+            return self._times[frame_idx]
+        return video_end_sec(self._times[-1], self.fps, self.duration_sec)
 
     def _close(self, end_frame: int) -> Window:
         inside = [f for f in self._frames if f.frame_idx < end_frame]
@@ -265,37 +308,56 @@ class SceneSampler:
         self._buffered_bytes = sum(f.nbytes for f in self._frames)
         if not inside:  # every frame of a short scene was decimated away: borrow the next one
             inside = self._frames[:1]
-        idx = np.array([f.frame_idx for f in inside])
-        start = self._scene_start
+        times = np.array([f.time_sec for f in inside])
         window = Window(
             token_idx=self._num_scenes,
-            start_frame=start,
-            end_frame=end_frame,
-            start_sec=start / self.fps,
-            end_sec=end_frame / self.fps,
+            start_sec=self._time(self._scene_start),
+            end_sec=self._time(end_frame),
             scene_idx=self._num_scenes,
         )
-        window.frames = {
-            count: np.stack([inside[_nearest(idx, p)].rgb
-                             for p in sample_positions(start, end_frame, count)])
-            for count in self.counts
-        }  # count -> (F, H, W, 3)
+        picked = {count: [inside[_nearest(times, t)]
+                          for t in sample_instants(window.start_sec, window.end_sec, count)]
+                  for count in self.counts}
+        window.frames = {count: np.stack([f.rgb for f in frames])
+                         for count, frames in picked.items()}  # count -> (F, H, W, 3)
+        window.frame_idx = {count: np.array([f.frame_idx for f in frames])
+                            for count, frames in picked.items()}  # count -> (F,)
         self._num_scenes += 1
         self._scene_start = end_frame
         self._stride = 1
         return window
 
 
-def make_sampler(config: PlanConfig, *, num_frames: int, fps: float, counts: set[int]):
-    """The sampler of ``config``'s plan for a video of ``num_frames`` frames (as announced by
-    its container) at ``fps`` frames/s."""
+def video_end_sec(last_frame_sec: float, fps: float, duration_sec: float = 0.0) -> float:
+    """End of a video, seconds: its header's duration, unless the header has none or ends
+    before the last frame's presentation time; then that time plus one average frame."""
+    if duration_sec > last_frame_sec:
+        return duration_sec
+    return last_frame_sec + 1.0 / fps
+
+
+def is_variable_frame_rate(times_sec, tolerance: float = 0.25) -> bool:
+    """Whether a video's frame intervals (from its presentation times, seconds) differ from
+    their median by more than ``tolerance`` (a share) anywhere."""
+    gaps = np.diff(np.asarray(times_sec, dtype=np.float64))
+    if len(gaps) < 2:
+        return False
+    median = float(np.median(gaps))
+    return bool(np.abs(gaps - median).max() > tolerance * median)
+
+
+def make_sampler(config: PlanConfig, *, fps: float, duration_sec: float, counts: set[int]):
+    """The sampler of ``config``'s plan for a video of ``duration_sec`` seconds (from its
+    header) at an average ``fps`` frames/s."""
     if config.name == "scene":
-        return SceneSampler(counts, fps, max_buffered_frames=config.max_buffered_frames,
+        return SceneSampler(counts, fps, duration_sec=duration_sec,
+                            max_buffered_frames=config.max_buffered_frames,
                             max_buffered_mib=config.max_buffered_mib)
-    return FixedSampler(fixed_windows(config, num_frames, fps), counts, fps)
+    return FixedSampler(fixed_windows(config, duration_sec), counts)
 
 
-def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = None):
+def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = None,
+                   times: list[float] | None = None):
     """Windows of one video in time order, each as soon as the frames it samples are decoded.
 
     Args:
@@ -305,11 +367,14 @@ def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = Non
             (no detection: no cuts).
         cuts: If given, every cut the detector reports is appended to it (first frame of each
             new scene), e.g. to assign scene indices once the video is done.
+        times: If given, every frame's presentation time (seconds) is appended to it.
 
     Yields:
         :class:`Window` s with their sampled frames.
     """
     for frame in frames:
+        if times is not None:
+            times.append(frame.time_sec)
         new_cuts = segmenter.push(frame) if segmenter is not None else []
         if cuts is not None:
             cuts += new_cuts
@@ -320,11 +385,12 @@ def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = Non
     yield from sampler.finish(last_cuts)
 
 
-def _nearest(sorted_idx: np.ndarray, target: float) -> int:
-    """Position in ``sorted_idx`` of the value nearest ``target``."""
-    pos = int(np.searchsorted(sorted_idx, target))
+def _nearest(sorted_values: np.ndarray, target: float) -> int:
+    """Position in ``sorted_values`` of the value nearest ``target`` (ties: the earlier)."""
+    pos = int(np.searchsorted(sorted_values, target))
     if pos == 0:
         return 0
-    if pos == len(sorted_idx):
-        return len(sorted_idx) - 1
-    return pos if sorted_idx[pos] - target < target - sorted_idx[pos - 1] else pos - 1
+    if pos == len(sorted_values):
+        return len(sorted_values) - 1
+    later_nearer = sorted_values[pos] - target < target - sorted_values[pos - 1] - TIE_SEC
+    return pos if later_nearer else pos - 1

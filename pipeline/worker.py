@@ -16,7 +16,14 @@ import numpy as np
 
 from pipeline.decode import VideoError, VideoReader
 from pipeline.faults import maybe_crash
-from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
+from pipeline.sampling import (
+    PlanConfig,
+    Window,
+    is_variable_frame_rate,
+    make_sampler,
+    stream_windows,
+    video_end_sec,
+)
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.sources import source_identity
 from pipeline.store import FeatureStore, video_key
@@ -193,43 +200,48 @@ class VideoExtractor:
         fps = reader.info.fps
         detect = self.scene_config.detector != "none"
         segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
-        num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
+        duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
         sampler = make_sampler(
             self.plan_config,
-            num_frames=num_frames,
             fps=fps,
+            duration_sec=duration_sec,
             counts={self.counts[name] for name in feature_sets},
         )
         pending: list[Window] = []
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
         # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
         # by the batch and the sampler's buffer, whatever the video's length.
-        spans: list[tuple[int, int, int, float, float]] = []  # (scene, start, end, start_sec, end_sec)
+        spans: list[tuple[int, float, float]] = []  # (scene, start_sec, end_sec)
         cuts: list[int] = []
+        times: list[float] = []  # every frame's presentation time, seconds
         backbone_sec = 0.0
-        for window in stream_windows(reader, sampler, segmenter, cuts):
+        for window in stream_windows(reader, sampler, segmenter, cuts, times):
             pending.append(window)
             if len(pending) >= self.batch_size:
                 backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-                spans += [_span(w) for w in pending]
+                spans += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending]
                 pending = []
         backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-        spans += [_span(w) for w in pending]
+        spans += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending]
         if not spans:
             raise VideoError(f"{path}: the {self.plan_config.name} plan found no window to sample")
-        scene_idx, start_frame, end_frame, start_sec, end_sec = (np.array(c) for c in zip(*spans))
+        scene_idx, start_sec, end_sec = (np.array(c) for c in zip(*spans))
+        cut_frames = sorted(set(c for c in cuts if c < len(times)))
+        cut_sec = [times[c] for c in cut_frames]
         if not detect:
             scene_idx = np.full(len(spans), -1)
         elif self.plan_config.name != "scene":
-            # A window belongs to the scene holding its centre frame.
-            scene_idx = np.searchsorted(np.array(sorted(set(cuts))), (start_frame + end_frame - 1) // 2, side="right")
+            # A window belongs to the scene shown at its centre.
+            scene_idx = np.searchsorted(cut_sec, (start_sec + end_sec) / 2, side="right")
         info = {
             "fps": fps,
             "num_frames": reader.num_decoded,
-            "num_scenes": len(set(cuts)) + 1 if detect else None,
+            "num_scenes": len(cut_frames) + 1 if detect else None,
             "width_px": reader.info.width_px,
             "height_px": reader.info.height_px,
-            "cut_frames": sorted(set(cuts)),
+            "cut_frames": cut_frames,
+            "cut_sec": cut_sec,
+            "variable_frame_rate": is_variable_frame_rate(times),
             "source": source,
         }
         for name in feature_sets:
@@ -239,7 +251,7 @@ class VideoExtractor:
                 start_sec=start_sec.astype(np.float32),
                 end_sec=end_sec.astype(np.float32),
                 scene_idx=scene_idx.astype(np.int32),
-                duration_sec=reader.num_decoded / fps,
+                duration_sec=video_end_sec(times[-1], fps, duration_sec),
                 info=info,
             )
         total_sec = time.perf_counter() - t0
@@ -273,6 +285,3 @@ class VideoExtractor:
                 tokens[name].append(out.astype(dtype))  # (s, D) or (s, N, D)
         return time.perf_counter() - t0
 
-
-def _span(w: Window) -> tuple[int, int, int, float, float]:
-    return (w.scene_idx, w.start_frame, w.end_frame, w.start_sec, w.end_sec)

