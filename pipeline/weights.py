@@ -1,7 +1,9 @@
 """Resolving ``--weights none|default|PATH`` for a backbone.
 
-``default`` goes through torchvision's own mechanism (the torch hub cache, ``TORCH_HOME``);
-offline, the error says where to put the file. ``none`` is a seeded random init, so two
+``default`` goes through the library's own mechanism: the torch hub cache (``TORCH_HOME``) for
+torchvision and pytorchvideo, the Hugging Face hub cache (``HF_HOME``) for timm; offline, the
+error says where to put the file. ``PATH`` is a state dict (``torch.save``, ``.pth``) or a
+``.safetensors`` file. ``none`` is a seeded random init, so two
 workers (or two runs) build identical networks. Resolution happens once on the driver before
 any worker starts, so a missing file fails the run at once instead of once per video.
 """
@@ -129,13 +131,14 @@ def resolve_weights(weights: str, spec, *, seed: int = 0) -> WeightsRef:
     if weights == "none":
         return WeightsRef(kind="none", backbone=spec.name, seed=seed)
     if weights == "default":
-        path = _default_weights_file(spec)
+        path = _hub_weights_file(spec) if spec.hf_hub_id else _default_weights_file(spec)
         return WeightsRef(kind="default", backbone=spec.name, tag=spec.weights_tag, path=str(path))
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
             f"--weights {weights}: no such file for backbone {spec.name}; give a state-dict "
-            "file (.pth), 'default' for the pretrained weights, or 'none' for a random init"
+            "file (.pth) or a .safetensors file, 'default' for the pretrained weights, or "
+            "'none' for a random init"
         )
     return WeightsRef(kind="path", backbone=spec.name, path=str(path), sha256=_sha256(path))
 
@@ -162,7 +165,72 @@ def _default_weights_file(spec) -> Path:
     return target
 
 
-def build_with_weights(build, ref: WeightsRef):
+HUB_WEIGHTS_FILE = "model.safetensors"  # what timm's hub repositories hold (timm/<name>)
+
+
+def _hub_weights_file(spec) -> Path:
+    """The backbone's weights file in the Hugging Face hub cache, downloading it if possible.
+
+    A cached file is used without touching the network. Otherwise one metadata request
+    (no retries: ``hf_hub_download`` itself retries a dead network for ~30 s) tells at once
+    whether the hub can be reached.
+
+    Raises:
+        WeightsError: not cached and not downloadable; the message names the repository and
+            file to place, and the alternatives.
+    """
+    from huggingface_hub import (
+        constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache,
+    )
+
+    repo = spec.hf_hub_id
+    cached = try_to_load_from_cache(repo, HUB_WEIGHTS_FILE)
+    if isinstance(cached, str):
+        return Path(cached)
+    try:
+        if not constants.HF_HUB_OFFLINE:
+            get_hf_file_metadata(hf_hub_url(repo, HUB_WEIGHTS_FILE), timeout=10)
+        return Path(hf_hub_download(repo, HUB_WEIGHTS_FILE))
+    except Exception as err:  # httpx connection errors, hub HTTP errors, offline mode: all fatal
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise WeightsError(
+            f"cannot download the {spec.weights_tag} weights of {spec.name}: file "
+            f"{HUB_WEIGHTS_FILE} of hub repository {repo} ({reason}). This machine may be "
+            f"offline. Either put that file in the Hugging Face hub cache {constants.HF_HUB_CACHE}"
+            f" (`hf download {repo} {HUB_WEIGHTS_FILE}` where there is internet; set HF_HOME "
+            f"to use another cache), pass --weights {spec.name}=/path/to/{HUB_WEIGHTS_FILE} "
+            "(or a .pth state dict), or use --weights none for a seeded random init."
+        ) from err
+
+
+def load_state_file(path: str | Path) -> dict:
+    """The tensors of a weights file: ``.safetensors``, or a ``torch.save`` state dict (bare,
+    or wrapped under ``state_dict`` / ``model_state`` as pytorchvideo's files are).
+
+    Raises:
+        WeightsError: the file cannot be read as either.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and safetensors header errors alike
+        raise WeightsError(f"{path}: not a readable state-dict or safetensors file "
+                           f"({type(err).__name__}: {err})") from err
+    for key in ("state_dict", "model_state"):  # torchvision files are bare; pytorchvideo wraps
+        if isinstance(state, dict) and key in state:
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_with_weights(build, ref: WeightsRef, *, adapt_state=None):
     """Build an architecture and load ``ref``'s weights into it.
 
     With a weights file the architecture is built on PyTorch's ``meta`` device and the file's
@@ -175,21 +243,22 @@ def build_with_weights(build, ref: WeightsRef):
         build: Zero-argument callable returning the randomly initialised architecture (with the
             pretrained weights' class count, so their state dict fits).
         ref: Resolved weights.
+        adapt_state: Optional ``(state, model) -> state`` run before loading, e.g. timm's
+            checkpoint filter (position embeddings resampled to the model's grid).
 
     Raises:
-        WeightsError: the state dict does not fit the architecture.
+        WeightsError: the file cannot be read, or its state dict does not fit the architecture.
     """
     import torch
 
     torch.manual_seed(ref.seed)  # `none`: same seed → identical networks on every worker
     if ref.kind == "none":
         return build()
-    state = torch.load(ref.path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model_state"):  # torchvision files are bare; pytorchvideo wraps
-        if isinstance(state, dict) and key in state:
-            state = state[key]
+    state = load_state_file(ref.path)
     with torch.device("meta"):
         model = build()
+    if adapt_state is not None:
+        state = adapt_state(state, model)
     _load_state(model, state, ref, assign=True)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         model = build()

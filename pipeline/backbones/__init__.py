@@ -11,13 +11,24 @@ SlowFast), and says which token kinds it gives: ``pooled`` (B, D) or ``patch`` (
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Literal
 
 import numpy as np
 
-_MODULES = ("pipeline.backbones.torchvision_models", "pipeline.backbones.pytorchvideo_models")
+_MODULES = (
+    "pipeline.backbones.torchvision_models",
+    "pipeline.backbones.pytorchvideo_models",
+    "pipeline.backbones.timm_models",
+)
 TOKEN_KINDS = ("pooled", "patch")
+# Frame geometry before the network: ``crop`` resizes the short side to ``resize_px`` and takes
+# the centre ``size_px`` square (torchvision's and timm's eval transforms); ``squash`` resizes
+# the whole frame to ``size_px`` × ``size_px``, aspect ratio not kept, nothing cut away
+# (ViS4mer §4.4, "we resize each video frame to the spatial resolution of 224 × 224"; its
+# official code calls cv2.resize).
+RESIZE_MODES = ("crop", "squash")
 _SPECS: dict[str, "BackboneSpec"] = {}
 _BUILDERS: dict[str, Callable] = {}
 
@@ -29,21 +40,36 @@ class BackboneSpec:
     Attributes:
         name: Registry key.
         input_kind: ``frame`` (one image per token) or ``clip`` (F frames per token).
-        size_px: Square crop fed to the network, pixels.
-        resize_px: Resize before the crop: one int (short side) or (H, W).
+        size_px: Square fed to the network, pixels.
+        resize_px: Resize before the crop: one int (short side) or (H, W); (S, S) under
+            ``squash``.
         mean: Per-channel normalisation mean (RGB, in [0, 1] units).
         std: Per-channel normalisation std.
         dim: Output feature dimension D.
         num_frames: Frames per clip the weights were trained with (1 for frame backbones).
-        weights_tag: Name of the pretrained weights (torchvision enum member).
+        weights_tag: Name of the pretrained weights (torchvision enum member, or timm's
+            ``architecture.tag``).
         weights_url: Where the pretrained weights are downloaded from.
         pretrained_on: Dataset of the pretrained weights.
         source: Where the architecture comes from (paper / library).
         token_kinds: Token kinds it can give: ``pooled`` (one D-vector per frame/clip), and
-            ``patch`` for ViTs (N = 14 × 14 patches + CLS first).
-        num_patches: N for ``patch`` tokens (0 when not offered).
+            ``patch`` for ViTs (N tokens: ``num_prefix_tokens`` first, then the patch grid).
+        num_patches: N for ``patch`` tokens, prefix tokens included (0 when not offered).
         fixed_num_frames: The architecture needs exactly ``num_frames`` frames per clip
             (SlowFast's pathway pooling); otherwise a plan may feed any clip length.
+        interpolation: Resampling of the resize: ``bilinear`` or ``bicubic``.
+        resize: Frame geometry, one of :data:`RESIZE_MODES` (the run's ``--resize``).
+        num_prefix_tokens: Tokens before the patch grid in ``patch`` tokens: CLS, then any
+            register tokens (DINOv2 with registers).
+        patch_grid: (rows, cols) of patches at ``size_px``; () = a square grid of
+            ``num_patches - num_prefix_tokens`` (the torchvision ViTs: 14 × 14).
+        hf_hub_id: Hugging Face hub repository of the pretrained weights (timm backbones);
+            ``--weights default`` resolves them through the hub cache (``HF_HOME``).
+        used_by: The long-video papers that used this backbone, in words (not fingerprinted:
+            a description, it changes no token).
+
+    The fields from ``interpolation`` on came later; :meth:`to_dict` leaves them out at their
+    defaults, so feature sets written before they existed keep their fingerprints.
     """
 
     name: str
@@ -61,10 +87,42 @@ class BackboneSpec:
     token_kinds: tuple[str, ...] = ("pooled",)
     num_patches: int = 0
     fixed_num_frames: bool = False
+    interpolation: str = "bilinear"
+    resize: str = "crop"
+    num_prefix_tokens: int = 1
+    patch_grid: tuple[int, ...] = ()
+    hf_hub_id: str = ""
+    used_by: str = ""
 
     def to_dict(self) -> dict:
-        """JSON-friendly form, stored in feature-set attributes."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        """JSON-friendly form, stored in feature-set attributes (and fingerprinted)."""
+        out = {}
+        for key, value in self.__dict__.items():
+            if key == "used_by" or (key in _LATER_FIELDS and value == _LATER_FIELDS[key]):
+                continue
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def with_resize(self, resize: str) -> "BackboneSpec":
+        """This spec under frame geometry ``resize`` (``squash``: resized straight to the square).
+
+        Raises:
+            ValueError: not one of :data:`RESIZE_MODES`.
+        """
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"--resize {resize!r}: valid values are {', '.join(RESIZE_MODES)}")
+        if resize == self.resize:
+            return self
+        if resize == "squash":
+            return replace(self, resize="squash", resize_px=(self.size_px, self.size_px))
+        return _SPECS[self.name]  # the registered spec is the crop one
+
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of ``patch`` tokens ((0, 0) when not offered)."""
+        if self.patch_grid:
+            return (self.patch_grid[0], self.patch_grid[1])
+        side = math.isqrt(max(self.num_patches - self.num_prefix_tokens, 0))
+        return (side, side)
 
     def clip_frames(self, plan_frames_per_clip: int | None) -> int:
         """Frames per token this backbone sees under a plan asking for ``plan_frames_per_clip``
@@ -87,6 +145,14 @@ class BackboneSpec:
                 f"not {token_kind!r}"
             )
         return (self.num_patches, self.dim) if token_kind == "patch" else (self.dim,)
+
+
+# Fields added after feature sets were first written, with the value that leaves them out of
+# BackboneSpec.to_dict (and so of the fingerprint).
+_LATER_FIELDS = {
+    f.name: f.default for f in fields(BackboneSpec)
+    if f.name in ("interpolation", "resize", "num_prefix_tokens", "patch_grid", "hf_hub_id")
+}
 
 
 def register_backbone(spec: BackboneSpec) -> Callable[[Callable], Callable]:
@@ -113,16 +179,56 @@ def list_backbones() -> list[str]:
     return sorted(_SPECS)
 
 
-def backbone_spec(name: str) -> BackboneSpec:
-    """The spec of backbone ``name``, without building the model.
+def backbone_spec(name: str, *, resize: str = "crop") -> BackboneSpec:
+    """The spec of backbone ``name`` under frame geometry ``resize``, without building the model.
 
     Raises:
         KeyError: unknown name; the message lists the valid ones.
+        ValueError: ``resize`` is not one of :data:`RESIZE_MODES`.
     """
     _load_all()
     if name not in _SPECS:
         raise KeyError(f"unknown backbone {name!r}; valid: {', '.join(sorted(_SPECS))}")
-    return _SPECS[name]
+    return _SPECS[name].with_resize(resize)
+
+
+def resize_transform(spec: BackboneSpec):
+    """Preprocessing from the spec alone: uint8 → resize (``spec.resize``) → [0, 1] → normalise.
+
+    ``crop``: short side to ``resize_px[0]`` (or to (H, W) when ``resize_px`` has two sides),
+    then the centre ``size_px`` square; ``squash``: straight to ``size_px`` × ``size_px``. The
+    resize antialiases, as PIL does in timm's transforms, with ``spec.interpolation``.
+
+    Returns:
+        A callable: frames (B, 3, H, W) uint8 → (B, 3, S, S) float; clips (B, F, 3, H, W)
+        uint8 → (B, 3, F, S, S) float.
+    """
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    mode = InterpolationMode(spec.interpolation)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)  # broadcast over (B, 3, S, S)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    size = [spec.size_px, spec.size_px]
+
+    def frames(x: torch.Tensor) -> torch.Tensor:
+        if spec.resize == "squash":
+            x = F.resize(x, size, interpolation=mode, antialias=True)
+        else:
+            x = F.resize(x, list(spec.resize_px), interpolation=mode, antialias=True)
+            x = F.center_crop(x, size)
+        return (x.float() / 255.0 - mean.to(x.device)) / std.to(x.device)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return frames(x)
+        batch, num_frames = x.shape[:2]
+        x = frames(x.flatten(0, 1))  # (B, F, 3, H, W) -> (B·F, 3, S, S)
+        x = x.reshape(batch, num_frames, 3, *size)  # (B, F, 3, S, S)
+        return x.permute(0, 2, 1, 3, 4)  # (B, 3, F, S, S)
+
+    return transform
 
 
 def import_torchvision():
@@ -236,7 +342,7 @@ def cpu_bf16_native() -> bool:
 
 def create_backbone(
     name: str, *, weights: str = "default", seed: int = 0, device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "fp32", resize: str = "crop",
 ):
     """Build backbone ``name`` with its weights, in eval mode.
 
@@ -248,17 +354,22 @@ def create_backbone(
         seed: Seed of the random init when ``weights`` is ``none``.
         device: Torch device.
         precision: ``fp32``, or ``bf16`` (autocast: matmuls and convolutions in bfloat16).
+        resize: Frame geometry (:data:`RESIZE_MODES`): ``crop``, the weights' own transform,
+            or ``squash``, the whole frame resized to the input square.
 
     Raises:
         KeyError: unknown backbone.
+        ValueError: unknown ``resize``.
         pipeline.weights.WeightsError: weights cannot be found or loaded.
     """
     from pipeline.weights import resolve_weights
 
     import_torchvision()
-    spec = backbone_spec(name)
+    spec = backbone_spec(name, resize=resize)
     ref = resolve_weights(weights, spec, seed=seed)
     backbone = _BUILDERS[name](ref, device=device)
+    if spec.resize != backbone.spec.resize:  # builders give the crop transform of their weights
+        backbone.spec, backbone.transform = spec, resize_transform(spec)
     backbone.precision = resolve_precision(precision, device)
     return backbone
 
@@ -274,9 +385,12 @@ class Backbone:
             transform where there is one.
         weights_identity: JSON-friendly description of the weights (for fingerprints).
         device: Torch device.
+        pool: For patch-token backbones, (B, N, D) tokens → (B, D) pooled feature; default
+            the first (CLS) token.
     """
 
-    def __init__(self, spec: BackboneSpec, model, transform, weights_identity: dict, device="cpu"):
+    def __init__(self, spec: BackboneSpec, model, transform, weights_identity: dict, device="cpu",
+                 pool=None):
         import torch
 
         self.spec = spec
@@ -287,6 +401,7 @@ class Backbone:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.transform = transform
+        self.pool = pool
         self.weights_identity = weights_identity
         self.precision = "fp32"  # set by create_backbone
 
@@ -319,5 +434,6 @@ class Backbone:
                 x = self.transform(x)  # -> (B, 3, F, size, size)
             out = self.model(x)  # (B, D), or (B, N, D) for patch-token backbones
             if "patch" in self.spec.token_kinds and token_kind == "pooled":
-                out = out[:, 0]  # the CLS token: (B, N, D) -> (B, D)
+                # (B, N, D) -> (B, D): the CLS token, or the backbone's own pooling
+                out = self.pool(out) if self.pool is not None else out[:, 0]
             return out.float().cpu().numpy()
