@@ -237,6 +237,10 @@ def verify(
             f"{len(report.bad_index_files)} unreadable index file(s), "
             f"{len(report.orphan_parts)} orphan part(s), {len(report.temporaries)} unpublished part(s)"
         )
+        if report.metadata_error:
+            typer.secho(f"  {report.metadata_error}", fg="red")
+        if report.integrity:
+            typer.echo(f"  {report.integrity}")
         for video_id, problem in sorted(report.damaged.items()):
             typer.secho(f"  {video_id}: {problem}", fg="red")
         for name, problem in sorted(report.bad_index_files.items()):

@@ -30,7 +30,6 @@ which extract also redoes).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,8 +83,7 @@ def verify_feature_set(
     Args:
         fs: The feature set.
         quick: Check metadata and lengths only, without reading chunk data.
-        progress: Show a progress bar, and the report's ``integrity`` and ``metadata_error``
-            notes, on stderr.
+        progress: Show a progress bar on stderr.
 
     Returns:
         The report; nothing is changed (see :func:`mark_for_redo`).
@@ -97,10 +95,6 @@ def verify_feature_set(
         report.metadata_error = str(err).strip("'\"")
     else:
         _verify_videos(fs, report, dim, dtype, quick=quick, progress=progress)
-    if progress:
-        for note in (report.metadata_error, report.integrity):
-            if note:
-                print(f"  {note}", file=sys.stderr)
     return report
 
 
