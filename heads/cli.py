@@ -93,39 +93,65 @@ def train(
         typer.Option(help="--end-to-end: stan_small, stan_large, vtn or stat (default: from "
                      "--head: stan → stan_small, longformer → vtn, stat → stat)."),
     ] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue the stopped run in this run directory from its checkpoint_last.pt, "
+             "with its config.json: other flags may only repeat its values, except --store "
+             "(the feature sets must be the run's).")] = None,
 ) -> None:
     """Train a head on cached features and print per-split metrics next to the baseline.
 
     Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then that file's
     [datasets.<dataset>] table for --dataset (e.g. vis4mer's CPU-sized demo settings), then
     --config, then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
+    Off a terminal (a log file, a job), one line per epoch instead of a progress bar.
     """
+    flags = dict(locals())  # the parameters, exactly (taken before any other local exists)
     from pipeline.weights import WeightsError  # --end-to-end builds backbones
 
     with user_errors(WeightsError):
-        catalog_options = parse_key_values(catalog_option, "--catalog-option")
-        if variant is not None:
-            catalog_options["variant"] = variant
-        shared = {  # the fields of both modes (heads.config.RunConfig)
-            "task": task, "dataset": dataset, "data_root": data_root, "head": head,
-            "plan": plan, "runs_dir": runs_dir, "epochs": epochs, "batch_size": batch_size,
-            "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
-            "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "patience": patience,
-            "seed": seed, "device": device, "catalog_options": catalog_options or None,
-            "head_kwargs": parse_key_values(head_kwarg, "--head-kwarg") or None,
-        }
-        cached = {"features": tuple(features) if features else None, "window_sec": window_sec,
-                  "eval_stride_sec": eval_stride_sec, "store": store, "amp": amp,
-                  "data_loading": data_loading}
-        if end_to_end:
-            cached_only = {"--config": config, "--seeds": seeds, **{
-                f"--{k.replace('_', '-')}": v for k, v in cached.items()}}
-            _train_end_to_end(preset=preset, given=shared, cached_only=[
-                flag for flag, value in cached_only.items() if value is not None])
-        elif preset is not None:
-            raise ValueError("--preset is an --end-to-end option")
-        else:
-            _train_cached({**shared, **cached}, config_file=config, seeds=seeds)
+        _train_command(flags)
+
+
+def _train_command(flags: dict) -> None:
+    """`heads train` from its flags (parameter name → value): cached, --end-to-end or
+    --resume."""
+    catalog_options = parse_key_values(flags["catalog_option"], "--catalog-option")
+    if flags["variant"] is not None:
+        catalog_options["variant"] = flags["variant"]
+    shared = {key: flags[key] for key in (  # the fields of both modes (heads.config.RunConfig)
+        "task", "dataset", "data_root", "head", "plan", "runs_dir", "epochs", "batch_size", "lr",
+        "weight_decay", "schedule", "warmup_epochs", "grad_clip", "patience", "seed", "device")}
+    shared["catalog_options"] = catalog_options or None
+    shared["head_kwargs"] = parse_key_values(flags["head_kwarg"], "--head-kwarg") or None
+    cached = {key: flags[key] for key in (
+        "window_sec", "eval_stride_sec", "store", "amp", "data_loading")}
+    cached["features"] = tuple(flags["features"]) if flags["features"] else None
+    if flags["resume"] is not None:
+        _resume_cached(flags["resume"], {**shared, **cached}, not_with={
+            "--config": flags["config"], "--seeds": flags["seeds"],
+            "--end-to-end": flags["end_to_end"], "--preset": flags["preset"]})
+    elif flags["end_to_end"]:
+        cached_only = {"--config": flags["config"], "--seeds": flags["seeds"], **{
+            f"--{k.replace('_', '-')}": v for k, v in cached.items()}}
+        _train_end_to_end(preset=flags["preset"], given=shared, cached_only=[
+            flag for flag, value in cached_only.items() if value is not None])
+    elif flags["preset"] is not None:
+        raise ValueError("--preset is an --end-to-end option")
+    else:
+        _train_cached({**shared, **cached}, config_file=flags["config"], seeds=flags["seeds"])
+
+
+def _resume_cached(run_dir: str, given: dict, *, not_with: dict) -> None:
+    """`heads train --resume RUN_DIR`: the run's stored config, the flags checked against it
+    (:func:`heads.train.resume_config`), training continued in ``run_dir``."""
+    from heads.train import resume_config
+    from heads.train import train as run_training
+
+    dropped = [flag for flag, value in not_with.items() if value]
+    if dropped:
+        raise ValueError(f"--resume continues the run in {run_dir} with its config.json; drop "
+                         f"{', '.join(dropped)}")
+    run_training(resume_config(run_dir, given), resume=run_dir, log=typer.echo)
 
 
 def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) -> None:

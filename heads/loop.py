@@ -9,7 +9,8 @@ A recipe builds its model and data, then hands them to a :class:`Trainer`:
 - :meth:`Trainer.fit`: per epoch one pass over the recipe's batches (task loss + the head's
   ``aux_loss``, backward, gradient clipping, optimiser and schedule step), the validation metric
   (:class:`Evaluator`: windowed or per clip, whatever the recipe's ``predict`` does), best-on-val
-  selection with early stopping, TensorBoard scalars, and two checkpoints: ``checkpoint_last.pt``
+  selection with early stopping, TensorBoard scalars (per epoch, the loss per step, the config
+  as hyperparameters at the end), and two checkpoints: ``checkpoint_last.pt``
   every epoch and ``checkpoint.pt`` at every new best. Both hold what the recipe needs to rebuild
   the model plus what the loop needs to resume (model, optimiser, scheduler, scaler, epoch, RNG
   states, history, best so far: :meth:`Trainer.restore`);
@@ -23,7 +24,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,23 @@ class Evaluator:
         return math.isfinite(baseline.get(metric, float("nan")))
 
 
+def epoch_line(record: dict, num_epochs: int, *, best: bool) -> str:
+    """One epoch's record as one log line, e.g. ``epoch 3/20  train_loss 0.6931  lr 3.0e-04
+    val_top1 0.6000  val_loss 0.8123  best``: what ``heads train`` prints per epoch when its
+    output is not a terminal (a log file, a job's output) and ``heads finetune`` always."""
+    parts = [f"epoch {record['epoch']}/{num_epochs}"]
+    for key, value in record.items():
+        if key == "epoch":
+            continue
+        if value is None:
+            parts.append(f"{key} -")
+        elif key == "lr":
+            parts.append(f"lr {value:.1e}")
+        else:
+            parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts + ["best"] * best)
+
+
 class Trainer:
     """The training loop (see the module docstring).
 
@@ -166,6 +184,8 @@ class Trainer:
         self.state_keys = list(state_keys) if state_keys is not None else None
         self.generators = generators or {}
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.steps_per_epoch = steps_per_epoch
+        self._curves: TrainingLog | None = None  # while fit runs: per-step losses go there
         self.epoch, self.history, self.since_best = 0, [], 0
         self.best_score, self.best_epoch, self.best_state = None, 0, None
 
@@ -209,10 +229,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         select_on_val = evaluate.selects_on_val()
-        curves = TrainingLog(self.run_dir / "tensorboard")
+        resumed = self.epoch > 0
+        curves = TrainingLog(self.run_dir / "tensorboard", purge_step=(
+            self.epoch * self.steps_per_epoch + 1 if resumed else None))
         progress = tqdm(range(self.epoch + 1, self.config.epochs + 1), desc=desc, disable=None)
+        self._curves = curves
         try:
             for epoch in progress:
+                if self.config.patience and self.since_best >= self.config.patience:
+                    break  # early-stopped (a resumed run may have stopped before it was killed)
                 record = {"epoch": epoch, "train_loss": self._train_epoch(batches(epoch)),
                           "lr": self.scheduler.get_last_lr()[0]}
                 if select_on_val:
@@ -230,13 +255,16 @@ class Trainer:
                 curves.add(record)
                 progress.set_postfix({k: round(v, 4) for k, v in record.items()
                                       if k != "epoch" and v is not None})
-                if epoch_log is not None:
-                    epoch_log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in record.items()))
                 self._keep_best_and_save(score)
-                if self.config.patience and self.since_best >= self.config.patience:
-                    break
+                if epoch_log is not None:
+                    epoch_log(epoch_line(record, self.config.epochs,
+                                         best=self.best_epoch == epoch))
+            selection = f"val_{self.metric}" if select_on_val else "train_loss"
+            curves.add_hparams(asdict(self.config), {
+                f"hparams/best_{selection}": self.history[self.best_epoch - 1].get(selection),
+                "hparams/best_epoch": self.best_epoch})
         finally:
+            self._curves = None
             curves.close()
         self.model.load_state_dict(self.best_state, strict=self.state_keys is None)
         return self.history
@@ -245,8 +273,11 @@ class Trainer:
         """One pass over ``batches``; the mean training loss per video."""
         self.model.train()
         total_loss, seen = 0.0, 0
-        for inputs, targets in batches:
-            total_loss += self.step(inputs, targets) * len(targets)
+        for i, (inputs, targets) in enumerate(batches):
+            loss = self.step(inputs, targets)
+            if self._curves is not None:  # global step: epochs done × steps per epoch + i + 1
+                self._curves.add_step(self.epoch * self.steps_per_epoch + i + 1, loss)
+            total_loss += loss * len(targets)
             seen += len(targets)
         if not seen:
             raise ValueError(f"epoch {self.epoch + 1} had no training batch")

@@ -6,7 +6,9 @@ own ``config.json`` fields, see :mod:`heads.finetune.recipe`):
 - ``config.json``: ``config`` (the resolved :class:`heads.config.TrainConfig`, including the
   ``config_files`` it came from), ``catalog`` (its name), ``task`` (name, kind, classes) and
   ``feature_sets`` (name, backbone, plan, token kind, dim and fingerprint of each, in stream
-  order: the feature-set fingerprint that pins the inputs);
+  order: the feature-set fingerprint that pins the inputs), ``argv`` (the command line) and,
+  after ``heads train --resume``, ``resumes`` (per resumption: its command line, the epoch it
+  continued after, the store, the UTC time and the environment);
 - ``environment.json``: Python, platform, package versions, the git commit (and whether the
   tree had uncommitted changes), torch's CUDA, the host;
 - ``checkpoint.pt`` (best on val) and ``checkpoint_last.pt`` (last epoch, rewritten each epoch):
@@ -23,8 +25,10 @@ own ``config.json`` fields, see :mod:`heads.finetune.recipe`):
   the per-epoch ``history``;
 - ``predictions.parquet``: one row per video and split: ``video_id``, ``split``, ``target``,
   ``predicted`` (class name(s) or value) and the head's ``outputs`` (list of floats);
-- ``curves.png``: loss and validation metric per epoch (matplotlib);
-- ``tensorboard/``: the same scalars as TensorBoard event files (``tensorboard --logdir RUNS``).
+- ``curves.png``: loss and validation metric per epoch (matplotlib), the best epoch marked
+  and the majority baseline's val metric drawn;
+- ``tensorboard/``: the same scalars as TensorBoard event files (``tensorboard --logdir RUNS``),
+  the loss of every step (``train/step_loss``) and the config as hyperparameters.
 """
 
 from __future__ import annotations
@@ -266,16 +270,20 @@ def environment() -> dict:
 
 
 class TrainingLog:
-    """Per-epoch scalars to TensorBoard event files (``torch.utils.tensorboard``).
+    """Scalars to TensorBoard event files (``torch.utils.tensorboard``): per epoch at step
+    ``epoch``, the training loss of every optimiser step under ``train/step_loss`` at the global
+    step, and the run's hyperparameters (the HParams tab).
 
     Args:
         log_dir: Directory of the event files.
+        purge_step: A resumed run's first global step: events a killed run wrote from there on
+            are hidden (``SummaryWriter(purge_step=...)``); None for a fresh run.
     """
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def add(self, record: dict) -> None:
         """Write every number of ``record`` (one :func:`heads.train.train` history entry) at
@@ -286,42 +294,84 @@ class TrainingLog:
                 self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
         self.writer.flush()
 
+    def add_step(self, step: int, loss: float) -> None:
+        """One optimiser step's training loss at global ``step`` (1-based; flushed per epoch)."""
+        if math.isfinite(loss):
+            self.writer.add_scalar("train/step_loss", loss, step)
+
+    def add_hparams(self, config: dict, metrics: dict[str, float]) -> None:
+        """The run's config as hyperparameters next to its final ``metrics`` (tag → value), in
+        these event files (``SummaryWriter.add_hparams`` would open a sub-run per call). Values
+        other than numbers, strings and booleans (tuples, dicts, None) are written as text."""
+        from torch.utils.tensorboard.summary import hparams
+
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+                 for k, v in config.items()}
+        metrics = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        for summary in hparams(plain, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
 
-def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> None:
-    """Training curves as a PNG: train/val loss on the left, the val metric on the right.
+def plot_curves(history: list[dict], path: str | Path, *, title: str = "",
+                best_epoch: int | None = None, baseline: dict[str, float] | None = None) -> None:
+    """Training curves as a PNG, replaced atomically: train/val loss on the left, the val
+    metric on the right, integer epochs on both x axes.
 
     Args:
         history: Per-epoch records (``epoch``, ``train_loss``, optional ``val_loss`` and one
             ``val_<metric>``).
         path: PNG file to write.
         title: Figure title.
+        best_epoch: The selected epoch, marked on both panels; None marks none.
+        baseline: History key → the majority baseline's value of it (e.g. ``{"val_top1":
+            0.4}``), drawn as a dashed line on the metric panel; NaN or None values are left out.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; safe in workers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     not_metrics = {"epoch", "train_loss", "val_loss", "lr"}
     metric_keys = sorted({k for r in history for k in r} - not_metrics)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(epochs, [r["train_loss"] for r in history], label="train")
+    axes[0].plot(epochs, [r["train_loss"] for r in history], marker=".", label="train")
     if any("val_loss" in r for r in history):
-        axes[0].plot(epochs, [r.get("val_loss", np.nan) for r in history], label="val")
+        axes[0].plot(epochs, [_nan(r.get("val_loss")) for r in history], marker=".",
+                     label="val")
     axes[0].set(xlabel="epoch", ylabel="loss")
-    axes[0].legend()
     for key in metric_keys:
-        axes[1].plot(epochs, [r.get(key, np.nan) for r in history], label=key)
+        axes[1].plot(epochs, [_nan(r.get(key)) for r in history], marker=".", label=key)
+    for key, value in (baseline or {}).items():
+        if value is not None and math.isfinite(value):
+            axes[1].axhline(value, color="grey", linestyle="--", label=f"baseline {key}")
     axes[1].set(xlabel="epoch", ylabel="metric")
-    if metric_keys:
-        axes[1].legend()
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:red", linestyle=":", label=f"best (epoch "
+                       f"{best_epoch})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:  # the temporary name has no .png suffix: the format is given
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def _nan(value) -> float:
+    """A history value as a float for plotting: None (a metric undefined that epoch) is NaN."""
+    return np.nan if value is None else value
 
 
 def predictions_frame(

@@ -15,14 +15,20 @@ A recipe in torchtune's shape, read top to bottom in :func:`train`:
   majority baseline, written into ``runs/<UTC time>-<head>-<task>/`` (see :mod:`heads.runs`
   for the layout; ``load_head`` rebuilds the model).
 
+``heads train --resume RUN_DIR`` (:func:`resume_config`, ``train(..., resume=RUN_DIR)``)
+continues a stopped run in its own directory with its stored config, from the last checkpoint.
+
 Defaults come from :class:`heads.config.TrainConfig`, then ``heads/configs/<head>.toml`` and its
 table for the run's dataset (see :mod:`heads.config_files`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +53,14 @@ from heads.metrics import PRIMARY_METRIC
 from heads.models import create_head, num_streams_for
 from heads.optim import mixed_precision, param_groups, seed_everything
 from heads.runs import (
+    CHECKPOINTS,
+    HEAD_FIELDS,
     environment,
     format_table,
     new_run_dir,
     plot_curves,
     predictions_frame,
+    read_checkpoint,
     write_frame,
     write_json,
 )
@@ -62,7 +71,12 @@ from heads.windows import (
     with_token_times,
 )
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "resume_config", "train"]
+
+# The flags `heads train --resume` takes that may differ from the run's config.json: where the
+# feature store is now (its feature sets must still be the run's, fingerprint for fingerprint).
+# Every other flag may only repeat the stored value.
+RESUME_MAY_CHANGE = ("store",)
 
 
 @dataclass
@@ -77,15 +91,20 @@ class CachedRun:
 
 
 def train(
-    config: TrainConfig, *, catalog: Catalog | None = None, log=print, cache: dict | None = None
+    config: TrainConfig, *, catalog: Catalog | None = None, log=print, cache: dict | None = None,
+    resume: str | Path | None = None,
 ) -> dict:
     """Train ``config.head`` on ``config.task`` and evaluate it on every split.
 
     Args:
-        config: The run's configuration.
+        config: The run's configuration (to resume: :func:`resume_config`).
         catalog: The dataset; built from ``config.dataset`` / ``data_root`` when not given.
-        log: Where progress lines and the final table go.
+        log: Where progress lines (one per epoch when stdout is not a terminal: a log file, a
+            job's output; a progress bar on a terminal) and the final table go.
         cache: Feature reads kept across calls (see :func:`heads.data.load_task_data`).
+        resume: The directory of a stopped run of ``config``: training goes on there from its
+            ``checkpoint_last.pt`` (:meth:`heads.loop.Trainer.restore`) and ends where the run
+            never stopped would have, to the same numbers on a deterministic device.
 
     Returns:
         The content of ``metrics.json`` plus ``run_dir`` (str).
@@ -98,8 +117,11 @@ def train(
     config, catalog, data = build(config, catalog=catalog, log=log, cache=cache)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        run = setup(config, catalog, data, log=log)
-        run.trainer.fit(run.batches, run.evaluate, desc=f"{config.head}/{data.task.name}")
+        run = setup(config, catalog, data, log=log, resume=resume)
+        if resume is not None:
+            log(f"resuming {run.run_dir} after epoch {run.trainer.epoch} of {config.epochs}")
+        run.trainer.fit(run.batches, run.evaluate, desc=f"{config.head}/{data.task.name}",
+                        epoch_log=None if sys.stdout.isatty() else log)
         results, evals = report(run.evaluate, run.trainer, task=data.task,
                                 video_ids=data.video_ids, head=config.head, seed=config.seed,
                                 num_dropped=data.num_dropped)
@@ -134,8 +156,10 @@ def build(config: TrainConfig, *, catalog: Catalog | None, log, cache: dict | No
     return config, catalog, data
 
 
-def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> CachedRun:
-    """Seeded standardisation, batches, head, evaluator, run directory and trainer."""
+def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
+          resume: str | Path | None = None) -> CachedRun:
+    """Seeded standardisation, batches, head, evaluator, run directory and trainer (restored
+    from ``resume``'s last checkpoint when given)."""
     seed_everything(config.seed)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
@@ -192,10 +216,8 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
     ]
     task_info = {"name": data.task.name, "kind": kind, "classes": list(data.task.classes)}
     config_dict = asdict(config)
-    run_dir = new_run_dir(Path(config.runs_dir), config.head, data.task.name)
-    write_json(run_dir / "config.json", {"config": config_dict, "catalog": catalog.name,
-                                         "task": task_info, "feature_sets": feature_info})
-    write_json(run_dir / "environment.json", environment())
+    run_dir = open_run_dir(config, {"config": config_dict, "catalog": catalog.name,
+                                    "task": task_info, "feature_sets": feature_info}, resume)
 
     def checkpoint_fields() -> dict:
         """Everything :func:`heads.runs.load_head` needs to rebuild the model."""
@@ -217,6 +239,9 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log) -> Cach
         checkpoint_fields=checkpoint_fields, autocast=autocast, scaler=scaler,
         generators=generators,
     )
+    if resume is not None:
+        trainer.restore(run_dir / CHECKPOINTS["last"], run_dir / CHECKPOINTS["best"])
+        record_resume(run_dir, after_epoch=trainer.epoch, store=config.store)
 
     def batches(epoch: int):
         for inputs, targets in loader:
@@ -256,8 +281,100 @@ def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log) 
     outputs = {s: evals[s].outputs for s in SPLITS}
     write_frame(predictions_frame(run.task_info, data.video_ids, outputs, data.targets),
                 run.run_dir / "predictions.parquet")  # atomically, as every run file
+    selection = results["selection"]
+    metric = selection["metric"]
     plot_curves(results["history"], run.run_dir / "curves.png",
-                title=f"{results['head']} / {results['task']}")
+                title=f"{results['head']} / {results['task']}", best_epoch=selection["best_epoch"],
+                baseline={metric: results["baseline"]["val"].get(metric[len("val_"):])}
+                if metric.startswith("val_") else None)
     log(format_table(results))
     log(f"run written to {run.run_dir}")
     return {**results, "run_dir": str(run.run_dir)}
+
+
+def open_run_dir(config: TrainConfig, record: dict, resume: str | Path | None) -> Path:
+    """A fresh run directory with ``config.json`` (``record`` and the command line, ``argv``)
+    and ``environment.json``; or, resuming, ``resume`` once its feature sets are checked.
+
+    Raises:
+        ValueError: resuming on feature sets other than the run's (another fingerprint).
+    """
+    if resume is None:
+        run_dir = new_run_dir(Path(config.runs_dir), config.head, record["task"]["name"])
+        write_json(run_dir / "config.json", {**record, "argv": sys.argv})
+        write_json(run_dir / "environment.json", environment())
+        return run_dir
+    run_dir = Path(resume)
+    saved = json.loads((run_dir / "config.json").read_text())
+    was = [fs.get("fingerprint") for fs in saved["feature_sets"]]
+    now = [fs["fingerprint"] for fs in record["feature_sets"]]
+    if was != now:
+        raise ValueError(f"--resume {run_dir}: the run was trained on feature sets with "
+                         f"fingerprints {was}, store {config.store} gives {now}; pass the "
+                         "run's store with --store")
+    return run_dir
+
+
+def record_resume(run_dir: Path, *, after_epoch: int, store: str) -> None:
+    """Append one resumption to ``config.json``'s ``resumes``: the command line, the epoch it
+    continued after, the store, the UTC time and the environment (:func:`environment`)."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved.setdefault("resumes", []).append({
+        "argv": sys.argv, "after_epoch": after_epoch, "store": store,
+        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "environment": environment()})
+    write_json(run_dir / "config.json", saved)
+
+
+def resume_config(run_dir: str | Path, given: dict | None = None) -> TrainConfig:
+    """The config of the stopped ``heads train`` run in ``run_dir``, to continue it with
+    ``train(config, resume=run_dir)`` (``heads train --resume RUN_DIR``).
+
+    Args:
+        run_dir: The run directory.
+        given: Flags given with ``--resume`` (field → value): each must repeat the stored
+            value (a dict flag: its keys), except :data:`RESUME_MAY_CHANGE`, which win.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.json``.
+        ValueError: the run finished (``metrics.json``), is a ``heads finetune`` run, has no
+            resumable checkpoint (none yet, weights only, damaged), or a flag contradicts its
+            config; one line naming the culprit.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.json there; pass a run "
+                                "directory of `heads train`")
+    saved = json.loads((run_dir / "config.json").read_text())
+    if "features" not in saved.get("config", {}):
+        raise ValueError(f"--resume {run_dir}: not a run of `heads train` on cached features "
+                         "(a `heads finetune` run?); only those resume")
+    if (run_dir / "metrics.json").is_file():
+        raise ValueError(f"--resume {run_dir}: the run finished (metrics.json is there); "
+                         "nothing to resume")
+    for name in (CHECKPOINTS["last"], CHECKPOINTS["best"]):
+        if not (run_dir / name).is_file():
+            raise ValueError(f"--resume {run_dir}: no resumable checkpoint ({name} missing: "
+                             "stopped before its first epoch ended); start the run again")
+        if "resume" not in read_checkpoint(run_dir / name, required=HEAD_FIELDS):
+            raise ValueError(f"--resume {run_dir}: {name} holds weights only (written before "
+                             "runs could resume); start the run again")
+    try:
+        config = TrainConfig(**saved["config"])
+    except TypeError as err:
+        raise ValueError(f"--resume {run_dir}: its config.json does not fit this version's "
+                         f"TrainConfig ({err})") from None
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    for key, value in given.items():
+        stored = getattr(config, key)
+        if isinstance(value, dict):
+            same = isinstance(stored, dict) and all(stored.get(k) == v for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            same = tuple(value) == tuple(stored)
+        else:
+            same = value == stored
+        if not same and key not in RESUME_MAY_CHANGE:
+            raise ValueError(f"--resume {run_dir} continues the run with its config.json: "
+                             f"--{key.replace('_', '-')} {value!r} contradicts its {key} "
+                             f"{stored!r}; drop the flag (only --store may change)")
+    return replace(config, **{k: given[k] for k in RESUME_MAY_CHANGE if k in given})
