@@ -51,6 +51,7 @@ def extract(
     backbone: list[str] = typer.Option(["resnet18", "r2plus1d_18"], help="Backbone(s); repeat the flag. One decode feeds them all."),
     plan: str = typer.Option("scene", help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips."),
     tokens: str = typer.Option("pooled", help="Token kind: pooled (T, D), or patch (T, N, D) for ViTs."),
+    resize: str = typer.Option("crop", help="Frame geometry: crop (short side, then the centre square: the weights' own transform) or squash (whole frame to the square, as ViS4mer)."),
     num_frames: int = typer.Option(16, help="uniform plan: tokens per video."),
     fps: float = typer.Option(1.0, help="fps plan: tokens per second."),
     full_num_frames: int = typer.Option(250, help="full plan: tokens per video."),
@@ -81,7 +82,7 @@ def extract(
     try:
         config = ExtractConfig(
             dataset=dataset, data_root=data_root or f"data/{dataset}", backbones=tuple(backbone), plan=plan,
-            tokens=tokens, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
+            tokens=tokens, resize=resize, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
             clip_len_sec=clip_len_sec,
             store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
             detector=detector,
@@ -283,7 +284,7 @@ def compact(
 
 @app.command()
 def backbones() -> None:
-    """List the registered backbones with their input and output."""
+    """List the registered backbones: input, token shapes, pretraining, source paper, users."""
     from pipeline.backbones import backbone_spec, list_backbones
 
     for name in list_backbones():
@@ -292,8 +293,18 @@ def backbones() -> None:
         shapes = ", ".join(
             f"{kind} {'×'.join(str(n) for n in s.token_shape(kind))}" for kind in s.token_kinds
         )
-        typer.echo(f"{name:14s} {frames:15s} at {s.size_px} px -> {shapes:28s} "
-                   f"({s.weights_tag}, {s.pretrained_on})")
+        if "patch" in s.token_kinds:
+            rows, cols = s.grid()
+            prefix = s.num_prefix_tokens - 1
+            shapes += (f" (CLS{f' + {prefix} registers' if prefix else ''} + {rows}×{cols} "
+                       "patches)")
+        crop = "×".join(str(n) for n in s.resize_px)
+        typer.echo(f"{name:14s} {frames:15s} at {s.size_px} px (crop from {crop}, "
+                   f"{s.interpolation}) -> {shapes}")
+        typer.echo(f"{'':14s} pretrained on {s.pretrained_on} ({s.weights_tag})")
+        typer.echo(f"{'':14s} source: {s.source}")
+        if s.used_by:
+            typer.echo(f"{'':14s} used by: {s.used_by}")
 
 
 @app.command("import")

@@ -27,7 +27,7 @@ def feature_set_spec(
     from pipeline.backbones import backbone_spec
     from pipeline.weights import describe_weights
 
-    spec_ = backbone_spec(backbone)
+    spec_ = backbone_spec(backbone, resize=config.resize)  # `resize` is in it unless crop
     plan = config.plan_config()
     backbone_info = spec_.to_dict()
     # The spec says what the weights really are: "random init (seed N)" for `--weights none`,
@@ -124,13 +124,13 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         ref = resolve_weights(per_backbone[backbone], spec_, seed=config.seed)
         spec = feature_set_spec(config, catalog, backbone, ref.identity(), precision)
         name = feature_set_name(spec)
+        job = _job(FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision,
+                                 config.tokens), config.resize)  # checked before any write
         fs = store.create(
             name, spec=spec, token_kind=config.tokens, dim=spec_.dim, dtype=config.dtype
         )
         feature_sets.append(fs)
-        jobs.append(
-            FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision, config.tokens)
-        )
+        jobs.append(job)
 
     paths = dict(zip(videos["video_id"], videos["path"]))
     done, changed = {}, {}
@@ -165,6 +165,24 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
                 summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
+
+
+def _job(job, resize: str):
+    """``job`` with the run's frame geometry; a worker that cannot take ``resize`` is an error
+    now, never a feature set labelled ``squash`` holding cropped frames.
+
+    Raises:
+        ValueError: ``resize`` is not ``crop`` and :class:`~pipeline.worker.FeatureSetJob`
+            has no ``resize`` field to carry it to the workers.
+    """
+    import dataclasses
+
+    if resize == "crop":
+        return job
+    if "resize" not in {f.name for f in dataclasses.fields(job)}:
+        raise ValueError(f"--resize {resize}: this checkout's extractors (pipeline/worker.py, "
+                         "FeatureSetJob) do not carry the frame geometry yet; use --resize crop")
+    return dataclasses.replace(job, resize=resize)
 
 
 def stored_unchanged(fs, paths: dict[str, str]) -> tuple[set[str], dict[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.backbones import PRECISIONS, TOKEN_KINDS
+from pipeline.backbones import PRECISIONS, RESIZE_MODES, TOKEN_KINDS
 from pipeline.sampling import PlanConfig
 from pipeline.scenes import SceneDetectConfig
 
@@ -39,6 +39,11 @@ class ExtractConfig:
     frames_per_clip: int | None = None
     # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
     tokens: str = "pooled"
+    # Frame geometry before the backbones: crop (short side, then the centre square: the
+    # weights' own eval transform) or squash (the whole frame resized to the square, nothing
+    # cut away: ViS4mer §4.4). Fingerprinted only when not crop, so older feature sets keep
+    # their names.
+    resize: str = "crop"
     # Store directory or fsspec URL (s3://bucket/store, file:///shared/store, ...).
     store: str = "store"
     # --weights values: default (pretrained, through the library's cache) | none (seeded random
@@ -86,6 +91,10 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.tokens not in TOKEN_KINDS:
             raise ValueError(f"--tokens {self.tokens!r}: valid values are {', '.join(TOKEN_KINDS)}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(
+                f"--resize {self.resize!r}: valid values are {', '.join(RESIZE_MODES)}"
+            )
         self.plan_config()  # validates the plan and its knobs
         if self.plan == "scene" and self.detector == "none":
             raise ValueError("the scene plan needs a scene detector; --detector none fits other plans")

@@ -27,6 +27,7 @@ RESNET18 = BackboneSpec(
     weights_url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
     pretrained_on="ImageNet-1k",
     source="He et al. 2016, Deep Residual Learning (torchvision.models.resnet18)",
+    used_by="STAN (2D stream: each scene's centre frame, §3) and its ResNet18 baselines (Tab. 1)",
 )
 
 R2PLUS1D_18 = BackboneSpec(
@@ -43,6 +44,7 @@ R2PLUS1D_18 = BackboneSpec(
     pretrained_on="Kinetics-400",
     source="Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions "
     "(torchvision.models.video.r2plus1d_18)",
+    used_by="STAN (3D stream: 12 frames per scene, Kinetics-400 R(2+1)D, §3)",
 )
 
 VIT_B16 = BackboneSpec(
@@ -58,6 +60,8 @@ VIT_B16 = BackboneSpec(
     weights_url="https://download.pytorch.org/models/vit_b_16-c867db91.pth",
     pretrained_on="ImageNet-1k",
     source="Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (torchvision.models.vit_b_16)",
+    used_by="STAM's and VTN's architecture with ImageNet-1k weights; the papers' ImageNet-21k "
+    "weights: vit_b16_in21k",
     token_kinds=("pooled", "patch"),
     num_patches=197,
 )
@@ -75,6 +79,8 @@ VIT_L16 = BackboneSpec(
     weights_url="https://download.pytorch.org/models/vit_l_16-852ce7e3.pth",
     pretrained_on="ImageNet-1k",
     source="Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (torchvision.models.vit_l_16)",
+    used_by="ViS4mer's architecture with ImageNet-1k weights; the paper's ImageNet-21k weights "
+    "and squashed frames: vit_l16_in21k --resize squash",
     token_kinds=("pooled", "patch"),
     num_patches=197,
 )
