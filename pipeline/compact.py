@@ -218,9 +218,8 @@ def _write_packed_part(fs: FeatureSet, pack: list[dict]) -> tuple[str, list[int]
     # compaction to delete the old parts an interrupted one left; the index stays the truth.
     group.attrs["longvid_packed"] = {"members": members}
     for name, values in data.items():
-        group.create_array(
-            name, data=values, chunks=(chunk_t, *values.shape[1:]), **array_options(name)
-        )
+        group.create_array(name, data=values, chunks=(chunk_t, *values.shape[1:]),
+                           **array_options(name, values.ndim))
     if fs.loc.atomic_rename:
         fs.loc.rename(tmp, f"parts/{part_id}")
     return part_id, offsets, tokens.nbytes

@@ -6,11 +6,15 @@ Layout on disk (a Zarr v3 hierarchy plus parquet index fragments)::
       <feature set name>/            Zarr group, one per (dataset, backbone, plan, preprocessing,
         zarr.json                    weights); attrs: schema_version, fingerprint, spec (the full
                                      extraction config), token_kind, dim, dtype, created_at
-        parts/<part id>/             Zarr group written by exactly one writer, published by rename
-          tokens     (T, D) or (T, N, D)   float16 by default
-          start_sec  (T,) float32          token start, seconds from the start of the video
-          end_sec    (T,) float32          token end, seconds
-          scene_idx  (T,) int32            scene a token belongs to (-1 where there are no scenes)
+        parts/<part id>/             Zarr group written by exactly one writer, published by rename;
+                                     one video, or many concatenated along T (pipeline compact)
+          tokens     (T, D) or (T, N, D)   float16 by default; dims (token, channel) or
+                                           (token, patch, channel)
+          start_sec  (T,) float32          token start, seconds from the start of the video;
+                                           dims (token,), units "s"
+          end_sec    (T,) float32          token end, seconds; (token,), "s"
+          scene_idx  (T,) int32            scene a token belongs to (-1 where there are no
+                                           scenes); (token,)
         index/<video key>.parquet    one row per video, written last (atomic replace), with
                                      a CRC-32 per array of the video's bytes (content_hash)
         runs/<stamp>-<pid>.json      config and counts of every extraction run
@@ -26,6 +30,11 @@ Why this shape:
   content hash checked on read, and a lost chunk reads as NaN (never a plausible 0);
 - ragged sequences: each video's tokens are a contiguous slice (``offset``, ``num_tokens``) of
   one part, fetched without touching any other video's data.
+
+Every part array carries zarr v3 ``dimension_names`` and CF-style ``units`` / ``long_name``
+attributes (:data:`DIMENSION_NAMES`, :data:`ARRAY_ATTRIBUTES`), so xarray and zarr-python read
+a part without longvid (``docs/store.md``: the layout, a zarr + polars reader, ``xr.open_zarr``);
+parts written before that have no dimension names and read the same through longvid.
 
 Feature-set names carry a fingerprint of the spec: a different config never overwrites an
 existing feature set, it makes a new one.
@@ -83,16 +92,40 @@ class DamagedVideoError(ValueError):
     """A stored video's data is missing or corrupt (a user error: the fix is to redo it)."""
 
 
-def array_options(name: str) -> dict:
-    """Keyword arguments of ``zarr.Group.create_array`` for the part array ``name``: zstd, then
-    a crc32c checksum of every chunk (zarr v3's ``crc32c`` codec: a flipped bit fails to
-    decode), an impossible fill value, and every chunk written."""
+# What each part array is, for tools that read the store without longvid (xarray, zarr-python):
+# its axes (zarr v3 `dimension_names`; tokens: (T, D) or (T, N, D)) and CF-style attributes.
+DIMENSION_NAMES = {"tokens": {2: ("token", "channel"), 3: ("token", "patch", "channel")},
+                   "start_sec": {1: ("token",)}, "end_sec": {1: ("token",)},
+                   "scene_idx": {1: ("token",)}}
+ARRAY_ATTRIBUTES = {
+    "tokens": {"long_name": "backbone features per token (frame, clip or scene); a video is "
+                            "a slice of the token axis, see the index"},
+    "start_sec": {"units": "s", "long_name": "token start, seconds from the start of the video"},
+    "end_sec": {"units": "s", "long_name": "token end, seconds from the start of the video"},
+    "scene_idx": {"units": "1", "long_name": "scene of the token in its video, -1 = no scenes"},
+}
+
+
+def array_options(name: str, ndim: int) -> dict:
+    """Keyword arguments of ``zarr.Group.create_array`` for the part array ``name`` of ``ndim``
+    axes: zstd, then a crc32c checksum of every chunk (zarr v3's ``crc32c`` codec: a flipped bit
+    fails to decode), an impossible fill value, every chunk written, the axes' names
+    (:data:`DIMENSION_NAMES`) and the units and description (:data:`ARRAY_ATTRIBUTES`).
+
+    Raises:
+        ValueError: ``ndim`` is not one the array can have.
+    """
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
+    if ndim not in DIMENSION_NAMES[name]:
+        raise ValueError(f"part array {name} cannot have {ndim} axes (it has "
+                         f"{' or '.join(map(str, DIMENSION_NAMES[name]))})")
     return {
         "compressors": [ZstdCodec(level=0), Crc32cCodec()],
         "fill_value": FILL_VALUES[name],
         "config": EVERY_CHUNK,
+        "dimension_names": DIMENSION_NAMES[name][ndim],
+        "attributes": ARRAY_ATTRIBUTES[name],
     }
 
 
@@ -242,10 +275,10 @@ class FeatureSet:
                 f"{video_id}: {num_tokens} tokens but {len(start_sec)} start_sec and "
                 f"{len(end_sec)} end_sec values"
             )
-        if tokens.ndim < 2 or tokens.shape[-1] != self.attrs["dim"]:
+        if tokens.ndim not in (2, 3) or tokens.shape[-1] != self.attrs["dim"]:
             raise ValueError(
-                f"{video_id}: tokens of shape {tokens.shape} do not end in the feature set's "
-                f"dim {self.attrs['dim']}"
+                f"{video_id}: tokens of shape {tokens.shape} are not (T, D) or (T, N, D) with "
+                f"D the feature set's dim {self.attrs['dim']}"
             )
         if scene_idx is None:
             scene_idx = np.full(num_tokens, -1, dtype=np.int32)
@@ -263,9 +296,8 @@ class FeatureSet:
         }
         chunk_t = max(1, min(num_tokens, _TOKEN_CHUNK))
         for name, values in data.items():
-            group.create_array(
-                name, data=values, chunks=(chunk_t, *values.shape[1:]), **array_options(name)
-            )
+            group.create_array(name, data=values, chunks=(chunk_t, *values.shape[1:]),
+                               **array_options(name, values.ndim))
         maybe_crash("mid_part", video_id)
         if self.loc.atomic_rename:
             self.loc.rename(tmp, f"parts/{part_id}")  # publish the part atomically
