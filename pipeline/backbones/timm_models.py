@@ -42,10 +42,12 @@ _VIT = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words"
 
 def _timm_spec(name: str, timm_name: str, *, dim: int, patch_px: int, pretrained_on: str,
                source: str, used_by: str, mean, std, resize_px: int, num_prefix_tokens: int = 1,
-               size_px: int = 224) -> BackboneSpec:
+               size_px: int = 224, hub_name: str = "") -> BackboneSpec:
     """A timm ViT's spec: ``timm_name`` is ``architecture.tag``; tokens are the prefix tokens
-    plus a (size_px / patch_px)² grid."""
+    plus a (size_px / patch_px)² grid; the weights are in hub repository ``timm/<hub_name>``
+    (default ``timm_name``: timm's ``pretrained_cfg.hf_hub_id``)."""
     side = size_px // patch_px
+    hub_name = hub_name or timm_name
     return BackboneSpec(
         name=name,
         input_kind="frame",
@@ -56,7 +58,7 @@ def _timm_spec(name: str, timm_name: str, *, dim: int, patch_px: int, pretrained
         dim=dim,
         num_frames=1,
         weights_tag=timm_name,
-        weights_url=f"https://huggingface.co/timm/{timm_name}/resolve/main/model.safetensors",
+        weights_url=f"https://huggingface.co/timm/{hub_name}/resolve/main/model.safetensors",
         pretrained_on=pretrained_on,
         source=f"{source} (timm {timm_name.split('.')[0]})",
         token_kinds=("pooled", "patch"),
@@ -64,7 +66,7 @@ def _timm_spec(name: str, timm_name: str, *, dim: int, patch_px: int, pretrained
         interpolation="bicubic",
         num_prefix_tokens=num_prefix_tokens,
         patch_grid=(side, side),
-        hf_hub_id=f"timm/{timm_name}",
+        hf_hub_id=f"timm/{hub_name}",
         used_by=used_by,
     )
 
@@ -97,7 +99,7 @@ DEIT_TI16 = _timm_spec(
 CLIP_VIT_L14 = _timm_spec(
     "clip_vit_l14", "vit_large_patch14_clip_quickgelu_224.openai", dim=1024, patch_px=14,
     pretrained_on="OpenAI WIT-400M (image-text pairs)", mean=_CLIP_MEAN, std=_CLIP_STD,
-    resize_px=224,
+    resize_px=224, hub_name="vit_large_patch14_clip_224.openai",  # one file for both activations
     source="Radford et al. 2021, Learning Transferable Visual Models From Natural Language "
     "Supervision (CLIP image tower, QuickGELU as released)",
     used_by="long-video work on frozen CLIP frame features (image tower, 1024-d CLS before "
