@@ -1,8 +1,11 @@
-"""``heads list --paper``: the model sizes the papers state, next to longvid's at the same setting.
+"""``heads list --paper``: the model sizes and costs the papers state, next to longvid's at the
+same setting.
 
-One row per size a paper reports, built at the paper's setting (backbone, input width, classes,
-layers) with the head's default arguments otherwise, so a default that drifts from the paper
-shows as a ratio away from 1.00:
+One row per figure a paper reports, built at the paper's setting (backbone, input width, classes,
+layers) with the model's default arguments otherwise, so a default that drifts from the paper
+shows as a ratio away from 1.00. Two kinds of rows: parameter counts (:class:`PaperSize`,
+millions) and the cost of one clip (:class:`PaperFlops`, GFLOPs in fvcore's convention, one
+multiply-add = one FLOP). Parameter rows:
 
 - ``vtn_vit_b_1l``, ``vtn_vit_b_3l`` (VTN Tab. 3: 96 M, 114 M): ViT-B/16 + ``longformer``
   (768-d, 1 / 3 layers), 400 classes;
@@ -13,6 +16,16 @@ shows as a ratio away from 1.00:
   (Small: the 2D CNN; Large: both);
 - ``stam_16f`` (STAM Tab. 1: 96 M): ViT-B/16 + ``temporal_transformer`` (768-d, 6 layers,
   8 heads), 400 classes.
+
+GFLOPs rows (:func:`heads.models.stat.stat_gflops`, the paper's STAT from pixels at its
+defaults, 400 classes, one 224 × 224 clip):
+
+- ``stat_t16_ca``, ``stat_t16_ca_sa``, ``stat_t16_ca_la``, ``stat_t16`` (STAT Tab. 1: 58.2,
+  59.0, 58.4, 59.1): T = 16, t_o = 3, current attention alone, + short-term, + long-term, all
+  three;
+- ``stat_t32_to3`` … ``stat_t32_to9`` (STAT Tab. 2: 118.6, 120.1, 121.5, 123.0): T = 32,
+  t_o = 3, 5, 7, 9;
+- ``stat_t64`` (STAT Tab. 6: 2172 GFLOPs for 3 × 3 views, 241.3 per view): T = 64, t_o = 7.
 
 Backbones are torchvision's (``vit_b_16``, ``resnet50``, ``resnet101``, ``resnet18``,
 ``r2plus1d_18``) without their classifier, built on the ``meta`` device: only shapes, no memory
@@ -57,6 +70,41 @@ class PaperSize:
             backbone_parameters(b) for b in self.backbones)
 
 
+@dataclass(frozen=True)
+class PaperFlops:
+    """One cost of one clip a paper reports.
+
+    Attributes:
+        name: Row key, e.g. ``stat_t16``.
+        source: Paper and table.
+        paper_gflops: The paper's figure, GFLOPs of one clip (fvcore's convention).
+        setting: What is counted, in words.
+        stat_args: :func:`heads.models.stat.stat_gflops` arguments (``num_frames``, ``t_o``, ...).
+        note: What to know about the row.
+    """
+
+    name: str
+    source: str
+    paper_gflops: float
+    setting: str
+    stat_args: dict
+    note: str = ""
+
+    def gflops(self) -> float:
+        """longvid's GFLOPs at this setting."""
+        from heads.models.stat import stat_gflops
+
+        return stat_gflops(**self.stat_args)
+
+
+def _stat(name: str, source: str, paper: float, num_frames: int, t_o: int,
+          modules: str = "CA + SA + LA", note: str = "") -> PaperFlops:
+    args = {"num_frames": num_frames, "t_o": t_o, "short_term": "SA" in modules,
+            "long_term": "LA" in modules}
+    return PaperFlops(name, source, paper, f"STAT, T = {num_frames}, 224 px, t_o = {t_o}, "
+                      f"{modules}, 400 classes, one clip", args, note)
+
+
 def _vtn(name: str, backbone: str, dim: int, layers: int, paper_m: float) -> PaperSize:
     return PaperSize(
         name, "VTN Tab. 3", paper_m,
@@ -66,7 +114,7 @@ def _vtn(name: str, backbone: str, dim: int, layers: int, paper_m: float) -> Pap
     )
 
 
-PAPER_SIZES: tuple[PaperSize, ...] = (
+PAPER_SIZES: tuple[PaperSize | PaperFlops, ...] = (
     _vtn("vtn_vit_b_1l", "vit_b_16", 768, 1, 96.0),
     _vtn("vtn_vit_b_3l", "vit_b_16", 768, 3, 114.0),
     _vtn("vtn_r50", "resnet50", 2048, 3, 168.0),
@@ -88,6 +136,15 @@ PAPER_SIZES: tuple[PaperSize, ...] = (
         "8 heads), 400 classes", ("vit_b_16",), "temporal_transformer",
         {"in_dim": 768, "num_outputs": 400}, "the official code's architecture gives 119 M",
     ),
+    _stat("stat_t16_ca", "STAT Tab. 1", 58.2, 16, 3, "CA"),
+    _stat("stat_t16_ca_sa", "STAT Tab. 1", 59.0, 16, 3, "CA + SA"),
+    _stat("stat_t16_ca_la", "STAT Tab. 1", 58.4, 16, 3, "CA + LA"),
+    _stat("stat_t16", "STAT Tab. 1", 59.1, 16, 3),
+    _stat("stat_t32_to3", "STAT Tab. 2", 118.6, 32, 3),
+    _stat("stat_t32_to5", "STAT Tab. 2", 120.1, 32, 5),
+    _stat("stat_t32_to7", "STAT Tab. 2", 121.5, 32, 7),
+    _stat("stat_t32_to9", "STAT Tab. 2", 123.0, 32, 9),
+    _stat("stat_t64", "STAT Tab. 6", 2172 / 9, 64, 7, note="Tab. 6: 2172 GFLOPs for 3 × 3 views"),
 )
 
 
@@ -128,23 +185,36 @@ def backbone_parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def paper_table(rows: tuple[PaperSize, ...] = PAPER_SIZES) -> list[dict]:
-    """Every row with longvid's count: ``name``, ``source``, ``paper_m``, ``ours_m``, ``ratio``
-    (ours / paper), ``setting``, ``note``."""
+def paper_table(rows: tuple[PaperSize | PaperFlops, ...] = PAPER_SIZES) -> list[dict]:
+    """Every row with longvid's figure: ``name``, ``kind`` (``params`` or ``gflops``), ``source``,
+    ``paper_m`` and ``ours_m`` (millions of parameters) or ``paper_gflops`` and
+    ``ours_gflops``, ``ratio`` (ours / paper), ``setting``, ``note``."""
     table = []
     for row in rows:
-        ours = row.count() / 1e6
-        table.append({"name": row.name, "source": row.source, "paper_m": row.paper_m,
-                      "ours_m": ours, "ratio": ours / row.paper_m, "setting": row.setting,
-                      "note": row.note})
+        common = {"name": row.name, "source": row.source, "setting": row.setting,
+                  "note": row.note}
+        if isinstance(row, PaperFlops):
+            ours = row.gflops()
+            table.append({**common, "kind": "gflops", "paper_gflops": row.paper_gflops,
+                          "ours_gflops": ours, "ratio": ours / row.paper_gflops})
+        else:
+            ours = row.count() / 1e6
+            table.append({**common, "kind": "params", "paper_m": row.paper_m, "ours_m": ours,
+                          "ratio": ours / row.paper_m})
     return table
 
 
+def _figures(row: dict) -> tuple[str, str]:
+    if row.get("kind") == "gflops":
+        return f"paper {row['paper_gflops']:.1f} GFLOPs", f"ours {row['ours_gflops']:.1f} GFLOPs"
+    return f"paper {row['paper_m']:.1f}M", f"ours {row['ours_m']:.1f}M"
+
+
 def format_paper_table(table: list[dict]) -> str:
-    """The table as aligned text: ``vtn_vit_b_3l  paper 114.0M  ours 113.5M  1.00  ...``."""
-    cells = [(r["name"], f"paper {r['paper_m']:.1f}M", f"ours {r['ours_m']:.1f}M",
-              f"{r['ratio']:.2f}", r["source"], r["setting"] + (f"; {r['note']}" if r["note"]
-                                                                else ""))
+    """The table as aligned text: ``vtn_vit_b_3l  paper 114.0M  ours 113.5M  1.00  ...``, and
+    ``stat_t16  paper 59.1 GFLOPs  ours 60.7 GFLOPs  1.03  ...`` for cost rows."""
+    cells = [(r["name"], *_figures(r), f"{r['ratio']:.2f}", r["source"],
+              r["setting"] + (f"; {r['note']}" if r["note"] else ""))
              for r in table]
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     return "\n".join("  ".join([*(c[i].ljust(widths[i]) for i in range(5)), c[5]]).rstrip()

@@ -1,5 +1,5 @@
-"""The lstm, temporal_transformer and stat heads, STAN's fusion variants, patch-token data, and
-``heads.train`` end to end with these heads on tiny synthetic stores."""
+"""The lstm, temporal_transformer and stat_cached heads, STAN's fusion variants, patch-token data,
+and ``heads.train`` end to end with these heads on tiny synthetic stores."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from heads.data import (
 )
 from heads.models import create_head
 from heads.models.stan import CollaborativeGating, distillation_loss, sinusoidal_encoding
-from heads.models.stat import ShrinkingTemporalAttention
+from heads.models.stat_cached import CachedShrinkingAttention
 from heads.train import TrainConfig, train
 from pipeline.store import FeatureStore, fingerprint
 
-STAT_SMALL = {"d_model": 16, "num_heads": 2, "num_layers": 2, "short_term_window": 2,
+STAT_SMALL = {"d_model": 16, "num_heads": 2, "num_layers": 2, "t_o": 3,
               "short_term_pool": 2, "max_frames": 64, "max_patches": 16, "dropout": 0.0}
 STAN_SMALL = {"d_model": 16, "num_heads": 2, "ff_dim": 32, "dropout": 0.0}
 
@@ -132,7 +132,7 @@ def test_stam_trains_30_epochs():
     assert head_file_values("temporal_transformer")["epochs"] == 30  # STAM §4 Training
 
 
-# ------------------------------------------------------------------------------------ stat
+# ----------------------------------------------------------------------------- stat_cached
 
 
 def patch_inputs(lengths, num_patches=5, dim=6, seed=0):
@@ -144,7 +144,7 @@ def patch_inputs(lengths, num_patches=5, dim=6, seed=0):
 @pytest.mark.parametrize("fill", [0.0, 1e4, math.nan])
 def test_stat_patch_padding_and_batching(fill):
     torch.manual_seed(0)
-    model = create_head("stat", in_dim=6, num_outputs=4, **STAT_SMALL).eval()
+    model = create_head("stat_cached", in_dim=6, num_outputs=4, **STAT_SMALL).eval()
     x, mask = patch_inputs([5, 2, 1])
     padded_x = torch.cat([x, torch.full((3, 4, 5, 6), fill)], dim=1)  # (B, T + 4, N, D)
     padded_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1)
@@ -159,7 +159,7 @@ def test_stat_patch_padding_and_batching(fill):
 
 def test_stat_gradients_and_pooled_input():
     torch.manual_seed(0)
-    model = create_head("stat", in_dim=6, num_outputs=2, **STAT_SMALL).train()
+    model = create_head("stat_cached", in_dim=6, num_outputs=2, **STAT_SMALL).train()
     x, mask = patch_inputs([4, 3])
     model(x, mask).square().sum().backward()
     for name, param in model.named_parameters():
@@ -171,36 +171,38 @@ def test_stat_gradients_and_pooled_input():
 
 
 def test_stat_attention_shrinks_with_temporal_distance():
-    # Frame 0 sees frame 1's patches (short-term, t_o = 2) but of frame 3 only its class token.
+    # Frame 0 sees frame 1's patches (short-term, t_o = 3) but of frame 3 only its class token.
     torch.manual_seed(0)
-    attn = ShrinkingTemporalAttention(d_model=8, num_heads=2, short_term_window=2,
-                                      short_term_pool=2, dropout=0.0).eval()
-    x = torch.randn(1, 4, 1 + 4, 8)  # (B, T, 1 + N, d)
+    attn = CachedShrinkingAttention(d_model=8, num_heads=2, t_o=3, short_term_pool=2,
+                                    dropout=0.0).eval()
+    x = torch.randn(1, 4, 1 + 4, 8)  # (B, T, 1 + N, d), N = a 2 × 2 grid
     mask = torch.ones(1, 4, dtype=torch.bool)
+    layout = (0, 2, 2)
     with torch.no_grad():
-        out = attn(x, mask)
+        out = attn(x, mask, layout)
         far_patch, near_patch, far_cls = x.clone(), x.clone(), x.clone()
         far_patch[0, 3, 2] += 5.0
         near_patch[0, 1, 2] += 5.0
         far_cls[0, 3, 0] += 5.0
-        torch.testing.assert_close(attn(far_patch, mask)[0, 0], out[0, 0])
-        assert not torch.allclose(attn(near_patch, mask)[0, 0], out[0, 0])
-        assert not torch.allclose(attn(far_cls, mask)[0, 0], out[0, 0])
+        torch.testing.assert_close(attn(far_patch, mask, layout)[0, 0], out[0, 0])
+        assert not torch.allclose(attn(near_patch, mask, layout)[0, 0], out[0, 0])
+        assert not torch.allclose(attn(far_cls, mask, layout)[0, 0], out[0, 0])
 
 
-def test_stat_short_term_tokens_are_pooled_neighbours():
-    attn = ShrinkingTemporalAttention(d_model=4, num_heads=1, short_term_window=2,
-                                      short_term_pool=3, dropout=0.0)
-    patches = torch.arange(2 * 3 * 6 * 4, dtype=torch.float32).view(2, 3, 6, 4)  # (B, T, N, d)
+def test_stat_short_term_tokens_are_2d_pooled_neighbours():
+    attn = CachedShrinkingAttention(d_model=4, num_heads=1, t_o=3, short_term_pool=2,
+                                    dropout=0.0)
+    # (B, T, 1 + 16, d): a leading backbone CLS, then a 4 × 4 grid, row-major.
+    tokens = torch.arange(2 * 3 * 17 * 4, dtype=torch.float32).view(2, 3, 17, 4)
     mask = torch.tensor([[True, True, True], [True, True, False]])
-    tokens, real = attn._short_term(patches, mask)
-    assert tokens.shape == (2, 3, 2 * 2, 4)  # t_o = 2 neighbours × ceil(6 / 3) pooled tokens
-    # Frame 1's neighbours: frame 0 then frame 2, each as the means of patches 0-2 and 3-5.
-    expected = torch.stack([patches[0, 0, :3].mean(0), patches[0, 0, 3:].mean(0),
-                            patches[0, 2, :3].mean(0), patches[0, 2, 3:].mean(0)])
-    torch.testing.assert_close(tokens[0, 1], expected)
-    assert real[0, 0].tolist() == [False, False, True, True]  # no frame before frame 0
-    assert real[1, 1].tolist() == [True, True, False, False]  # frame 2 of video 1 is padding
+    pooled, real = attn._short_term(tokens, mask, (1, 4, 4))
+    assert pooled.shape == (2, 3, 2 * 4, 4)  # t_o − 1 = 2 neighbours × 2 × 2 pooled tokens
+    grid = tokens[0, 0, 1:].view(4, 4, 4)  # frame 0's grid, the CLS left out
+    # Frame 1's neighbours: frame 0 then frame 2; the first pooled token is a 2 × 2 square.
+    torch.testing.assert_close(pooled[0, 1, 0], grid[:2, :2].reshape(4, 4).mean(0))
+    torch.testing.assert_close(pooled[0, 1, 3], grid[2:, 2:].reshape(4, 4).mean(0))
+    assert real[0, 0].tolist() == [False] * 4 + [True] * 4  # no frame before frame 0
+    assert real[1, 1].tolist() == [True] * 4 + [False] * 4  # frame 2 of video 1 is padding
 
 
 # ------------------------------------------------------------------------- STAN variants
@@ -327,9 +329,9 @@ def test_patch_feature_sets_resolve_for_patch_heads(tmp_path):
     store = FeatureStore(tmp_path)
     spec = {"dataset": "toy", "backbone": "vit_b16", "plan": "uniform", "weights": "none"}
     store.create("toy-vit", spec=spec, token_kind="patch", dim=4, dtype="float16")
-    assert "patch" in head_token_kinds("stat") and head_token_kinds("lstm") == ("pooled",)
+    assert "patch" in head_token_kinds("stat_cached") and head_token_kinds("lstm") == ("pooled",)
     (fs,) = resolve_feature_sets(store, "toy", ["vit_b16"], "uniform",
-                                 token_kinds=head_token_kinds("stat"))
+                                 token_kinds=head_token_kinds("stat_cached"))
     assert fs.attrs["token_kind"] == "patch"
     with pytest.raises(ValueError, match="'patch' tokens; this head takes pooled"):
         resolve_feature_sets(store, "toy", ["vit_b16"], "uniform")
@@ -404,14 +406,14 @@ SMALL_TRAIN = {
     "temporal_transformer": {"d_model": 16, "num_heads": 2, "num_layers": 2, "max_positions": 16},
     "longformer": {"d_model": 16, "num_heads": 2, "num_layers": 2, "ff_dim": 32, "window": 2,
                    "max_positions": 16},
-    "stat": {**STAT_SMALL, "num_aggregation_layers": 1},
+    "stat_cached": {**STAT_SMALL, "num_aggregation_layers": 1},
 }
 
 
 @pytest.mark.parametrize("kind", list(TASK_BY_KIND))
 @pytest.mark.parametrize(
     "head, features",
-    [("stat", "vit_b16"), ("lstm", "resnet18"), ("temporal_transformer", "resnet18"),
+    [("stat_cached", "vit_b16"), ("lstm", "resnet18"), ("temporal_transformer", "resnet18"),
      ("longformer", "resnet18")],
 )
 def test_train_end_to_end(tiny_store, tmp_path, patch_aware_train, head, features, kind):

@@ -200,7 +200,7 @@ def test_bad_arguments_are_named(name, kwargs, match):
         create_head(name, in_dim=DIM, num_outputs=2, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["vis4mer", "lst", "stat"])
+@pytest.mark.parametrize("name", ["vis4mer", "lst", "stat_cached"])
 def test_patch_heads_accept_patch_feature_sets(name):
     from heads.data import head_token_kinds
 

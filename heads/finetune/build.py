@@ -11,7 +11,18 @@ import torch
 from catalogs.base import SPLITS, Catalog
 from heads.finetune.clips import StreamPixels
 from heads.finetune.config import FinetuneConfig
-from heads.finetune.models import STEM, BackboneEncoder, Conv3dStem, PixelModel
+from heads.finetune.models import (
+    STAT_EMBEDDING,
+    STEM,
+    BackboneEncoder,
+    Conv3dStem,
+    PixelModel,
+    STATEncoder,
+)
+
+STAT_MODEL = "stat"  # the paper's STAT from pixels (heads.models.stat), not a cached-feature head
+# STAT arguments the config sets (--num-frames, --frame-size-px), not --head-kwarg.
+_STAT_FROM_CONFIG = ("num_frames", "frame_size_px", "num_classes")
 
 
 def build_model(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool,
@@ -30,6 +41,9 @@ def build_model(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool
     from pipeline.backbones import create_backbone
     from pipeline.weights import parse_weights_option
 
+    if config.head == STAT_MODEL or STAT_EMBEDDING in config.encoders:
+        return build_stat(config, num_outputs=num_outputs, checkpointing=checkpointing,
+                          head_kwargs=head_kwargs)
     num_streams_for(config.head, len(config.encoders))
     backbones = [name for name in config.encoders if name != STEM]
     weights = parse_weights_option(list(config.weights), backbones) if backbones else {}
@@ -76,6 +90,47 @@ def build_model(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool
         raise ValueError(f"head {config.head!r} rejected its arguments ({err}); check "
                          "--head-kwarg") from err
     return PixelModel(encoders, head), streams, head_args
+
+
+def build_stat(config: FinetuneConfig, *, num_outputs: int, checkpointing: bool,
+               head_kwargs: dict | None = None) -> tuple[PixelModel, list[StreamPixels], dict]:
+    """The paper's STAT (:class:`heads.models.stat.STAT`) as a :class:`PixelModel`: its token
+    embedding block is the encoder (``stat_embedding``), the rest of it the head.
+
+    The clip is ``config.num_frames`` frames (T) of ``frame_size_px`` px (default 224, decoded
+    at a 256 px short side for 224, as the paper); ``head_kwargs`` are STAT's other arguments.
+
+    Returns:
+        ``(model, streams, head_args)`` as :func:`build_model`.
+
+    Raises:
+        ValueError: head ``stat`` without the ``stat_embedding`` encoder alone (or the other
+            way round), STAT arguments the flags set, or arguments STAT rejects.
+    """
+    from heads.models.stat import STAT
+
+    if config.head != STAT_MODEL or tuple(config.encoders) != (STAT_EMBEDDING,):
+        raise ValueError(f"the paper's STAT is head {STAT_MODEL!r} on its own token embedding, "
+                         f"one stream --encoder {STAT_EMBEDDING}; got head {config.head!r} on "
+                         f"{', '.join(config.encoders)} (a patch-token head on a stem: "
+                         f"--head stat_cached --encoder {STEM})")
+    kwargs = dict(config.head_kwargs if head_kwargs is None else head_kwargs)
+    fixed = sorted(set(kwargs) & set(_STAT_FROM_CONFIG))
+    if fixed:
+        raise ValueError(f"--head-kwarg {', '.join(fixed)}: set by the run (--num-frames, "
+                         "--frame-size-px, the task's classes), not a head argument")
+    size_px = config.frame_size_px or 224
+    torch.manual_seed(config.seed)
+    try:
+        model = STAT(num_classes=num_outputs, num_frames=config.num_frames,
+                     frame_size_px=size_px, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"STAT rejected its arguments ({err}); check --head-kwarg") from err
+    encoder = STATEncoder(model.embedding, trainable=STAT_EMBEDDING in config.trainable,
+                          grad_checkpoint=checkpointing)
+    head_args = {"in_dim": [encoder.dim], "num_outputs": num_outputs, **kwargs}
+    stream = StreamPixels(1, size_px, round(size_px * 256 / 224))  # short side 256 for 224
+    return PixelModel([encoder], model.trunk), [stream], head_args
 
 
 def task_videos(catalog: Catalog, task_name: str, log=print) -> dict[str, tuple]:
@@ -130,7 +185,9 @@ def check_init_source(config: FinetuneConfig, checkpoint: dict) -> None:
 
 def init_head_from(model: PixelModel, config: FinetuneConfig, checkpoint: dict) -> bool:
     """Load the head weights of ``checkpoint`` (a ``heads train`` or ``heads finetune`` run)
-    into ``model``; also its standardiser unless a stream is a ``conv3d_stem``.
+    into ``model``; also its standardiser unless a stream is a ``conv3d_stem``. (For a ``stat``
+    run the checkpoint must be a ``stat`` finetune run, which holds the whole model but the
+    token embedding: the embedding's weights are not carried over.)
 
     Returns:
         Whether the standardiser was taken over (else it is still to be fitted).

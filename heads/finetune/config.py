@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from heads.config import RunConfig
-from heads.finetune.models import STEM
+from heads.finetune.models import STAT_EMBEDDING
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ PRESETS: dict[str, Preset] = {
         train_clip_sec=5.12,
     ),
     "stat": Preset(
-        "stat", (STEM,), (STEM,), "uniform",
-        "STAT from pixels: 3D-convolution tubelet stem + shrinking-attention blocks",
+        "stat", (STAT_EMBEDDING,), (STAT_EMBEDDING,), "uniform",
+        "STAT (Li et al., AAAI 2022) from pixels, random init: token embedding block + 15 STA "
+        "blocks + temporal aggregation (heads.models.stat); 16 segment-centre frames (--num-frames "
+        "32 / 64 with --head-kwarg t_o=5 / 7), 256 px short side, 224 px crops",
     ),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -75,13 +77,13 @@ class FinetuneConfig(RunConfig):
     frame_size_px: int | None = None  # crop side for every stream; None = each backbone's own
     crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop: area fraction range
     flip: bool = True  # random horizontal flip in training
-    stem_dim: int = 768  # STAT stem token width (ViT-B width, so ViT-patch STAT heads fit)
-    stem_patch_px: int = 16  # STAT stem patch side: 224 px frames → 14 × 14 patches
-    stem_tubelet_frames: int = 2  # STAT stem frames per tubelet
+    stem_dim: int = 768  # conv3d_stem token width (ViT-B width, so ViT-patch heads fit)
+    stem_patch_px: int = 16  # conv3d_stem patch side: 224 px frames → 14 × 14 patches
+    stem_tubelet_frames: int = 2  # conv3d_stem frames per tubelet
     # The loop's defaults for end-to-end steps (each decodes videos and runs the backbones):
     epochs: int = 10  # upper bound; early stopping may end sooner
     batch_size: int = 2  # videos per step: every window of a video goes through the encoders
-    lr: float = 1e-4  # peak AdamW learning rate of the head (and of the STAT stem)
+    lr: float = 1e-4  # peak AdamW learning rate of the head (and of stems trained from scratch)
     warmup_epochs: int = 1  # linear warm-up before cosine decay
     patience: int = 5  # epochs without val improvement before stopping; 0 = never
     backbone_lr_scale: float = 0.1  # pretrained backbones train at lr × this: keeps their features

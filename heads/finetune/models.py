@@ -6,8 +6,11 @@ a registered head.
   clip to one token. Frozen encoders run under ``no_grad`` in eval mode (the stop-gradient of
   STAN-Small's 3D stream, STAN §3); trainable ones back-propagate, optionally with gradient
   checkpointing over chunks of windows.
-- :class:`Conv3dStem` embeds a video's frames as tubelet tokens (B, T', N, D) for STAT trained
-  from pixels.
+- :class:`Conv3dStem` embeds a video's frames as ViViT tubelet tokens (B, T', N, D) for a
+  patch-token head (e.g. ``stat_cached``) trained from pixels.
+- :class:`STATEncoder` is the paper's STAT token embedding block (three 3D convolutions, class
+  tokens, positions; :class:`heads.models.stat.TokenEmbedding`) as the encoder of the ``stat``
+  preset, whose head is the rest of STAT (:class:`heads.models.stat.STATTrunk`).
 - :class:`PixelModel` chains the encoders, a fixed per-stream standardisation (the
   :class:`heads.data.Standardizer` of cached-feature training, so a head trained on cached
   features sees the same input scale) and the head.
@@ -22,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-STEM = "conv3d_stem"  # encoder name of the STAT tubelet stem (not a pipeline backbone)
+STEM = "conv3d_stem"  # encoder name of the tubelet stem (not a pipeline backbone)
+STAT_EMBEDDING = "stat_embedding"  # encoder name of STAT's token embedding block
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -119,8 +123,9 @@ class BackboneEncoder(nn.Module):
 
 class Conv3dStem(nn.Module):
     """Tubelet token embedding from pixels: one 3D convolution with kernel = stride =
-    (t, p, p), as ViViT's tubelet embedding (Arnab et al., ICCV 2021, §3.2), feeding STAT's
-    shrinking-attention blocks (Li et al., AAAI 2022) trained from pixels.
+    (t, p, p), as ViViT's tubelet embedding (Arnab et al., ICCV 2021, §3.2), feeding a
+    patch-token head (e.g. ``stat_cached``) trained from pixels. Not STAT's own embedding
+    (three overlapping convolutions: :class:`STATEncoder`).
 
     Args:
         dim: Token width D.
@@ -174,6 +179,50 @@ class Conv3dStem(nn.Module):
         else:
             tokens = self._embed(x)
         return tokens, mask[:, ::t]  # (B, T', N, D), (B, T')
+
+
+class STATEncoder(nn.Module):
+    """STAT's token embedding block (Li et al., AAAI 2022, Token Embedding Block) as an encoder.
+
+    Args:
+        embedding: A :class:`heads.models.stat.TokenEmbedding` (the ``embedding`` of a
+            :class:`heads.models.stat.STAT`, whose ``trunk`` is the head).
+        trainable: Back-propagate into it (STAT trains from random initialisation).
+        grad_checkpoint: Recompute its activations in the backward pass.
+
+    Forward:
+        ``forward(frames, lengths)`` with frames uint8 (ΣT, 3, S, S) (every video's frames in
+        batch order) and lengths (B,) frames per video; returns tokens (B, n_t, 1 + N, n_c)
+        (class token first; n_t = ⌈max(lengths) / 2⌉, N = (S / 8)²) and mask (B, n_t), True
+        where a token's first frame is real.
+    """
+
+    standardize = False  # trained from scratch: its tokens have no fixed scale to fit
+
+    def __init__(self, embedding: nn.Module, *, trainable: bool = True,
+                 grad_checkpoint: bool = False):
+        super().__init__()
+        self.name, self.dim = STAT_EMBEDDING, embedding.dim
+        self.embedding, self.trainable = embedding, trainable
+        self.grad_checkpoint = grad_checkpoint
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.requires_grad_(trainable)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = _normalise(x.permute(0, 2, 1, 3, 4), self.mean, self.std)  # (B, 3, T, S, S)
+        return self.embedding(x)  # (B, n_t, 1 + N, n_c)
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor):
+        x, mask = pad_windows(frames, lengths)  # (B, T, 3, S, S), (B, T)
+        if self.grad_checkpoint and torch.is_grad_enabled() and self.trainable:
+            tokens = checkpoint(self._embed, x, use_reentrant=False)
+        else:
+            tokens = self._embed(x)
+        mask = mask[:, :: self.embedding.time_stride][:, : tokens.shape[1]]  # (B, n_t)
+        return tokens, mask
 
 
 class PixelModel(nn.Module):

@@ -11,7 +11,7 @@ Presets (:data:`heads.finetune.config.PRESETS`) are the papers' recipes:
 | ``stan_small`` | ``stan`` | **resnet18**, r2plus1d_18 (stop-gradient) | scene | STAN §3 |
 | ``stan_large`` | ``stan`` | **resnet18**, **r2plus1d_18** | scene | STAN §3 |
 | ``vtn`` | ``longformer`` | **resnet18** | full; trains on 5.12 s clips | VTN §4.1, Tab. 2d |
-| ``stat`` | ``stat`` | **conv3d_stem** (from scratch) | uniform | STAT, from pixels |
+| ``stat`` | ``stat`` | **stat_embedding** (from scratch) | uniform | STAT, from pixels |
 
 A recipe read top to bottom in :func:`finetune`, in the shape of :func:`heads.train.train`:
 :func:`build` (catalog, labels, encoders, head, ``--init-from``) → :func:`setup`
@@ -139,7 +139,8 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
     targets = {s: videos[s][2] for s in SPLITS}
     target_norm = TargetNorm.fit(task.kind, targets["train"])
     train_set, loaders = _loaders(config, videos, built.streams, target_norm, device)
-    if not built.have_standardizer:
+    if not built.have_standardizer and any(getattr(e, "standardize", True)
+                                           for e in model.encoders):
         model.set_standardizer(fit_standardizer(model, loaders["train"], device, autocast,
                                                 config.standardize_videos))
     failed: dict[str, str] = {}
@@ -302,18 +303,15 @@ def fit_standardizer(model: PixelModel, loader, device, autocast, max_videos: in
 
 def param_groups(model: PixelModel, config: FinetuneConfig) -> list[dict]:
     """AdamW groups: the head (and a stem trained from scratch) at ``lr``, pretrained backbones
-    at ``lr × backbone_lr_scale``; weight decay on matrices only; trainable parameters only."""
+    at ``lr × backbone_lr_scale``; weight decay on matrices only, except parameters whose
+    ``_optim`` says otherwise (:func:`heads.optim.param_groups`); trainable parameters only."""
     groups = head_groups(model.head, lr=config.lr, weight_decay=config.weight_decay)
     for encoder in model.encoders:
         if not encoder.trainable:
             continue
         scale = config.backbone_lr_scale if isinstance(encoder, BackboneEncoder) else 1.0
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.dim() >= 2) == decay]
-            if chosen:
-                groups.append({"params": chosen, "lr": config.lr * scale,
-                               "weight_decay": config.weight_decay if decay else 0.0})
+        # The head's rule, parameters' ``_optim`` included (STAT's embeddings: no decay).
+        groups += head_groups(encoder, lr=config.lr * scale, weight_decay=config.weight_decay)
     return groups
 
 

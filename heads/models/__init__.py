@@ -40,8 +40,14 @@ _MODULES = (
     "heads.models.longformer",
     "heads.models.vis4mer",
     "heads.models.lst",
-    "heads.models.stat",
+    "heads.models.stat_cached",
 )
+# Names that are not cached-feature heads (any longer): what to use instead.
+_NOT_HEADS = {
+    "stat": "head 'stat' is the paper's STAT, a video transformer trained from pixels: run it "
+            "with `heads finetune --preset stat` (or `heads train --end-to-end --head stat`); "
+            "the head over cached patch tokens is now 'stat_cached' (--head stat_cached)",
+}
 
 
 def register_head(name: str) -> Callable[[type], type]:
@@ -78,9 +84,12 @@ def get_head_class(name: str) -> type:
     """The class registered as ``name``.
 
     Raises:
-        KeyError: unknown name; the message lists the registered ones.
+        KeyError: unknown name; the message lists the registered ones (or, for ``stat``, says
+            where the paper's STAT and the cached head are).
     """
     _load_all()
+    if name in _NOT_HEADS and name not in _REGISTRY:
+        raise KeyError(_NOT_HEADS[name])
     if name not in _REGISTRY:
         raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
