@@ -237,3 +237,57 @@ def test_curves_have_integer_epochs_the_best_epoch_and_the_baseline(tmp_path, mo
         labels = ax.get_legend_handles_labels()[1]
         assert "best (epoch 2)" in labels
     assert "baseline val_top1" in metric_ax.get_legend_handles_labels()[1]
+
+
+def test_a_streamed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    """The streaming loader (parts read per epoch, PartLocalSampler's own generator), stopped
+    by an exception at the start of epoch 2 (a Ctrl-C), resumed in the same process."""
+    from heads.loop import Trainer
+    from heads.train import resume_config, train
+    from test_heads_train import small_config, toy_catalog
+
+    store = tmp_path / "store"
+    write_toy_store(store)
+
+    def config(runs):
+        return small_config("temporal_transformer", "genre", store, tmp_path / runs,
+                            epochs=3, patience=0, window_sec=8.0, head_kwargs=TT_SMALL,
+                            features=("resnet18",), plan="scene", data_loading="stream")
+
+    quiet = {"log": lambda _: None, "catalog": toy_catalog()}
+    whole = train(config("whole"), **quiet)
+    original = Trainer._train_epoch
+
+    def interrupted_at_epoch_2(self, batches):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config("stopped"), **quiet)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    (stopped,) = (tmp_path / "stopped").iterdir()
+    resumed = train(resume_config(stopped), resume=stopped, **quiet)
+    assert resumed["run_dir"] == str(stopped)
+    assert json.loads((stopped / "metrics.json").read_text()) == json.loads(
+        (Path(whole["run_dir"]) / "metrics.json").read_text())
+
+
+def test_a_run_killed_after_it_stopped_early_only_reports(tmp_path):
+    """Killed between its early stop and metrics.json: resuming trains no more epochs."""
+    from heads.train import resume_config, train
+    from test_heads_train import small_config, toy_catalog
+
+    store = tmp_path / "store"
+    write_toy_store(store)
+    config = small_config("mean", "genre", store, tmp_path / "runs", epochs=40, patience=1,
+                          lr=0.05, features=("resnet18",))
+    quiet = {"log": lambda _: None, "catalog": toy_catalog()}
+    first = train(config, **quiet)
+    assert first["selection"]["num_epochs_run"] < 40  # it stopped early
+    run_dir = Path(first["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").unlink()  # as if killed before writing it
+    train(resume_config(run_dir), resume=run_dir, **quiet)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
