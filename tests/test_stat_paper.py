@@ -11,13 +11,8 @@ from typer.testing import CliRunner
 
 from heads.cli import app
 from heads.models import create_head, get_head_class
-from heads.models.stat import (
-    STAT,
-    ShrinkingTemporalAttention,
-    STATTrunk,
-    neighbour_frames,
-    stat_gflops,
-)
+from heads.models.stat import STAT, STATTrunk, stat_gflops
+from heads.models.stat_blocks import ShrinkingTemporalAttention, neighbour_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

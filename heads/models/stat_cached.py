@@ -25,8 +25,8 @@ Conventions shared with STAT: ``t_o`` is the short-term window *including* the q
 (odd: 3, 5, 7; frames i − ⌊t_o/2⌋ … i + ⌊t_o/2⌋ without i), and short-term pooling is 2-D on
 the patch grid. The grid of N tokens per frame: ``grid=(h, w)`` with any N − h·w leading
 tokens (a backbone's CLS) kept out of the pooling; by default a square grid (N = s²), a
-leading CLS + a square grid (N = 1 + s²), else one row of N tokens. Pooled (B, T, D) input is read as one patch per
-frame (N = 1), so the head also runs on pooled feature sets.
+leading CLS + a square grid (N = 1 + s²), else one row of N tokens. Pooled (B, T, D) input is
+read as one patch per frame (N = 1), so the head also runs on pooled feature sets.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads.models import register_head, stream_dims
-from heads.models.stat import neighbour_frames
+from heads.models.stat_blocks import neighbour_frames
 
 
 def patch_grid(num_tokens: int, grid: Sequence[int] | None = None) -> tuple[int, int, int]:
