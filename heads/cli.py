@@ -384,11 +384,12 @@ def list_command(
     in_dim: Annotated[int, typer.Option(help="Feature dim D of every stream.")] = 512,
     num_outputs: Annotated[int, typer.Option(help="K, the number of outputs.")] = 3,
     paper: Annotated[bool, typer.Option(
-        "--paper", help="The sizes the papers state (VTN, STAN, STAM) next to ours at the "
-                        "paper's setting, with their ratio.")] = False,
+        "--paper", help="The sizes the papers state (VTN, STAN, STAM) and STAT's GFLOPs per "
+                        "clip next to ours at the paper's setting, with their ratio.")] = False,
 ) -> None:
     """Every registered head, its input streams and its parameter count at default size
-    (``mean`` counted with one stream); ``--paper``: the papers' model sizes against ours."""
+    (``mean`` counted with one stream); ``--paper``: the papers' model sizes (and STAT's cost of
+    one clip) against ours."""
     if paper:
         from heads.paper_sizes import format_paper_table, paper_table
 
