@@ -203,7 +203,8 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     from heads.config_files import build_config
 
     config = build_config({"task": "genre", "head": "vis4mer", "dataset": "lvu"})
-    assert config.features == ("vit_l16",) and config.plan == "fps" and config.window_sec == 60
+    assert config.features == ("vit_l16_in21k",)  # ViS4mer's features (jobs/extract_lvu.yaml)
+    assert config.plan == "fps" and config.window_sec == 60
     assert len(config.config_files) == 1  # vis4mer.toml has no table for lvu
     assert config.config_files[0].endswith("vis4mer.toml")
 
@@ -224,7 +225,7 @@ def test_dataset_table_applies_to_its_dataset_only(tmp_path):
 
     paper = build_config({"task": "genre", "head": "vis4mer", "dataset": "lvu"})
     demo = build_config({"task": "genre", "head": "vis4mer", "dataset": "demo"})
-    assert paper.features == ("vit_l16",) and paper.head_kwargs == {}
+    assert paper.features == ("vit_l16_in21k",) and paper.head_kwargs == {}
     assert demo.features == ("vit_b16",) and demo.head_kwargs == {"d_model": 128}
     assert demo.epochs < paper.epochs
     # Keys the table leaves out keep the paper's values.
