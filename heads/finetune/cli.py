@@ -24,8 +24,7 @@ def finetune(
         str,
         typer.Option(help="stan_small (train the 2D CNN, stop-gradient on the 3D one), "
                      "stan_large (train both), vtn (2D CNN + longformer), stat (the paper's "
-                     "STAT from pixels, random init; --head-kwarg t_o=5 / 7 for --num-frames "
-                     "32 / 64)."),
+                     "STAT from pixels; --head-kwarg t_o=5 / 7 for --num-frames 32 / 64)."),
     ] = "stan_small",
     dataset: shared.Dataset = "demo",
     data_root: shared.DataRoot = None,
@@ -35,8 +34,7 @@ def finetune(
     encoder: Annotated[
         list[str] | None,
         typer.Option(help="Encoder per stream, in the head's order: a backbone (`pipeline "
-                     "backbones`), conv3d_stem or stat_embedding (STAT's own). Default: the "
-                     "preset's."),
+                     "backbones`), conv3d_stem or stat_embedding. Default: the preset's."),
     ] = None,
     trainable: Annotated[
         list[str] | None,

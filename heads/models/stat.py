@@ -149,7 +149,8 @@ class AggregationLayer(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         head_dim = width // self.num_heads
-        qkv = self.qkv(self.norm1(x)).view(batch, length, 3, self.num_heads, head_dim)
+        qkv = self.qkv(self.norm1(x))  # (B, L, 3C)
+        qkv = qkv.view(batch, length, 3, self.num_heads, head_dim)  # (B, L, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, d)
         scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim ** -0.5  # (B, H, L, L)
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))

@@ -125,7 +125,7 @@ class ShrinkingTemporalAttention(nn.Module):
             index, inside = neighbour_frames(frames, self.t_o, border=self.border,
                                              device=k.device)  # (n_t, t_o − 1)
             keys.append(k_sa[:, index].flatten(2, 3))  # (B, n_t, (t_o − 1) ň_h ň_w, C)
-            values.append(v_sa[:, index].flatten(2, 3))
+            values.append(v_sa[:, index].flatten(2, 3))  # (B, n_t, (t_o − 1) ň_h ň_w, C)
             real = inside & frame_mask[:, index]  # (B, n_t, t_o − 1)
             valid.append(real.repeat_interleave(k_sa.shape[2], dim=2))
         if self.long_term:  # Eq. 4–6: every frame's class token, repeated for each frame
@@ -145,7 +145,7 @@ class ShrinkingTemporalAttention(nn.Module):
         k, v, valid = self._keys(k, v, hw, frame_mask)  # (B, n_t, L_k, C) × 2, (B, n_t, L_k)
         q = q.view(batch, frames, -1, heads, head_dim).transpose(2, 3)  # (B, n_t, H, L_q, d)
         k = k.reshape(batch, frames, -1, heads, head_dim).transpose(2, 3)  # (B, n_t, H, L_k, d)
-        v = v.reshape(batch, frames, -1, heads, head_dim).transpose(2, 3)
+        v = v.reshape(batch, frames, -1, heads, head_dim).transpose(2, 3)  # (B, n_t, H, L_k, d)
         scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim ** -0.5  # (B, n_t, H, L_q, L_k)
         scores = scores.masked_fill(~valid[:, :, None, None, :], float("-inf"))
         out = torch.matmul(scores.softmax(dim=-1), v)  # (B, n_t, H, L_q, d), Eq. 8
