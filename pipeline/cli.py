@@ -48,8 +48,9 @@ def extract(
     labels: Optional[str] = typer.Option(None, help=_LABELS_HELP),
     video_root: Optional[str] = typer.Option(None, help=_VIDEO_ROOT_HELP),
     catalog_option: list[str] = typer.Option([], help=_OPTION_HELP),
-    backbone: list[str] = typer.Option(["resnet18", "r2plus1d_18"], help="Backbone(s); repeat the flag. One decode feeds them all."),
-    plan: str = typer.Option("scene", help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips."),
+    backbone: list[str] = typer.Option([], help="Backbone(s); repeat the flag. One decode feeds them all. Default: resnet18 and r2plus1d_18."),
+    plan: Optional[str] = typer.Option(None, help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips. Default: scene."),
+    feature: list[str] = typer.Option([], help="BACKBONE:PLAN[:TOKENS], repeatable, instead of --backbone/--plan/--tokens: several feature sets (e.g. resnet18:scene, vit_b16:fps:patch) from one decode and one scene detection of each video."),
     tokens: str = typer.Option("pooled", help="Token kind: pooled (T, D), or patch (T, N, D) for ViTs."),
     resize: str = typer.Option("crop", help="Frame geometry: crop (short side, then the centre square: the weights' own transform) or squash (whole frame to the square, as ViS4mer)."),
     num_frames: int = typer.Option(16, help="uniform plan: tokens per video."),
@@ -80,9 +81,12 @@ def extract(
     from pipeline.weights import WeightsError
 
     try:
+        if feature and (backbone or plan):
+            raise ValueError("give --feature BACKBONE:PLAN[:TOKENS], or --backbone/--plan, not both")
         config = ExtractConfig(
-            dataset=dataset, data_root=data_root or f"data/{dataset}", backbones=tuple(backbone), plan=plan,
-            tokens=tokens, resize=resize, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
+            dataset=dataset, data_root=data_root or f"data/{dataset}",
+            backbones=tuple(backbone or ("resnet18", "r2plus1d_18")), plan=plan or "scene",
+            features=tuple(feature), tokens=tokens, resize=resize, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
             clip_len_sec=clip_len_sec,
             store=store, weights=tuple(weights), seed=seed, dtype=dtype, precision=precision,
             detector=detector,

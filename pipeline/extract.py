@@ -1,6 +1,7 @@
 """``pipeline extract``: a catalog's videos → feature sets in a store, in parallel under Ray.
 
-The driver (this module) resolves weights, creates one feature set per backbone, works out
+The driver (this module) resolves weights, creates one feature set per feature (backbone ×
+plan × token kind: ``--feature``, or every ``--backbone`` on ``--plan``), works out
 which videos still need which feature sets (resume), then hands them to
 :mod:`pipeline.execution`, which keeps one :class:`VideoExtractor` per Ray worker busy. With no
 ``address`` Ray starts locally (embedded); with one it joins a cluster. Nothing here decodes
@@ -16,19 +17,25 @@ from dataclasses import asdict
 
 from pipeline import execution
 from pipeline.execution import WorkerStartError  # noqa: F401  (raised by run_extract)
-from pipeline.extract_config import DTYPES, ExtractConfig, ExtractSummary  # noqa: F401
+from pipeline.extract_config import DTYPES, ExtractConfig, ExtractSummary, Feature  # noqa: F401
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
 
 
 def feature_set_spec(
-    config: ExtractConfig, catalog, backbone: str, weights_identity: dict, precision: str
+    config: ExtractConfig, catalog, backbone: str, weights_identity: dict, precision: str,
+    feature: Feature | None = None,
 ) -> dict:
-    """The identity of one feature set: everything that changes its tokens (fingerprinted)."""
+    """The identity of one feature set: everything that changes its tokens (fingerprinted).
+
+    ``feature`` gives its plan and token kind (default: the config's ``plan`` and ``tokens``);
+    the spec is the same whether the feature set is extracted alone or with others.
+    """
+    feature = feature or Feature(backbone, config.plan, config.tokens)
     from pipeline.backbones import backbone_spec
     from pipeline.weights import describe_weights
 
     spec_ = backbone_spec(backbone, resize=config.resize)  # `resize` is in it unless crop
-    plan = config.plan_config()
+    plan = config.plan_config(feature.plan)
     backbone_info = spec_.to_dict()
     # The spec says what the weights really are: "random init (seed N)" for `--weights none`,
     # not the pretraining of the weights the backbone *could* have had.
@@ -45,12 +52,12 @@ def feature_set_spec(
         "backbone_spec": backbone_info,
         "weights": weights_identity,
         "precision": precision,
-        "plan": config.plan,
+        "plan": feature.plan,
         "plan_config": {**plan.identity(), "short_side_px": config.short_side_px},
         "clip_frames": spec_.clip_frames(plan.frames_per_clip),
         "scene_detection": config.scene_config().identity(),
-        "token_kind": config.tokens,
-        "token_shape": list(spec_.token_shape(config.tokens)),
+        "token_kind": feature.tokens,
+        "token_shape": list(spec_.token_shape(feature.tokens)),
         "dtype": config.dtype,
     }
     from pipeline.sources import catalog_source
@@ -119,15 +126,17 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
     # GPU jobs name --precision bf16 (jobs/).
     precision = resolve_precision(config.precision, "cuda" if config.gpus_per_worker else "cpu")
     jobs, feature_sets = [], []
-    for backbone in config.backbones:
-        spec_ = backbone_spec(backbone)
-        ref = resolve_weights(per_backbone[backbone], spec_, seed=config.seed)
-        spec = feature_set_spec(config, catalog, backbone, ref.identity(), precision)
+    for feature in config.feature_list():
+        spec_ = backbone_spec(feature.backbone)
+        ref = resolve_weights(per_backbone[feature.backbone], spec_, seed=config.seed)
+        spec = feature_set_spec(config, catalog, feature.backbone, ref.identity(), precision,
+                                feature)
         name = feature_set_name(spec)
-        job = _job(FeatureSetJob(name, backbone, ref.path or ref.kind, config.seed, precision,
-                                 config.tokens), config.resize)  # checked before any write
+        job = FeatureSetJob(name, feature.backbone, ref.path or ref.kind, config.seed, precision,
+                            feature.tokens, plan=config.plan_config(feature.plan),
+                            resize=config.resize)
         fs = store.create(
-            name, spec=spec, token_kind=config.tokens, dim=spec_.dim, dtype=config.dtype
+            name, spec=spec, token_kind=feature.tokens, dim=spec_.dim, dtype=config.dtype
         )
         feature_sets.append(fs)
         jobs.append(job)
@@ -165,24 +174,6 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
                 summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
-
-
-def _job(job, resize: str):
-    """``job`` with the run's frame geometry; a worker that cannot take ``resize`` is an error
-    now, never a feature set labelled ``squash`` holding cropped frames.
-
-    Raises:
-        ValueError: ``resize`` is not ``crop`` and :class:`~pipeline.worker.FeatureSetJob`
-            has no ``resize`` field to carry it to the workers.
-    """
-    import dataclasses
-
-    if resize == "crop":
-        return job
-    if "resize" not in {f.name for f in dataclasses.fields(job)}:
-        raise ValueError(f"--resize {resize}: this checkout's extractors (pipeline/worker.py, "
-                         "FeatureSetJob) do not carry the frame geometry yet; use --resize crop")
-    return dataclasses.replace(job, resize=resize)
 
 
 def stored_unchanged(fs, paths: dict[str, str]) -> tuple[set[str], dict[str, str]]:

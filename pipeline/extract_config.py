@@ -10,12 +10,41 @@ are re-exported by :mod:`pipeline.extract`; both are stored, as dicts, in each f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pipeline.backbones import PRECISIONS, RESIZE_MODES, TOKEN_KINDS
-from pipeline.sampling import PlanConfig
+from pipeline.sampling import PLANS, PlanConfig
 from pipeline.scenes import SceneDetectConfig
 
 DTYPES = ("float16", "float32")
+
+
+class Feature(NamedTuple):
+    """One feature set of a run: a backbone's tokens of one kind on one sampling plan."""
+
+    backbone: str
+    plan: str
+    tokens: str = "pooled"
+
+    @classmethod
+    def parse(cls, text: str) -> "Feature":
+        """``BACKBONE:PLAN[:TOKENS]``, e.g. ``vit_b16:fps:patch``.
+
+        Raises:
+            ValueError: not of that form, or an unknown plan or token kind.
+        """
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"--feature {text!r}: write BACKBONE:PLAN[:TOKENS], e.g. "
+                             "resnet18:scene or vit_b16:fps:patch")
+        feature = cls(*parts)
+        if feature.plan not in PLANS:
+            raise ValueError(f"--feature {text!r}: unknown plan {feature.plan!r}; valid: "
+                             f"{', '.join(PLANS)}")
+        if feature.tokens not in TOKEN_KINDS:
+            raise ValueError(f"--feature {text!r}: unknown token kind {feature.tokens!r}; "
+                             f"valid: {', '.join(TOKEN_KINDS)}")
+        return feature
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,12 @@ class ExtractConfig:
     frames_per_clip: int | None = None
     # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
     tokens: str = "pooled"
+    # Several feature sets from one decode and one scene detection of each video, as
+    # "BACKBONE:PLAN[:TOKENS]" (e.g. "resnet18:scene", "vit_b16:fps:patch"); the plan knobs
+    # above apply to every feature on that plan. Empty: every backbone on `plan` with `tokens`.
+    # When given, `backbones`, `plan` and `tokens` are set from it (its backbones, its first
+    # feature's plan and token kind).
+    features: tuple[str, ...] = ()
     # Frame geometry before the backbones: crop (short side, then the centre square: the
     # weights' own eval transform) or squash (the whole frame resized to the square, nothing
     # cut away: ViS4mer §4.4). Fingerprinted only when not crop, so older feature sets keep
@@ -89,6 +124,19 @@ class ExtractConfig:
     catalog_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.features:
+            parsed = [Feature.parse(text) for text in self.features]
+            if len(set(parsed)) < len(parsed):
+                raise ValueError(f"--feature: a feature is given twice in {list(self.features)}")
+            # frozen: the derived fields are set once, here
+            object.__setattr__(self, "backbones", tuple(dict.fromkeys(f.backbone for f in parsed)))
+            object.__setattr__(self, "plan", parsed[0].plan)
+            object.__setattr__(self, "tokens", parsed[0].tokens)
+            for feature in parsed:
+                self.plan_config(feature.plan)  # validates that plan's knobs
+                if feature.plan == "scene" and self.detector == "none":
+                    raise ValueError(f"--feature {':'.join(feature)}: the scene plan needs a "
+                                     "scene detector; --detector none fits other plans")
         if self.tokens not in TOKEN_KINDS:
             raise ValueError(f"--tokens {self.tokens!r}: valid values are {', '.join(TOKEN_KINDS)}")
         if self.resize not in RESIZE_MODES:
@@ -125,13 +173,20 @@ class ExtractConfig:
             self.detect_interpolation,
         )
 
-    def plan_config(self) -> PlanConfig:
-        """The sampling plan with this run's knobs."""
+    def feature_list(self) -> list[Feature]:
+        """The run's feature sets: ``features``, or every backbone on ``plan`` with ``tokens``."""
+        if self.features:
+            return [Feature.parse(text) for text in self.features]
+        return [Feature(backbone, self.plan, self.tokens) for backbone in self.backbones]
+
+    def plan_config(self, plan: str | None = None) -> PlanConfig:
+        """Sampling plan ``plan`` (default: ``self.plan``) with this run's knobs."""
+        plan = plan or self.plan
         frames_per_clip = self.frames_per_clip
-        if frames_per_clip is None and self.plan == "scene":
+        if frames_per_clip is None and plan == "scene":
             frames_per_clip = 12  # STAN §3: 12 frames per scene for the 3D stream
         return PlanConfig(
-            name=self.plan,
+            name=plan,
             num_frames=self.num_frames,
             fps=self.fps,
             full_num_frames=self.full_num_frames,

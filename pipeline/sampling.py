@@ -372,17 +372,37 @@ def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = Non
     Yields:
         :class:`Window` s with their sampled frames.
     """
+    for _, window in stream_plan_windows(frames, {None: sampler}, segmenter, cuts, times):
+        yield window
+
+
+def stream_plan_windows(frames, samplers: dict, segmenter=None, cuts: list[int] | None = None,
+                        times: list[float] | None = None):
+    """:func:`stream_windows` for several plans over one decode: every frame and every cut goes
+    to each sampler, so each plan's windows are exactly those a decode of its own would give.
+
+    Args:
+        samplers: ``{key: sampler}``, e.g. one per :class:`PlanConfig`.
+        frames, segmenter, cuts, times: As for :func:`stream_windows`.
+
+    Yields:
+        ``(key, window)``: each plan's windows in time order (plans interleaved).
+    """
     for frame in frames:
         if times is not None:
             times.append(frame.time_sec)
         new_cuts = segmenter.push(frame) if segmenter is not None else []
         if cuts is not None:
             cuts += new_cuts
-        yield from sampler.push(frame, new_cuts)
+        for key, sampler in samplers.items():
+            for window in sampler.push(frame, new_cuts):
+                yield key, window
     last_cuts = segmenter.finish() if segmenter is not None else []
     if cuts is not None:
         cuts += last_cuts
-    yield from sampler.finish(last_cuts)
+    for key, sampler in samplers.items():
+        for window in sampler.finish(last_cuts):
+            yield key, window
 
 
 def _nearest(sorted_values: np.ndarray, target: float) -> int:

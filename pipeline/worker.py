@@ -1,8 +1,11 @@
-"""Per-video extraction: decode once → scenes → plan windows → every backbone → store.
+"""Per-video extraction: decode once → scenes → every plan's windows → every backbone → store.
 
 :class:`VideoExtractor` loads its backbones once (in ``__init__``) and then processes videos one
-after another; the driver runs one per Ray worker. A video that cannot be processed is recorded
-as ``failed`` with its reason in every feature set it was due for, and the extractor moves on.
+after another; the driver runs one per Ray worker. One decode and one scene detection of a video
+feed every feature set due for it, whatever their plans: each plan has its own sampler, each
+feature set gets exactly the tokens a run of its own would write. A video that cannot be
+processed is recorded as ``failed`` with its reason in every feature set it was due for, and the
+extractor moves on.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pipeline.sampling import (
     Window,
     is_variable_frame_rate,
     make_sampler,
-    stream_windows,
+    stream_plan_windows,
     video_end_sec,
 )
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
@@ -51,7 +54,7 @@ def record_failure(fs, video_id: str, message: str, *, run_started_at: float | N
 
 @dataclass(frozen=True)
 class FeatureSetJob:
-    """One backbone's share of a run.
+    """One feature set's share of a run: a backbone on a sampling plan.
 
     Attributes:
         feature_set: Name of the feature set it writes.
@@ -60,6 +63,8 @@ class FeatureSetJob:
         seed: Random-init seed for ``none``.
         precision: ``fp32`` or ``bf16`` (resolved, never ``auto``).
         token_kind: ``pooled`` or ``patch``.
+        plan: Its sampling plan; ``None``: the extractor's ``plan_config``.
+        resize: Frame geometry before the backbone (``crop`` or ``squash``).
     """
 
     feature_set: str
@@ -68,6 +73,8 @@ class FeatureSetJob:
     seed: int
     precision: str = "fp32"
     token_kind: str = "pooled"
+    plan: PlanConfig | None = None
+    resize: str = "crop"
 
 
 @dataclass(frozen=True)
@@ -84,14 +91,16 @@ class VideoResult:
 
 
 class VideoExtractor:
-    """Extracts one sampling plan for one or more backbones, one video at a time.
+    """Extracts feature sets (backbone × sampling plan) from one decode per video, one video at
+    a time.
 
     Args:
         store_root: Feature store directory or URL (:class:`~pipeline.store.FeatureStore`).
-        jobs: One per backbone; each names its feature set.
+        jobs: One per feature set; each names its feature set, backbone and plan. Jobs with the
+            same backbone, weights, precision and resize share one loaded model.
         scene_config: Scene detector settings (cuts drive the ``scene`` plan and give every
             other plan's tokens their scene index).
-        plan_config: The sampling plan.
+        plan_config: The sampling plan of jobs that name none.
         short_side_px: Working resolution of decoded frames (short side, pixels).
         batch_size: Frames per backbone forward pass (clip backbones take ``batch_size //
             frames_per_clip`` clips, at least 1); also the number of windows sampled before
@@ -113,7 +122,7 @@ class VideoExtractor:
         jobs: list[FeatureSetJob],
         *,
         scene_config: SceneDetectConfig,
-        plan_config: PlanConfig,
+        plan_config: PlanConfig | None = None,
         short_side_px: int = 256,
         batch_size: int = 32,
         num_threads: int | None = 1,
@@ -132,24 +141,28 @@ class VideoExtractor:
             torch.set_num_threads(num_threads)
         self.store = FeatureStore(store_root)
         self.jobs = {job.feature_set: job for job in jobs}
+        self.plans = {job.feature_set: job.plan or plan_config for job in jobs}
+        if None in self.plans.values():
+            raise ValueError("a feature-set job names no sampling plan and no plan_config given")
+        models = {}  # one model per (backbone, weights, seed, precision, resize)
+        for job in jobs:
+            key = (job.backbone, job.weights, job.seed, job.precision, job.resize)
+            if key not in models:
+                models[key] = create_backbone(job.backbone, weights=job.weights, seed=job.seed,
+                                              device=device, precision=job.precision,
+                                              resize=job.resize)
         self.backbones = {
-            job.feature_set: create_backbone(
-                job.backbone,
-                weights=job.weights,
-                seed=job.seed,
-                device=device,
-                precision=job.precision,
-            )
+            job.feature_set: models[(job.backbone, job.weights, job.seed, job.precision,
+                                     job.resize)]
             for job in jobs
         }
         self.feature_sets = {name: self.store.open(name) for name in self.jobs}
         # Frames per window each backbone needs: 1 (centre frame) or its clip length.
         self.counts = {
-            name: b.spec.clip_frames(plan_config.frames_per_clip)
+            name: b.spec.clip_frames(self.plans[name].frames_per_clip)
             for name, b in self.backbones.items()
         }
         self.scene_config = scene_config
-        self.plan_config = plan_config
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
         self.batch_size = batch_size
@@ -201,38 +214,33 @@ class VideoExtractor:
         detect = self.scene_config.detector != "none"
         segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
         duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
-        sampler = make_sampler(
-            self.plan_config,
-            fps=fps,
-            duration_sec=duration_sec,
-            counts={self.counts[name] for name in feature_sets},
-        )
-        pending: list[Window] = []
+        groups: dict[PlanConfig, list[str]] = {}  # plan -> its feature sets due for this video
+        for name in feature_sets:
+            groups.setdefault(self.plans[name], []).append(name)
+        samplers = {
+            plan: make_sampler(plan, fps=fps, duration_sec=duration_sec,
+                               counts={self.counts[name] for name in names})
+            for plan, names in groups.items()
+        }
+        pending: dict[PlanConfig, list[Window]] = {plan: [] for plan in groups}
         tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
         # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
-        # by the batch and the sampler's buffer, whatever the video's length.
-        spans: list[tuple[int, float, float]] = []  # (scene, start_sec, end_sec)
+        # by the batches and the samplers' buffers, whatever the video's length.
+        spans: dict[PlanConfig, list] = {plan: [] for plan in groups}  # (scene, start, end sec)
         cuts: list[int] = []
         times: list[float] = []  # every frame's presentation time, seconds
         backbone_sec = 0.0
-        for window in stream_windows(reader, sampler, segmenter, cuts, times):
-            pending.append(window)
-            if len(pending) >= self.batch_size:
-                backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-                spans += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending]
-                pending = []
-        backbone_sec += self._run_backbones(pending, feature_sets, tokens)
-        spans += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending]
-        if not spans:
-            raise VideoError(f"{path}: the {self.plan_config.name} plan found no window to sample")
-        scene_idx, start_sec, end_sec = (np.array(c) for c in zip(*spans))
+        for plan, window in stream_plan_windows(reader, samplers, segmenter, cuts, times):
+            pending[plan].append(window)
+            if len(pending[plan]) >= self.batch_size:
+                backbone_sec += self._run_backbones(pending[plan], groups[plan], tokens)
+                spans[plan] += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending[plan]]
+                pending[plan] = []
+        for plan, windows in pending.items():
+            backbone_sec += self._run_backbones(windows, groups[plan], tokens)
+            spans[plan] += [(w.scene_idx, w.start_sec, w.end_sec) for w in windows]
         cut_frames = sorted(set(c for c in cuts if c < len(times)))
         cut_sec = [times[c] for c in cut_frames]
-        if not detect:
-            scene_idx = np.full(len(spans), -1)
-        elif self.plan_config.name != "scene":
-            # A window belongs to the scene shown at its centre.
-            scene_idx = np.searchsorted(cut_sec, (start_sec + end_sec) / 2, side="right")
         info = {
             "fps": fps,
             "num_frames": reader.num_decoded,
@@ -244,25 +252,43 @@ class VideoExtractor:
             "variable_frame_rate": is_variable_frame_rate(times),
             "source": source,
         }
-        for name in feature_sets:
+        end_sec = video_end_sec(times[-1], fps, duration_sec) if times else 0.0
+        for plan in groups:  # all or nothing: no feature set is written before this check
+            if not spans[plan]:
+                raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
+        for plan, names in groups.items():
+            self._write(video_id, names, tokens, spans[plan], plan=plan, cut_sec=cut_sec,
+                        detect=detect, duration_sec=end_sec, info=info)
+        total_sec = time.perf_counter() - t0
+        return VideoResult(
+            video_id,
+            "ok",
+            num_frames=reader.num_decoded,
+            num_tokens=sum(len(s) for s in spans.values()),
+            decode_sec=total_sec - backbone_sec,
+            backbone_sec=backbone_sec,
+        )
+
+    def _write(self, video_id: str, names: list[str], tokens: dict[str, list[np.ndarray]],
+               spans: list[tuple], *, plan: PlanConfig, cut_sec: list[float], detect: bool,
+               duration_sec: float, info: dict) -> None:
+        """Commit one plan's feature sets of a video, with each token's span and scene."""
+        scene_idx, start_sec, end_sec = (np.array(c) for c in zip(*spans))
+        if not detect:
+            scene_idx = np.full(len(spans), -1)
+        elif plan.name != "scene":
+            # A window belongs to the scene shown at its centre.
+            scene_idx = np.searchsorted(cut_sec, (start_sec + end_sec) / 2, side="right")
+        for name in names:
             self.feature_sets[name].write_video(
                 video_id,
                 np.concatenate(tokens[name]),
                 start_sec=start_sec.astype(np.float32),
                 end_sec=end_sec.astype(np.float32),
                 scene_idx=scene_idx.astype(np.int32),
-                duration_sec=video_end_sec(times[-1], fps, duration_sec),
+                duration_sec=duration_sec,
                 info=info,
             )
-        total_sec = time.perf_counter() - t0
-        return VideoResult(
-            video_id,
-            "ok",
-            num_frames=reader.num_decoded,
-            num_tokens=len(spans),
-            decode_sec=total_sec - backbone_sec,
-            backbone_sec=backbone_sec,
-        )
 
     def _run_backbones(
         self, windows: list[Window], feature_sets: list[str], tokens: dict[str, list[np.ndarray]]

