@@ -110,7 +110,7 @@ def resolve_feature_sets(
             wanted = " or ".join(shapes.get(k, repr(k)) for k in token_kinds)
             raise ValueError(
                 f"feature set {fs.name} holds {kind!r} tokens; this head takes {wanted} tokens "
-                "(patch tokens: a head such as stat)"
+                "(patch tokens: a head such as vis4mer or stat_cached)"
             )
         resolved.append(fs)
     return resolved
