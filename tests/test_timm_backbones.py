@@ -113,21 +113,29 @@ def _save(state: dict, path):
 
 
 # Both file kinds for every backbone would write 7 GB for the three ViT-L: the loading code is
-# the same for every architecture, so the .pth round trip runs on the two ViT-B/16-sized and
-# smaller ones, the .safetensors one on all.
-ROUND_TRIPS = [(n, ".safetensors") for n in TIMM] + [
+# the same for every architecture, so the .pth round trip runs on the ViT-B/16-sized and smaller
+# ones, the .safetensors one on all (DINOv2 in its released layout, below).
+ROUND_TRIPS = [(n, ".safetensors") for n in TIMM if n != "dinov2_vit_l14"] + [
     (n, ".pth") for n in TIMM if NUM_PARAMS.get(n, 0) < 100_000_000]
 
 
 @pytest.mark.parametrize(("name", "suffix"), ROUND_TRIPS)
 def test_weights_file_round_trips_through_weights_path(name, suffix, built, tmp_path):
+    """Every tensor of the file lands in the network unchanged (timm's checkpoint filter leaves
+    timm-layout files alone); below 100 M parameters the tokens are compared too."""
+    import torch
+
     source = built(name)
     path = _save(source.model.net.state_dict(), tmp_path / f"{name}{suffix}")
     ref = resolve_weights(str(path), backbone_spec(name))
     assert ref.identity() == {"kind": "path", "sha256": ref.sha256, "file": path.name}
     loaded = create_backbone(name, weights=str(path), precision="fp32")
-    frames = _frames(1)
-    np.testing.assert_array_equal(loaded(frames, "patch"), source(frames, "patch"))
+    got, want = loaded.model.net.state_dict(), source.model.net.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    if NUM_PARAMS[name] < 100_000_000:
+        frames = _frames(1)
+        np.testing.assert_array_equal(loaded(frames, "patch"), source(frames, "patch"))
 
 
 def test_released_dinov2_layout_loads_at_224_px(built, tmp_path):
@@ -143,9 +151,13 @@ def test_released_dinov2_layout_loads_at_224_px(built, tmp_path):
     state["head.weight"], state["head.bias"] = torch.zeros(10, 1024), torch.zeros(10)
     path = _save(state, tmp_path / "model.safetensors")
     loaded = create_backbone("dinov2_vit_l14", weights=str(path), precision="fp32")
-    assert loaded.model.net.pos_embed.shape == (1, 257, 1024)
-    tokens = loaded(_frames(1), "patch")
-    assert tokens.shape == (1, 257, 1024) and np.isfinite(tokens).all()
+    got, want = loaded.model.net.state_dict(), source.model.net.state_dict()
+    assert got.keys() == want.keys() and got["pos_embed"].shape == (1, 257, 1024)
+    assert all(torch.equal(got[k], want[k]) for k in want if k != "pos_embed")
+    # 16² → 37² → 16² bicubic: close to where it started, not equal
+    cosine = torch.nn.functional.cosine_similarity(got["pos_embed"].flatten(),
+                                                   want["pos_embed"].flatten(), dim=0)
+    assert 0.9 < cosine < 1.0
 
 
 def test_a_file_that_does_not_fit_is_a_clear_error(built, tmp_path):
