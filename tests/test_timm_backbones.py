@@ -346,25 +346,17 @@ def test_cli_lists_every_backbone_with_tokens_pretraining_and_source():
     assert "used by: ViS4mer" in result.output
 
 
-def test_squash_reaches_the_extractors_or_is_refused(tiny_catalog, tmp_path):
-    """A squash feature set holds squashed frames' tokens, never cropped ones under a squash
-    label: while pipeline/worker.py's FeatureSetJob cannot carry the geometry, the run is
-    refused before anything is written."""
+def test_squash_reaches_the_extractors(tiny_catalog, tmp_path):
+    """A squash feature set is its own feature set and holds squashed frames' tokens, never
+    cropped ones under a squash label (the extractors build the backbone with the geometry)."""
     from pipeline.extract import ExtractConfig, run_extract
     from pipeline.store import FeatureStore
-    from pipeline.worker import FeatureSetJob
     from tests.conftest import TINY_EXTRACT_OPTIONS
 
     options = {**TINY_EXTRACT_OPTIONS, "backbones": ("deit_ti16",), "num_frames": 1, "limit": 1}
     store = tmp_path / "store"
-    squash = ExtractConfig(store=str(store), num_workers=0, resize="squash", **options)
-    if "resize" not in {f.name for f in dataclasses.fields(FeatureSetJob)}:
-        with pytest.raises(ValueError, match="--resize squash: .*FeatureSetJob"):
-            run_extract(squash, catalog=tiny_catalog, progress=False)
-        assert not store.exists() or FeatureStore(store).feature_sets() == []
-        return
-    crop = dataclasses.replace(squash, resize="crop")
-    for config in (crop, squash):
+    crop = ExtractConfig(store=str(store), num_workers=0, **options)
+    for config in (crop, dataclasses.replace(crop, resize="squash")):
         assert run_extract(config, catalog=tiny_catalog, progress=False).num_ok == 1
     sets = {fs.spec["backbone_spec"].get("resize", "crop"): fs
             for fs in FeatureStore(store).feature_sets()}
