@@ -123,16 +123,20 @@ class Window:
     frame_idx: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def sample_instants(start_sec: float, end_sec: float, count: int) -> np.ndarray:
+def sample_instants(start_sec: float, end_sec: float, count: int,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
     """(count,) instants, seconds, sampled in ``[start_sec, end_sec)``: the centres of
-    ``count`` equal segments (``count == 1``: the window's centre). Each instant is then
-    shown by the frame whose presentation time is nearest to it (:func:`nearest_frame`).
+    ``count`` equal segments (``count == 1``: the window's centre), or with ``rng`` one
+    uniformly random instant in each segment (TSN-style training sampling: STAT's "one random
+    frame per segment"). Each instant is then shown by the frame whose presentation time is
+    nearest to it.
 
     Instants, not frame indices: on a variable-frame-rate video frame indices are not
     evenly spaced in time, so sampling by index would crowd samples where the frame rate is
     high (e.g. 2.5 samples per second, then 0.8, for a 1-fps plan)."""
     step = (end_sec - start_sec) / count
-    return start_sec + step * (np.arange(count) + 0.5)
+    offsets = 0.5 if rng is None else rng.random(count)
+    return start_sec + step * (np.arange(count) + offsets)
 
 
 def fixed_windows(config: PlanConfig, duration_sec: float) -> list[tuple[float, float]]:
@@ -175,15 +179,18 @@ class FixedSampler:
     Args:
         windows: ``(start_sec, end_sec)`` per token, in order.
         counts: Frame counts to sample per window (1 = centre frame, F = clip).
+        rng: Draws each sample at a random instant of its segment instead of its centre
+            (training-time sampling; extraction never passes one).
     """
 
-    def __init__(self, windows: list[tuple[float, float]], counts: set[int]):
+    def __init__(self, windows: list[tuple[float, float]], counts: set[int],
+                 rng: np.random.Generator | None = None):
         self._windows = [Window(i, s, e) for i, (s, e) in enumerate(windows)]
         targets = [
             (float(instant), i, count, slot)
             for i, (s, e) in enumerate(windows)
             for count in sorted(counts)
-            for slot, instant in enumerate(sample_instants(s, e, count))
+            for slot, instant in enumerate(sample_instants(s, e, count, rng))
         ]
         targets.sort()
         self._targets = targets  # (instant, window, count, slot) by instant
@@ -346,14 +353,23 @@ def is_variable_frame_rate(times_sec, tolerance: float = 0.25) -> bool:
     return bool(np.abs(gaps - median).max() > tolerance * median)
 
 
-def make_sampler(config: PlanConfig, *, fps: float, duration_sec: float, counts: set[int]):
+def make_sampler(config: PlanConfig, *, fps: float, duration_sec: float, counts: set[int],
+                 rng: np.random.Generator | None = None):
     """The sampler of ``config``'s plan for a video of ``duration_sec`` seconds (from its
-    header) at an average ``fps`` frames/s."""
+    header) at an average ``fps`` frames/s; ``rng``: random instants per segment (fixed plans
+    only, :class:`FixedSampler`).
+
+    Raises:
+        ValueError: ``rng`` with the ``scene`` plan.
+    """
+    if rng is not None and config.name == "scene":
+        raise ValueError("random sampling instants need a fixed plan (uniform, fps, full, "
+                         "clips), not scene")
     if config.name == "scene":
         return SceneSampler(counts, fps, duration_sec=duration_sec,
                             max_buffered_frames=config.max_buffered_frames,
                             max_buffered_mib=config.max_buffered_mib)
-    return FixedSampler(fixed_windows(config, duration_sec), counts)
+    return FixedSampler(fixed_windows(config, duration_sec), counts, rng)
 
 
 def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = None,

@@ -226,6 +226,40 @@ def test_vtn_training_clips_pick_frames_of_a_random_clip(tmp_path):
     assert len(set(levels)) > 1  # a new clip every epoch
 
 
+def test_stat_training_samples_a_random_frame_of_each_segment(tmp_path):
+    """STAT, Implementation Details: one random frame per segment in training, the segment
+    centres at test; the draw follows the seed, the epoch and the item."""
+    from heads.finetune.config import FinetuneConfig, resolve_config
+
+    frames = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None, None] * 2, 64, 1)
+    frames = np.repeat(np.repeat(frames, 96, 2), 3, 3)  # (100, 64, 96, 3): brightness = frame
+    path = write_video(tmp_path / "ramp.mp4", frames, fps=25)  # 4 s
+    args = dict(streams=[StreamPixels(1, 16, 18)], plan=PlanConfig(name="uniform", num_frames=4),
+                scenes=SceneDetectConfig(detector="none"), seed=0)
+    train = VideoClipDataset([str(path)], np.zeros(1, np.int64), train=True,
+                             random_frames=True, **args)
+    evaluation = VideoClipDataset([str(path)], np.zeros(1, np.int64), train=False, **args)
+
+    def levels(item):  # ≈ the frame index of each of the 4 samples
+        return (item.frames[0].float().mean(dim=(1, 2, 3)) / 2).round().tolist()
+
+    centres = levels(evaluation[0])
+    assert centres == pytest.approx([12.5, 37.5, 62.5, 87.5], abs=1.5)  # segments of 25 frames
+    draws = []
+    for epoch in range(5):
+        train.set_epoch(epoch)
+        draw = levels(train[0])
+        assert all(25 * k - 1 <= v <= 25 * k + 25 for k, v in enumerate(draw))  # in its segment
+        draws.append(draw)
+    assert len({tuple(d) for d in draws}) == 5 and centres not in draws
+    train.set_epoch(2)
+    assert levels(train[0]) == draws[2]  # reproducible
+    assert resolve_config(FinetuneConfig(task="t", preset="stat")).train_random_frames is True
+    assert resolve_config(FinetuneConfig(task="t", preset="vtn")).train_random_frames is False
+    with pytest.raises(ValueError, match="not scenes"):
+        resolve_config(FinetuneConfig(task="t", preset="stan_small", train_random_frames=True))
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     from pipeline.backbones import create_backbone
 

@@ -54,7 +54,8 @@ class StreamPixels:
 
 
 def decode_windows(
-    path: str, *, plan: PlanConfig, scenes: SceneDetectConfig, counts: set[int], short_side_px: int
+    path: str, *, plan: PlanConfig, scenes: SceneDetectConfig, counts: set[int], short_side_px: int,
+    rng: np.random.Generator | None = None,
 ) -> list[Window]:
     """Decode ``path`` once and return the windows of ``plan`` with their sampled frames.
 
@@ -65,6 +66,7 @@ def decode_windows(
         scenes: Detector settings for the ``scene`` plan.
         counts: Frames to sample per window (1 = centre frame, F = clip).
         short_side_px: Decoding resolution (short side, never upscaled).
+        rng: Fixed plans: each sample at a random instant of its segment, not its centre.
 
     Returns:
         Windows in time order; ``window.frames[c]`` is (c, H, W, 3) uint8 RGB.
@@ -75,7 +77,7 @@ def decode_windows(
     reader = VideoReader(path, short_side_px=short_side_px)
     fps = reader.info.fps
     duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
-    sampler = make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts)
+    sampler = make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng)
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
     windows: list[Window] = list(stream_windows(reader, sampler, segmenter))
     if not windows:
@@ -142,6 +144,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             instants of a random ``clip_sec`` clip (VTN §4.1; :func:`heads.windows.clip_streams`,
             drawn from the seed, the epoch and the item); 0 keeps every window.
         clip_frames: Windows per clip.
+        random_frames: Fixed plans: every fetch samples each window at a random instant of its
+            segment (drawn from the seed, the epoch and the item; STAT's "one random frame per
+            segment" in training) instead of its centre; such windows are never cached.
 
     Items:
         :class:`VideoItem`; a video that fails to decode gives an item with ``error`` set,
@@ -163,6 +168,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         cache: dict | None = None,
         clip_sec: float = 0.0,
         clip_frames: int = 16,
+        random_frames: bool = False,
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} videos but {len(targets)} targets")
@@ -173,6 +179,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.train, self.seed, self.crop_scale, self.flip = train, seed, crop_scale, flip
         self.cache = cache
         self.clip_sec, self.clip_frames = clip_sec, clip_frames
+        self.random_frames = random_frames
         self.epoch = 0
         self.counts = {s.frames_per_window for s in self.streams}
         self.short_side_px = max(s.resize_px for s in self.streams)
@@ -186,6 +193,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def _windows(self, i: int) -> list[Window]:
         path = self.paths[i]
+        if self.random_frames:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            return decode_windows(path, plan=self.plan, scenes=self.scenes, counts=self.counts,
+                                  short_side_px=self.short_side_px, rng=rng)
         key = (path, self.short_side_px, self.plan, self.scenes, tuple(sorted(self.counts)))
         if self.cache is not None and key in self.cache:
             return self.cache[key]

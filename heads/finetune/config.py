@@ -26,6 +26,7 @@ class Preset:
     source: str
     paper_params_m: float | None = None  # trainable parameters the paper reports, millions
     train_clip_sec: float = 0.0  # > 0: train on random clips of this many seconds (VTN §4.1)
+    train_random_frames: bool = False  # training samples a random instant of each segment
 
 
 PRESETS: dict[str, Preset] = {
@@ -46,8 +47,10 @@ PRESETS: dict[str, Preset] = {
     "stat": Preset(
         "stat", (STAT_EMBEDDING,), (STAT_EMBEDDING,), "uniform",
         "STAT (Li et al., AAAI 2022) from pixels, random init: token embedding block + 15 STA "
-        "blocks + temporal aggregation (heads.models.stat); 16 segment-centre frames (--num-frames "
-        "32 / 64 with --head-kwarg t_o=5 / 7), 256 px short side, 224 px crops",
+        "blocks + temporal aggregation (heads.models.stat); 16 frames, one at a random instant "
+        "of each segment in training, segment centres at test (--num-frames 32 / 64 with "
+        "--head-kwarg t_o=5 / 7), 256 px short side, 224 px crops",
+        train_random_frames=True,
     ),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -72,6 +75,9 @@ class FinetuneConfig(RunConfig):
     # video; None = the preset's.
     train_clip_sec: float | None = None
     train_clip_frames: int = 16
+    # Fixed plans: training samples each segment at a random instant (STAT, Implementation
+    # Details: "one random frame per segment"), evaluation at its centre; None = the preset's.
+    train_random_frames: bool | None = None
     frames_per_clip: int = 12  # clip backbones in the `scene` plan: frames per scene (STAN §3)
     detector: str = "content"  # PySceneDetect detector of the `scene` plan
     frame_size_px: int | None = None  # crop side for every stream; None = each backbone's own
@@ -143,7 +149,8 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
     """``config`` with the preset's head, encoders, trainable set and plan filled in.
 
     Raises:
-        ValueError: a trainable encoder is not one of the encoders.
+        ValueError: a trainable encoder is not one of the encoders, or random training frames
+            with the scene plan.
     """
     preset = PRESETS[config.preset]
     config = replace(
@@ -154,7 +161,12 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
         plan=config.plan or preset.plan,
         train_clip_sec=(preset.train_clip_sec if config.train_clip_sec is None
                         else config.train_clip_sec),
+        train_random_frames=(preset.train_random_frames if config.train_random_frames is None
+                             else config.train_random_frames),
     )
+    if config.train_random_frames and config.plan == "scene":
+        raise ValueError("train_random_frames samples segments of a fixed plan (uniform, fps, "
+                         "full, clips), not scenes")
     if config.num_frames is None:
         config = replace(config, num_frames=250 if config.plan == "full" else 16)
     trainable = preset.trainable if config.trainable is None else config.trainable

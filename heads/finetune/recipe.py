@@ -224,7 +224,8 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
                                 train=train, seed=config.seed, crop_scale=config.crop_scale,
                                 flip=config.flip, cache=cache,
                                 clip_sec=config.train_clip_sec if train else 0.0,
-                                clip_frames=config.train_clip_frames)
+                                clip_frames=config.train_clip_frames,
+                                random_frames=bool(config.train_random_frames) and train)
 
     loader_args = {"batch_size": config.batch_size, "collate_fn": collate,
                    "num_workers": config.num_workers, "pin_memory": device.type == "cuda",
