@@ -49,6 +49,15 @@ def list_catalogs() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def default_root(dataset: str, variant: str | None = None) -> str:
+    """Where a dataset lives unless ``--data-root`` says otherwise: ``data/<dataset>``, and
+    ``data/<dataset>-<variant>`` for a variant other than ``default``, so that building one
+    variant (the demo's 8-video ``small``) never replaces another (its 96-video default)."""
+    if variant in (None, "", "default"):
+        return f"data/{dataset}"
+    return f"data/{dataset}-{variant}"
+
+
 def get_catalog(name: str, **options) -> Catalog:
     """Build the catalog registered as ``name``.
 
@@ -79,6 +88,7 @@ __all__ = [
     "TASK_KINDS",
     "Catalog",
     "Task",
+    "default_root",
     "get_catalog",
     "list_catalogs",
     "register_catalog",

@@ -18,6 +18,13 @@ TASK_KINDS: tuple[str, ...] = ("classification", "multilabel", "regression")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
+def option_flag(option: str, value: str) -> str:
+    """How an error message tells people to give the catalog option ``option``, true for both
+    CLIs: ``pipeline`` has a flag for it (``--labels X``), ``heads`` takes it as
+    ``--catalog-option labels=X``."""
+    return f"--{option.replace('_', '-')} {value} (heads: --catalog-option {option}={value})"
+
+
 @dataclass(frozen=True)
 class Task:
     """One prediction target defined on a catalog's videos.

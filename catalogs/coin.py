@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from catalogs import register_catalog
-from catalogs.base import Catalog, Task
+from catalogs.base import Catalog, Task, option_flag
 from catalogs.files import find_videos
 
 NUM_TASKS = 180
@@ -50,7 +50,7 @@ def coin_catalog(
     path = Path(labels).expanduser().resolve() if labels else root_path / "COIN.json"
     if not path.is_file():
         raise ValueError(f"coin catalog: annotation {path} does not exist; pass COIN.json as "
-                         "--labels")
+                         f"{option_flag('labels', 'COIN.json')}")
     try:
         database = json.loads(path.read_text())["database"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:

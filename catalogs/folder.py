@@ -24,30 +24,36 @@ _MULTILABEL_SEPARATOR = ";"
 
 @register_catalog("folder")
 def folder_catalog(
-    *, root: str | Path, labels: str | Path | None = None, split: str = "train"
+    *, root: str | Path, labels: str | Path | None = None, split: str = "train",
+    video_root: str | Path | None = None,
 ) -> Catalog:
-    """A catalog of the video files under ``root`` (recursively).
+    """A catalog of the video files under ``video_root`` (else ``root``), recursively.
 
     Args:
-        root: Directory searched for files with an extension in :data:`VIDEO_EXTENSIONS`.
+        root: Directory searched for files with an extension in :data:`VIDEO_EXTENSIONS`
+            when ``video_root`` is not given (``--data-root``).
         labels: Optional CSV with columns ``video_id``, optional ``split``, optional ``path``
-            (relative to ``root`` or absolute; lets a row name a video that is missing on disk:
-            it is kept, and extraction records it as failed) and one column per task.
+            (relative to the video directory or absolute; lets a row name a video that is
+            missing on disk: it is kept, and extraction records it as failed) and one column per
+            task.
         split: Split of every video the labels file does not assign one.
+        video_root: Directory of the videos (``--video-root``, as for ``lvu``); it replaces
+            ``root`` as the directory searched, which then need not exist.
 
     Returns:
         The catalog; ``videos.path`` is absolute. ``labels`` has one row per video, in the order
         of ``videos`` (nulls where the CSV has no label); ``None`` without a labels file.
 
     Raises:
-        ValueError: ``root`` is not a directory; two files map to one ``video_id``; the labels
+        ValueError: the video directory is not a directory; two files map to one ``video_id``; the labels
             file is missing, lacks ``video_id``, repeats a ``video_id``, has a bad ``split``, names
             a video with neither a file under ``root`` nor a ``path``, or has a task column whose
             kind cannot be inferred. Messages name the file and column at fault.
     """
-    root_path = Path(root).expanduser().resolve()
+    root_path = Path(video_root if video_root is not None else root).expanduser().resolve()
     if not root_path.is_dir():
-        raise ValueError(f"folder catalog: root {root_path} is not a directory")
+        flag = "--video-root" if video_root is not None else "--data-root"
+        raise ValueError(f"folder catalog: {flag} {root_path} is not a directory")
     if split not in SPLITS:
         raise ValueError(f"folder catalog: split {split!r} is not one of {SPLITS}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from catalogs import register_catalog
-from catalogs.base import Catalog, Task
+from catalogs.base import Catalog, Task, option_flag
 from catalogs.files import find_videos, missing_as_null, read_csv
 
 _COLUMNS = ("youtube_id", "time_start", "time_end", "split")
@@ -33,7 +33,7 @@ def _csv_files(root: Path, labels: str | Path | None) -> list[Path]:
             return files
     raise ValueError(
         f"kinetics400 catalog: no annotation CSV in {where} (or {where / 'annotations'}); pass the "
-        "release's train/validate/test CSVs' folder (or one CSV) as --labels"
+        f"release's train/validate/test CSVs' folder (or one CSV) as {option_flag('labels', 'DIR')}"
     )
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from catalogs import register_catalog
-from catalogs.base import SPLITS, Catalog, Task
+from catalogs.base import SPLITS, Catalog, Task, option_flag
 from catalogs.files import find_videos
 
 DOWNLOAD_URL = "https://chaoyuan.org/lvu/lvu_1.0.tar.gz"
@@ -94,7 +94,7 @@ def find_label_dir(root: Path, labels: str | Path | None) -> Path:
     raise ValueError(
         f"LVU label files not found in {' or '.join(str(c) for c in candidates)} (lacking e.g. "
         f"{', '.join(lacking[:3])}); download {DOWNLOAD_URL}, unpack it and pass its lvu_1.0 "
-        "folder as --labels (or --data-root)"
+        f"folder as {option_flag('labels', 'DIR')}, or as --data-root DIR"
     )
 
 

@@ -25,7 +25,7 @@ import hashlib
 from pathlib import Path
 
 from catalogs import register_catalog
-from catalogs.base import Catalog
+from catalogs.base import Catalog, option_flag
 from catalogs.table import table_catalog
 
 SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -68,7 +68,8 @@ def mmx_trailer_20_catalog(
     path = Path(labels).expanduser().resolve() if labels else root_path / "labels.csv"
     if not path.is_file():
         raise ValueError(f"mmx_trailer_20 catalog: labels table {path} does not exist; pass "
-                         "--labels FILE.csv (columns video_id, genres[, split, path])")
+                         f"{option_flag('labels', 'FILE.csv')}, columns video_id, genres[, split, "
+                         "path]")
     vocabulary = tuple(g.strip() for g in genres.split(",")) if isinstance(genres, str) else genres
     video_dir = Path(video_root).expanduser().resolve() if video_root else root_path
     return table_catalog(

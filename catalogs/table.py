@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from catalogs import register_catalog
-from catalogs.base import SPLITS, TASK_KINDS, Catalog, Task
+from catalogs.base import SPLITS, TASK_KINDS, Catalog, Task, option_flag
 from catalogs.files import missing_as_null, read_table, resolve_paths, split_list
 
 _RESERVED = ("video_id", "path", "split")
@@ -163,7 +163,8 @@ def table_catalog(
 def _generic(name: str, root, labels, tasks, video_root, split) -> Catalog:
     root_path = Path(root).expanduser().resolve()
     if labels is None:
-        raise ValueError(f"the {name} catalog needs its table: --labels FILE.{name}")
+        raise ValueError(f"the {name} catalog needs its table: "
+                         f"{option_flag('labels', f'FILE.{name}')}")
     labels_path = Path(labels).expanduser().resolve()
     if labels_path.suffix.lower() != f".{name}":
         raise ValueError(f"--dataset {name} reads a .{name} file, not {labels_path.name}")

