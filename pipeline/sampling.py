@@ -124,18 +124,24 @@ class Window:
 
 
 def sample_instants(start_sec: float, end_sec: float, count: int,
-                    rng: np.random.Generator | None = None) -> np.ndarray:
+                    rng: np.random.Generator | None = None,
+                    offset: float | None = None) -> np.ndarray:
     """(count,) instants, seconds, sampled in ``[start_sec, end_sec)``: the centres of
     ``count`` equal segments (``count == 1``: the window's centre), or with ``rng`` one
     uniformly random instant in each segment (TSN-style training sampling: STAT's "one random
-    frame per segment"). Each instant is then shown by the frame whose presentation time is
-    nearest to it.
+    frame per segment"), or with ``offset`` the instant that fraction of the way into each
+    segment (0.5 = the centre; temporal test view k of K: ``(k + 0.5) / K``). Each instant is
+    then shown by the frame whose presentation time is nearest to it.
 
     Instants, not frame indices: on a variable-frame-rate video frame indices are not
     evenly spaced in time, so sampling by index would crowd samples where the frame rate is
     high (e.g. 2.5 samples per second, then 0.8, for a 1-fps plan)."""
+    if rng is not None and offset is not None:
+        raise ValueError("sample_instants: give rng (random instants) or offset, not both")
+    if offset is not None and not 0 <= offset < 1:
+        raise ValueError(f"sample_instants: offset must be in [0, 1), got {offset}")
     step = (end_sec - start_sec) / count
-    offsets = 0.5 if rng is None else rng.random(count)
+    offsets = rng.random(count) if rng is not None else (0.5 if offset is None else offset)
     return start_sec + step * (np.arange(count) + offsets)
 
 
@@ -181,16 +187,18 @@ class FixedSampler:
         counts: Frame counts to sample per window (1 = centre frame, F = clip).
         rng: Draws each sample at a random instant of its segment instead of its centre
             (training-time sampling; extraction never passes one).
+        offset: Samples each segment at this fraction of it instead of its centre (temporal
+            test views; extraction never passes one).
     """
 
     def __init__(self, windows: list[tuple[float, float]], counts: set[int],
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, offset: float | None = None):
         self._windows = [Window(i, s, e) for i, (s, e) in enumerate(windows)]
         targets = [
             (float(instant), i, count, slot)
             for i, (s, e) in enumerate(windows)
             for count in sorted(counts)
-            for slot, instant in enumerate(sample_instants(s, e, count, rng))
+            for slot, instant in enumerate(sample_instants(s, e, count, rng, offset))
         ]
         targets.sort()
         self._targets = targets  # (instant, window, count, slot) by instant
@@ -354,22 +362,23 @@ def is_variable_frame_rate(times_sec, tolerance: float = 0.25) -> bool:
 
 
 def make_sampler(config: PlanConfig, *, fps: float, duration_sec: float, counts: set[int],
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, offset: float | None = None):
     """The sampler of ``config``'s plan for a video of ``duration_sec`` seconds (from its
-    header) at an average ``fps`` frames/s; ``rng``: random instants per segment (fixed plans
-    only, :class:`FixedSampler`).
+    header) at an average ``fps`` frames/s; ``rng``: random instants per segment, ``offset``:
+    that fraction of each segment instead of its centre (fixed plans only,
+    :class:`FixedSampler`).
 
     Raises:
-        ValueError: ``rng`` with the ``scene`` plan.
+        ValueError: ``rng`` or ``offset`` with the ``scene`` plan.
     """
-    if rng is not None and config.name == "scene":
-        raise ValueError("random sampling instants need a fixed plan (uniform, fps, full, "
-                         "clips), not scene")
+    if (rng is not None or offset is not None) and config.name == "scene":
+        raise ValueError("random or offset sampling instants need a fixed plan (uniform, fps, "
+                         "full, clips), not scene")
     if config.name == "scene":
         return SceneSampler(counts, fps, duration_sec=duration_sec,
                             max_buffered_frames=config.max_buffered_frames,
                             max_buffered_mib=config.max_buffered_mib)
-    return FixedSampler(fixed_windows(config, duration_sec), counts, rng)
+    return FixedSampler(fixed_windows(config, duration_sec), counts, rng, offset)
 
 
 def stream_windows(frames, sampler, segmenter=None, cuts: list[int] | None = None,
