@@ -13,6 +13,7 @@ import typer
 
 from heads import cli_common as shared
 from heads.cli_common import check_device, check_store, parse_key_values, user_errors
+from pipeline.cli import name_list_values
 
 app = typer.Typer(
     help="Train and inspect temporal heads on features from `pipeline extract`.",
@@ -20,6 +21,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+# Help is Rich markup: "\[" (in r-strings) keeps "[datasets.<dataset>]" from being read as a tag.
 
 # Options shared by the commands that apply a trained run.
 WhichCheckpoint = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
@@ -33,8 +36,9 @@ def train(
     ] = None,
     config: Annotated[
         str | None,
-        typer.Option(help="TOML file of TrainConfig keys; over the head's heads/configs/<head>.toml "
-                     "(and its [datasets.<dataset>] table), under the flags."),
+        typer.Option(help="TOML file of TrainConfig keys; over the head's "
+                     r"heads/configs/<head>.toml (and its \[datasets.<dataset>] table), under "
+                     "the flags."),
     ] = None,
     dataset: shared.Dataset = None,
     data_root: shared.DataRoot = None,
@@ -42,9 +46,9 @@ def train(
     catalog_option: shared.CatalogOption = None,
     head: Annotated[str | None, typer.Option(help="Head to train (see `heads list`).")] = None,
     features: Annotated[list[str] | None, typer.Option(
-        "--features", help="Backbone or exact feature-set name, once per stream in the head's "
-        "order (stan: spatial then temporal). Default: the head's config file (stan → resnet18 "
-        "+ r2plus1d_18).")] = None,
+        "--features", metavar="NAME", help="Backbone or exact feature-set name, once per "
+        "stream in the head's order (stan: spatial then temporal). Default: the head's config "
+        "file (stan → resnet18 + r2plus1d_18).")] = None,
     plan: shared.Plan = None,
     window_sec: Annotated[
         float | None,
@@ -98,12 +102,12 @@ def train(
              "with its config.json: other flags may only repeat its values, except --store "
              "(the feature sets must be the run's).")] = None,
 ) -> None:
-    """Train a head on cached features and print per-split metrics next to the baseline.
+    r"""Train a head on cached features and print per-split metrics next to the baseline.
 
     Settings come from TrainConfig's defaults, then heads/configs/<head>.toml, then that file's
-    [datasets.<dataset>] table for --dataset (e.g. vis4mer's CPU-sized demo settings), then
-    --config, then the flags given here. With --end-to-end, fine-tune backbones and head from frames.
-    Off a terminal (a log file, a job), one line per epoch instead of a progress bar.
+    \[datasets.<dataset>] table for --dataset (e.g. vis4mer's CPU-sized demo settings), then
+    --config, then the flags given here. With --end-to-end, fine-tune backbones and head from
+    frames. Off a terminal (a log file, a job), one line per epoch instead of a progress bar.
     """
     flags = dict(locals())  # the parameters, exactly (taken before any other local exists)
     from pipeline.weights import WeightsError  # --end-to-end builds backbones
@@ -228,8 +232,8 @@ def predict(
     run: Annotated[str, typer.Argument(help="Run directory of `heads train`.")],
     video: Annotated[
         list[str] | None,
-        typer.Option(help="Video id, repeatable (default: every video stored in the run's "
-                     "feature sets)."),
+        typer.Option(metavar="ID", help="Video id, repeatable (default: every video stored in "
+                     "the run's feature sets)."),
     ] = None,
     out: Annotated[
         str | None, typer.Option(help="Write the predictions here (.parquet or .csv).")
@@ -306,7 +310,8 @@ def sweep(
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override as [HEAD.]key=value, repeatable, e.g. epochs=5 or "
+        typer.Option("--set", metavar="[HEAD.]KEY=VALUE",
+                     help="Override as [HEAD.]key=value, repeatable, e.g. epochs=5 or "
                      'vis4mer.features=["vit_b16"].'),
     ] = None,
     address: Annotated[
@@ -319,10 +324,10 @@ def sweep(
         help="A sweep directory: rerun only its runs missing or failed in its sweep.json, with "
              "the heads, tasks, seeds and overrides recorded there.")] = None,
 ) -> None:
-    """Train every head × task × seed on Ray and print a summary table (mean ± standard error).
+    r"""Train every head × task × seed on Ray and print a summary table (mean ± standard error).
 
     Each head's settings are resolved as for `heads train`: its config file, the file's
-    [datasets.<dataset>] table, --config, then --set. Exits with 1 when a run failed (its
+    \[datasets.<dataset>] table, --config, then --set. Exits with 1 when a run failed (its
     worker may have died); `--resume SWEEP_DIR` then reruns only what did not finish.
     """
     from catalogs import default_root, get_catalog
@@ -395,7 +400,7 @@ def list_command(
                         "clip next to ours at the paper's setting, with their ratio.")] = False,
 ) -> None:
     """Every registered head, its input streams and its parameter count at default size
-    (``mean`` counted with one stream); ``--paper``: the papers' model sizes (and STAT's cost of
+    (`mean` counted with one stream); `--paper`: the papers' model sizes (and STAT's cost of
     one clip) against ours."""
     if paper:
         from heads.paper_sizes import format_paper_table, paper_table
@@ -417,10 +422,20 @@ def list_command(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+class _PlainHelp(typer.core.TyperCommand):
+    """Click's own help layout, up to 120 columns: it puts a long flag name on a line of its own,
+    where Rich's option table at 80 columns cuts it (``heads finetune``: 45 options, names up
+    to ``--no-train-batchnorm``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "rich_markup_mode": None})
+
+
 # End-to-end fine-tuning (backbones + head from frames): its own command, see heads/finetune/cli.py.
 from heads.finetune.cli import finetune as _finetune  # noqa: E402
 
-app.command("finetune")(_finetune)
+app.command("finetune", cls=_PlainHelp, context_settings={"max_content_width": 120})(_finetune)
+name_list_values(_finetune, encoder="NAME", trainable="NAME", weights="SPEC")
 
 
 if __name__ == "__main__":

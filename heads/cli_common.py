@@ -14,15 +14,16 @@ import typer
 Dataset = Annotated[str | None, typer.Option(help="Catalog key, e.g. demo or folder.")]
 DataRoot = Annotated[
     str | None,
-    typer.Option(help="Catalog root directory (default: data/<dataset>, data/<dataset>-<variant> "
-                 "for a variant)."),
+    typer.Option(help="Catalog root directory (default: data/<dataset>, and for a variant "
+                 "data/<dataset>-<variant>)."),
 ]
 Variant = Annotated[
     str | None, typer.Option(help="Catalog variant, as given to `pipeline extract` (demo: small).")
 ]
 CatalogOption = Annotated[
     list[str] | None,
-    typer.Option(help="Catalog option as key=value, repeatable (folder: labels=FILE.csv)."),
+    typer.Option(metavar="KEY=VALUE",
+                 help="Catalog option as key=value, repeatable (folder: labels=FILE.csv)."),
 ]
 Plan = Annotated[
     str | None, typer.Option(help="Sampling plan (default: the head's or the preset's).")
@@ -44,7 +45,8 @@ Seed = Annotated[int | None, typer.Option(help="Seed for init, dropout/augmentat
 Device = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
 HeadKwarg = Annotated[
     list[str] | None,
-    typer.Option(help="Head argument as key=value, repeatable (e.g. d_model=128)."),
+    typer.Option(metavar="KEY=VALUE",
+                 help="Head argument as key=value, repeatable (e.g. d_model=128)."),
 ]
 
 

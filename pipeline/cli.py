@@ -20,6 +20,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def name_list_values(command, **metavars: str) -> None:
+    """Show a repeatable option's value as ``--feature BACKBONE:PLAN[:TOKENS]`` rather than
+    typer's ``<list[str]>``: sets the metavar of ``command``'s options named in ``metavars``
+    (parameter name → metavar) on their declarations, from which typer builds the CLI."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(command, include_extras=True)
+    for name, param in inspect.signature(command).parameters.items():
+        if name not in metavars:
+            continue
+        declared = [param.default, *getattr(hints.get(name), "__metadata__", ())]
+        (info,) = [d for d in declared if isinstance(d, typer.models.OptionInfo)]
+        info.metavar = metavars[name]
+
+
 def check_store_url(store: str | None) -> None:
     """Raise ``ValueError`` naming ``--store`` when its URL's fsspec filesystem cannot be loaded
     (``s3://`` without s3fs, ``gs://`` without gcsfs, an unknown scheme); paths pass."""
@@ -169,6 +185,10 @@ def extract(
         raise typer.Exit(code=1)
 
 
+name_list_values(extract, catalog_option="KEY=VALUE", backbone="NAME",
+                 feature="FEATURE", weights="SPEC")
+
+
 @app.command("catalog")
 def catalog(
     dataset: str = typer.Argument(..., help="Catalog name, e.g. lvu, kinetics400, csv."),
@@ -176,7 +196,7 @@ def catalog(
     variant: Optional[str] = typer.Option(None, help="Catalog variant, e.g. 'small' for the demo."),
     labels: Optional[str] = typer.Option(None, help=_LABELS_HELP),
     video_root: Optional[str] = typer.Option(None, help=_VIDEO_ROOT_HELP),
-    catalog_option: list[str] = typer.Option([], help=_OPTION_HELP),
+    catalog_option: list[str] = typer.Option([], metavar="KEY=VALUE", help=_OPTION_HELP),
     write_manifest: Optional[str] = typer.Option(None, help="Write one row per video (path, found, splits, labels) to this .parquet file."),
 ) -> None:
     """Summarise a catalog: videos, found on disk, per split and per task; optionally write it."""
@@ -362,7 +382,7 @@ def import_(
     token_kind: Optional[str] = typer.Option(None, help="pooled (T, D) or patch (T, N, D); default: the first video's."),
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     name: Optional[str] = typer.Option(None, help="Feature-set name (default: <dataset>__<backbone>__<plan>__<fingerprint>)."),
-    video_id: list[str] = typer.Option([], help="Import only these ids (repeatable)."),
+    video_id: list[str] = typer.Option([], metavar="ID", help="Import only these ids (repeatable)."),
     store: str = typer.Option("store", help="Feature store directory."),
     max_gib_per_video: float = typer.Option(4.0, help="Refuse a video whose arrays declare more than this many GiB (read from the header, before any data)."),
 ) -> None:
@@ -394,7 +414,7 @@ def export(
     feature_set: str = typer.Argument(..., help="Feature-set name (see `pipeline ls`)."),
     out: str = typer.Argument(..., help="Output .h5 file or directory (must not exist)."),
     format: str = typer.Option("h5", "--format", help="h5 or npy."),
-    video_id: list[str] = typer.Option([], help="Export only these ids (repeatable)."),
+    video_id: list[str] = typer.Option([], metavar="ID", help="Export only these ids (repeatable)."),
     store: str = typer.Option("store", help="Feature store directory."),
 ) -> None:
     """Export a feature set's ok videos to HDF5 (one group per video) or .npy files."""
