@@ -13,18 +13,26 @@ crop that changed from scene to scene would look like a change of scene. The dra
 ``(seed, epoch, video index)``, so a run sees the same crops whatever the number of workers.
 Evaluation takes the central crop the backbone's own preprocessing takes (resize the short
 side to ``resize_px``, crop ``size_px``), done as one resized crop.
+
+Multi-view testing (``views=(K, S)``, STAT's Implementation Details: 5 × 1 or 3 × 3 views): K
+temporal views sample each segment of a fixed plan at ``(k + 0.5) / K`` of it instead of its
+centre (K samplers fed by one decode, :func:`decode_views`), S spatial views crop the eval
+square at S evenly spaced positions along the long side (left / centre / right for 3). An item
+then holds the K·S views one after the other; :func:`collate` lists each as a video of its own
+under the same index, and :func:`heads.finetune.recipe.predict_clips` averages them. Cost: one
+decode still, but K·S times the colour conversion, cropping and encoder forward of one view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from pipeline.decode import VideoError, VideoReader
-from pipeline.sampling import PlanConfig, Window, make_sampler, stream_windows
+from pipeline.sampling import PlanConfig, Window, make_sampler, stream_plan_windows
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 
 
@@ -74,26 +82,60 @@ def decode_windows(
     Raises:
         VideoError: the file cannot be decoded, or the plan finds no window.
     """
-    reader = VideoReader(path, short_side_px=short_side_px)
-    fps = reader.info.fps
-    duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
-    sampler = make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng)
-    segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
-    windows: list[Window] = list(stream_windows(reader, sampler, segmenter))
-    if not windows:
-        raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
+    (windows,) = decode_views(path, plan=plan, scenes=scenes, counts=counts,
+                              short_side_px=short_side_px, rng=rng)
     return windows
 
 
+def decode_views(
+    path: str, *, plan: PlanConfig, scenes: SceneDetectConfig, counts: set[int], short_side_px: int,
+    offsets: Sequence[float | None] = (None,), rng: np.random.Generator | None = None,
+) -> list[list[Window]]:
+    """:func:`decode_windows` for several temporal views from one decode: view k samples each
+    segment at ``offsets[k]`` of it (None: its centre; fixed plans only), as
+    :func:`pipeline.sampling.sample_instants` does.
+
+    Returns:
+        Per view, its windows in time order (every view has the plan's windows).
+
+    Raises:
+        VideoError: the file cannot be decoded, or the plan finds no window.
+        ValueError: an offset with the ``scene`` plan.
+    """
+    reader = VideoReader(path, short_side_px=short_side_px)
+    fps = reader.info.fps
+    duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
+    samplers = {k: make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng,
+                                offset=offset) for k, offset in enumerate(offsets)}
+    segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
+    views: list[list[Window]] = [[] for _ in offsets]
+    for k, window in stream_plan_windows(reader, samplers, segmenter):
+        views[k].append(window)
+    if not views[0]:
+        raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
+    return views
+
+
+def view_offsets(num_views: int) -> tuple[float | None, ...]:
+    """Sampling offsets of ``num_views`` temporal views: ``(k + 0.5) / K`` of each segment;
+    one view is the segment centre (None, exactly today's single-view sampling)."""
+    if num_views == 1:
+        return (None,)
+    return tuple((k + 0.5) / num_views for k in range(num_views))
+
+
 def crop_box(
-    height_px: int, width_px: int, stream: StreamPixels, *, train: bool, crop_scale=(0.35, 1.0)
+    height_px: int, width_px: int, stream: StreamPixels, *, train: bool, crop_scale=(0.35, 1.0),
+    view: int = 0, num_views: int = 1,
 ) -> tuple[int, int, int, int]:
     """``(top, left, height, width)`` of the crop taken from every frame of a video.
 
     Train: a random resized crop box (area fraction in ``crop_scale``, aspect 3/4–4/3, from
     ``torchvision.transforms.v2.RandomResizedCrop.get_params`` on the global torch RNG, which
     the caller seeds). Eval: the centre square whose side is ``size_px / resize_px`` of the
-    short side, i.e. resize-then-centre-crop as the backbone's own preprocessing does.
+    short side, i.e. resize-then-centre-crop as the backbone's own preprocessing does; with
+    ``num_views`` spatial views, view ``view`` of them slides that square along the long side
+    to evenly spaced positions from one end to the other (3: left, centre, right; 1: centre).
     """
     if train:
         from torchvision.transforms import v2
@@ -103,7 +145,11 @@ def crop_box(
             dummy, scale=list(crop_scale), ratio=[3 / 4, 4 / 3]
         ))
     side = max(1, round(min(height_px, width_px) * stream.size_px / stream.resize_px))
-    return (height_px - side) // 2, (width_px - side) // 2, side, side
+    top, left = (height_px - side) // 2, (width_px - side) // 2
+    if num_views > 1:
+        along = view * (max(height_px, width_px) - side) // (num_views - 1)
+        top, left = (along, left) if height_px > width_px else (top, along)
+    return top, left, side, side
 
 
 @dataclass
@@ -116,12 +162,15 @@ class VideoItem:
             (W, F, 3, S, S) for clips; W windows, S = the stream's ``size_px``. Empty on failure.
         target: Encoded target (scalar int64, (K,) or (1,) float32).
         error: Why the video could not be decoded ("" when it was).
+        view_windows: With test views, the windows of each view, which ``frames`` holds one
+            view after the other (temporal-major); () = one view of all W windows.
     """
 
     index: int
     frames: list[torch.Tensor]
     target: torch.Tensor
     error: str = ""
+    view_windows: tuple[int, ...] = ()
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
@@ -147,6 +196,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         random_frames: Fixed plans: every fetch samples each window at a random instant of its
             segment (drawn from the seed, the epoch and the item; STAT's "one random frame per
             segment" in training) instead of its centre; such windows are never cached.
+        views: Evaluation only: ``(K, S)`` test views, K temporal (fixed plans) × S spatial
+            (module docstring); (1, 1) = the single centre view.
 
     Items:
         :class:`VideoItem`; a video that fails to decode gives an item with ``error`` set,
@@ -169,9 +220,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
         clip_sec: float = 0.0,
         clip_frames: int = 16,
         random_frames: bool = False,
+        views: tuple[int, int] = (1, 1),
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} videos but {len(targets)} targets")
+        views = tuple(views)
+        if views != (1, 1) and (train or clip_sec > 0):
+            raise ValueError(f"test views {views[0]}x{views[1]} are for evaluation, not training")
         self.paths = list(paths)
         self.targets = torch.from_numpy(np.ascontiguousarray(targets))
         self.streams = list(streams)
@@ -180,6 +235,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.clip_sec, self.clip_frames = clip_sec, clip_frames
         self.random_frames = random_frames
+        self.views = views
         self.epoch = 0
         self.counts = {s.frames_per_window for s in self.streams}
         self.short_side_px = max(s.resize_px for s in self.streams)
@@ -191,22 +247,24 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _windows(self, i: int) -> list[Window]:
+    def _windows(self, i: int) -> list[list[Window]]:
+        """The windows of each temporal view of video ``i`` (one view unless ``views``)."""
         path = self.paths[i]
         if self.random_frames:
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            return decode_windows(path, plan=self.plan, scenes=self.scenes, counts=self.counts,
-                                  short_side_px=self.short_side_px, rng=rng)
-        key = (path, self.short_side_px, self.plan, self.scenes, tuple(sorted(self.counts)))
+            return [decode_windows(path, plan=self.plan, scenes=self.scenes, counts=self.counts,
+                                   short_side_px=self.short_side_px, rng=rng)]
+        key = (path, self.short_side_px, self.plan, self.scenes, tuple(sorted(self.counts)),
+               self.views[0])
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        windows = decode_windows(
+        views = decode_views(
             path, plan=self.plan, scenes=self.scenes, counts=self.counts,
-            short_side_px=self.short_side_px,
+            short_side_px=self.short_side_px, offsets=view_offsets(self.views[0]),
         )
         if self.cache is not None:
-            self.cache[key] = windows
-        return windows
+            self.cache[key] = views
+        return views
 
     def _clip(self, windows: list[Window], i: int) -> list[Window]:
         """``clip_frames`` of ``windows`` at evenly spaced instants of a random clip."""
@@ -220,33 +278,45 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return [windows[j] for j in picked]
 
     def __getitem__(self, i: int) -> VideoItem:
-        from torchvision import tv_tensors
-        from torchvision.transforms.v2 import functional as TF
-
         try:
-            windows = self._windows(i)
+            views = self._windows(i)
         except VideoError as err:
             return VideoItem(i, [], self.targets[i], error=str(err))
         if self.clip_sec > 0:
-            windows = self._clip(windows, i)
-        height_px, width_px = windows[0].frames[min(self.counts)].shape[1:3]
+            views = [self._clip(views[0], i)]
+        height_px, width_px = views[0][0].frames[min(self.counts)].shape[1:3]
+        if not self.train:
+            num_crops = self.views[1]
+            per_view = [self._crop(windows, lambda stream, j=j: crop_box(
+                height_px, width_px, stream, train=False, view=j, num_views=num_crops))
+                for windows in views for j in range(num_crops)]
+            frames = [torch.cat(parts) for parts in zip(*per_view)]  # per stream (V·W, ...)
+            view_windows = () if len(per_view) == 1 else tuple(len(w) for w in views
+                                                               for _ in range(num_crops))
+            return VideoItem(i, frames, self.targets[i], view_windows=view_windows)
         with torch.random.fork_rng(devices=[]):
             # One draw per video, the same for every frame and stream (see the module docstring).
             state = np.random.SeedSequence((self.seed, self.epoch, i)).generate_state(1)
             torch.manual_seed(int(state[0]))
-            box = crop_box(height_px, width_px, self.streams[0], train=self.train,
+            box = crop_box(height_px, width_px, self.streams[0], train=True,
                            crop_scale=self.crop_scale)
-            flip = self.train and self.flip and bool(torch.rand(()) < 0.5)
+            flip = self.flip and bool(torch.rand(()) < 0.5)
+        return VideoItem(i, self._crop(views[0], lambda stream: box, flip), self.targets[i])
+
+    def _crop(self, windows: list[Window], box_of, flip: bool = False) -> list[torch.Tensor]:
+        """Per stream, the windows' frames cropped to ``box_of(stream)`` and resized to the
+        stream's side: uint8 (W, 3, S, S) or (W, F, 3, S, S)."""
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
         frames = []
         for stream in self.streams:
             count = stream.frames_per_window
             raw = np.stack([w.frames[count] for w in windows])  # (W, F, H, W_px, 3)
             video = torch.from_numpy(raw).permute(0, 1, 4, 2, 3)  # (W, F, 3, H, W_px)
             video = video.reshape(-1, *video.shape[2:])  # (W·F, 3, H, W_px)
-            if not self.train:
-                box = crop_box(height_px, width_px, stream, train=False)
             out = TF.resized_crop(
-                tv_tensors.Video(video), *box, size=[stream.size_px, stream.size_px],
+                tv_tensors.Video(video), *box_of(stream), size=[stream.size_px, stream.size_px],
                 antialias=True,
             )  # (W·F, 3, S, S)
             if flip:
@@ -255,7 +325,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
             if count > 1:
                 out = out.reshape(len(windows), count, *out.shape[1:])  # (W, F, 3, S, S)
             frames.append(out.contiguous())
-        return VideoItem(i, frames, self.targets[i])
+        return frames
 
 
 @dataclass
@@ -269,6 +339,9 @@ class ClipBatch:
         targets: (B,) or (B, K) targets.
         indices: (B,) dataset positions of the videos.
         errors: ``(index, message)`` of videos left out because they failed to decode.
+
+    With test views, each view of a video is one of the B "videos": its index and target
+    repeat, once per view, in a row.
     """
 
     frames: list[torch.Tensor]
@@ -297,7 +370,10 @@ def collate(items: Sequence[VideoItem]) -> ClipBatch:
         return ClipBatch([], [], torch.empty(0), torch.empty(0, dtype=torch.long), errors)
     num_streams = len(good[0].frames)
     frames = [torch.cat([item.frames[s] for item in good]) for s in range(num_streams)]
-    lengths = [torch.tensor([len(item.frames[s]) for item in good]) for s in range(num_streams)]
-    targets = torch.stack([item.target for item in good])
-    indices = torch.tensor([item.index for item in good])
+    lengths = [torch.tensor([n for item in good
+                             for n in item.view_windows or [len(item.frames[s])]])
+               for s in range(num_streams)]
+    repeats = [len(item.view_windows) or 1 for item in good]
+    targets = torch.stack([item.target for item, r in zip(good, repeats) for _ in range(r)])
+    indices = torch.tensor([item.index for item, r in zip(good, repeats) for _ in range(r)])
     return ClipBatch(frames, lengths, targets, indices, errors)

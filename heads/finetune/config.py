@@ -27,6 +27,17 @@ class Preset:
     paper_params_m: float | None = None  # trainable parameters the paper reports, millions
     train_clip_sec: float = 0.0  # > 0: train on random clips of this many seconds (VTN §4.1)
     train_random_frames: bool = False  # training samples a random instant of each segment
+    # Val/test views (temporal, spatial), averaged; from_frames: (num_frames, views) pairs, the
+    # last whose num_frames the run reaches wins (STAT: 3 × 3 views from T = 64).
+    test_views: tuple[int, int] = (1, 1)
+    test_views_from_frames: tuple[tuple[int, tuple[int, int]], ...] = ()
+    # Optimiser defaults where the flags are not given; None = FINETUNE_DEFAULTS. lr is for
+    # lr_batch_size videos per step and scales linearly with --batch-size (DeiT's rule).
+    lr: float | None = None
+    lr_batch_size: int | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    label_smoothing: float | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -49,11 +60,21 @@ PRESETS: dict[str, Preset] = {
         "STAT (Li et al., AAAI 2022) from pixels, random init: token embedding block + 15 STA "
         "blocks + temporal aggregation (heads.models.stat); 16 frames, one at a random instant "
         "of each segment in training, segment centres at test (--num-frames 32 / 64 with "
-        "--head-kwarg t_o=5 / 7), 256 px short side, 224 px crops",
+        "--head-kwarg t_o=5 / 7), 256 px short side, 224 px crops; 5 × 1 test views (3 × 3 "
+        "from 64 frames); DeiT's AdamW: lr 5e-4 × batch / 512, weight decay 0.05, 5 warm-up "
+        "epochs, label smoothing 0.1",
         train_random_frames=True,
+        # STAT, Implementation Details: 5 × 1 views at T = 16, 32; 3 × 3 at T = 64.
+        test_views=(5, 1), test_views_from_frames=((64, (3, 3)),),
+        # STAT, Implementation Details: AdamW "as the recipe following" DeiT (Touvron et al.
+        # 2021), whose training settings these are (300 epochs not included: --epochs).
+        lr=5e-4, lr_batch_size=512, weight_decay=0.05, warmup_epochs=5, label_smoothing=0.1,
     ),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# `heads finetune`'s optimiser settings where neither the flags nor the preset set them.
+FINETUNE_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.01, "warmup_epochs": 1,
+                     "label_smoothing": 0.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,11 +107,20 @@ class FinetuneConfig(RunConfig):
     stem_dim: int = 768  # conv3d_stem token width (ViT-B width, so ViT-patch heads fit)
     stem_patch_px: int = 16  # conv3d_stem patch side: 224 px frames → 14 × 14 patches
     stem_tubelet_frames: int = 2  # conv3d_stem frames per tubelet
+    # Val/test views (temporal, spatial), outputs averaged as the metric reads them (softmax
+    # for classification); (1, 1) = segment centres, centre crop. None = the preset's (stat:
+    # 5 × 1, 3 × 3 from 64 frames). Each view costs one view's encoding, not a decode.
+    test_views: tuple[int, int] | None = None
     # The loop's defaults for end-to-end steps (each decodes videos and runs the backbones):
     epochs: int = 10  # upper bound; early stopping may end sooner
     batch_size: int = 2  # videos per step: every window of a video goes through the encoders
-    lr: float = 1e-4  # peak AdamW learning rate of the head (and of stems trained from scratch)
-    warmup_epochs: int = 1  # linear warm-up before cosine decay
+    # Optimiser: None = the preset's, else FINETUNE_DEFAULTS (lr 1e-4, weight decay 0.01, 1
+    # warm-up epoch, no label smoothing); resolve_config fills them in, so a run's stored
+    # config holds the values it trained with.
+    lr: float | None = None  # peak AdamW lr of the head (and of stems trained from scratch)
+    weight_decay: float | None = None  # decay on weight matrices only
+    warmup_epochs: int | None = None  # linear warm-up before cosine decay
+    label_smoothing: float | None = None  # classification loss only (DeiT: 0.1)
     patience: int = 5  # epochs without val improvement before stopping; 0 = never
     backbone_lr_scale: float = 0.1  # pretrained backbones train at lr × this: keeps their features
     precision: str = "auto"  # autocast: auto = bf16 on CUDA where supported, else fp32
@@ -110,9 +140,20 @@ class FinetuneConfig(RunConfig):
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
         if self.trainable is not None:
             object.__setattr__(self, "trainable", tuple(self.trainable))
+        if self.test_views is not None:
+            object.__setattr__(self, "test_views", tuple(self.test_views))
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: valid presets are {', '.join(PRESETS)}")
-        super().__post_init__()
+        # RunConfig's range checks compare numbers: a setting left to the preset (None until
+        # resolve_config) is checked as its finetune default meanwhile, then None again.
+        unset = [k for k in ("lr", "weight_decay", "warmup_epochs") if getattr(self, k) is None]
+        for key in unset:
+            object.__setattr__(self, key, FINETUNE_DEFAULTS[key])
+        try:
+            super().__post_init__()
+        finally:
+            for key in unset:
+                object.__setattr__(self, key, None)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
@@ -139,6 +180,12 @@ class FinetuneConfig(RunConfig):
                                      self.standardize_videos),
             "--crop-scale": (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
                              "two fractions 0 < lo <= hi <= 1", self.crop_scale),
+            "--label-smoothing": (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
+                                  "in [0, 1)", self.label_smoothing),
+            "--test-views": (self.test_views is None or (
+                len(self.test_views) == 2
+                and all(isinstance(v, int) and v >= 1 for v in self.test_views)),
+                "two counts >= 1 (temporal x spatial, e.g. 5x1)", self.test_views),
         }
         if self.frame_size_px is not None:
             checks["--frame-size-px"] = (self.frame_size_px >= 8, "at least 8", self.frame_size_px)
@@ -146,11 +193,12 @@ class FinetuneConfig(RunConfig):
 
 
 def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
-    """``config`` with the preset's head, encoders, trainable set and plan filled in.
+    """``config`` with the preset's head, encoders, trainable set, plan, test views and
+    optimiser settings filled in where the config leaves them unset (None).
 
     Raises:
         ValueError: a trainable encoder is not one of the encoders, or random training frames
-            with the scene plan.
+            or temporal test views with the scene plan.
     """
     preset = PRESETS[config.preset]
     config = replace(
@@ -163,18 +211,46 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
                         else config.train_clip_sec),
         train_random_frames=(preset.train_random_frames if config.train_random_frames is None
                              else config.train_random_frames),
+        **{k: v for k, v in preset_optimiser(preset, config.batch_size).items()
+           if getattr(config, k) is None},
     )
     if config.train_random_frames and config.plan == "scene":
         raise ValueError("train_random_frames samples segments of a fixed plan (uniform, fps, "
                          "full, clips), not scenes")
     if config.num_frames is None:
         config = replace(config, num_frames=250 if config.plan == "full" else 16)
+    if config.test_views is None:
+        config = replace(config, test_views=preset_test_views(preset, config.num_frames))
+    if config.test_views[0] > 1 and config.plan == "scene":
+        raise ValueError(f"--test-views {config.test_views[0]}x{config.test_views[1]}: temporal "
+                         "views shift the sampling instants of a fixed plan's segments (uniform, "
+                         "fps, full, clips), not scenes; give --test-views 1xS")
     trainable = preset.trainable if config.trainable is None else config.trainable
     unknown = set(trainable) - set(config.encoders)
     if unknown:
         raise ValueError(f"--trainable {', '.join(sorted(unknown))}: not an encoder of this run "
                          f"({', '.join(config.encoders)})")
     return replace(config, trainable=tuple(trainable))
+
+
+def preset_test_views(preset: Preset, num_frames: int) -> tuple[int, int]:
+    """``preset``'s (temporal, spatial) test views for a run of ``num_frames`` frames."""
+    views = preset.test_views
+    for min_frames, frames_views in sorted(preset.test_views_from_frames):
+        if num_frames >= min_frames:
+            views = frames_views
+    return tuple(views)
+
+
+def preset_optimiser(preset: Preset, batch_size: int) -> dict:
+    """``preset``'s lr (scaled to ``batch_size`` when it names its own batch size), weight
+    decay, warm-up epochs and label smoothing, FINETUNE_DEFAULTS where it sets none."""
+    lr = preset.lr
+    if lr is not None and preset.lr_batch_size:
+        lr = lr * batch_size / preset.lr_batch_size  # DeiT: lr × batch size / 512
+    own = {"lr": lr, "weight_decay": preset.weight_decay, "warmup_epochs": preset.warmup_epochs,
+           "label_smoothing": preset.label_smoothing}
+    return {k: FINETUNE_DEFAULTS[k] if v is None else v for k, v in own.items()}
 
 
 def resolve_device(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None, bool]:

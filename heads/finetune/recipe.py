@@ -26,6 +26,7 @@ to the majority baseline, written as :mod:`heads.runs` does for cached-feature r
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -106,7 +107,8 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
 
 def build(config: FinetuneConfig, *, catalog: Catalog | None, log) -> PixelModelBuild:
     """The resolved config, the catalog, the labelled videos and the model."""
-    config = resolve_config(config)
+    given, config = config, resolve_config(config)
+    log(optimiser_line(given, config))
     if catalog is None:
         catalog = config.open_catalog()
     num_outputs = catalog.task(config.task).num_outputs
@@ -146,7 +148,8 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
     failed: dict[str, str] = {}
 
     def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
-        outputs, positions, errors = predict_clips(model, loaders[split], device, autocast)
+        outputs, positions, errors = predict_clips(model, loaders[split], device, autocast,
+                                                   task_kind=task.kind)
         failed.update({videos[split][0][i]: message for i, message in errors})
         return outputs, positions
 
@@ -160,6 +163,7 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
     write_json(run_dir / "config.json", {
         "config": config_dict, "catalog": catalog.name, "task": task_info, "encoders": encoders,
         "streams": [asdict(s) for s in built.streams], "parameters": model.parameter_counts(),
+        "argv": sys.argv,
     })
     write_json(run_dir / "environment.json", environment())
 
@@ -188,6 +192,9 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
         state_keys=model.trainable_state_keys(),
         generators={"order": loaders["shuffled"].generator},
     )
+    if task.kind == "classification" and config.label_smoothing:
+        # The training loss only (DeiT's recipe); val/test losses stay plain cross-entropy.
+        trainer.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def batches(epoch: int):
         train_set.set_epoch(epoch)
@@ -206,7 +213,8 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
 
 def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device):
     """The augmented train set, and loaders: ``shuffled`` (training) and one per split in
-    order, without augmentation (evaluation, standardisation)."""
+    order, without augmentation (evaluation, standardisation); val and test with
+    ``config.test_views`` (the train split's evaluation and the standardiser: one view)."""
     from pipeline.sampling import PlanConfig
     from pipeline.scenes import SceneDetectConfig
 
@@ -225,7 +233,8 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
                                 flip=config.flip, cache=cache,
                                 clip_sec=config.train_clip_sec if train else 0.0,
                                 clip_frames=config.train_clip_frames,
-                                random_frames=bool(config.train_random_frames) and train)
+                                random_frames=bool(config.train_random_frames) and train,
+                                views=config.test_views if split in ("val", "test") else (1, 1))
 
     loader_args = {"batch_size": config.batch_size, "collate_fn": collate,
                    "num_workers": config.num_workers, "pin_memory": device.type == "cuda",
@@ -249,8 +258,13 @@ def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) 
     write_frame(predictions_frame(run.task_info, decoded, {s: evals[s].outputs for s in SPLITS},
                                   {s: evals[s].targets for s in SPLITS}),
                 run.run_dir / "predictions.parquet")
+    selection = results["selection"]
+    metric = selection["metric"]
     plot_curves(results["history"], run.run_dir / "curves.png",
-                title=f"{results['preset']} / {results['task']}")
+                title=f"{results['preset']} / {results['task']}",
+                best_epoch=selection["best_epoch"],
+                baseline={metric: results["baseline"]["val"].get(metric[len("val_"):])}
+                if metric.startswith("val_") else None)
     log(format_table(results))
     if run.failed:
         log(f"{len(run.failed)} video(s) could not be decoded: "
@@ -260,10 +274,19 @@ def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) 
 
 
 @torch.no_grad()
-def predict_clips(model: PixelModel, loader, device, autocast) -> tuple[np.ndarray, np.ndarray,
-                                                                           list]:
+def predict_clips(model: PixelModel, loader, device, autocast, *,
+                  task_kind: str | None = None) -> tuple[np.ndarray, np.ndarray, list]:
     """Outputs (N, K) float32 of the videos that decoded, their dataset indices (N,), and the
-    ``(index, error)`` of those that did not."""
+    ``(index, error)`` of those that did not.
+
+    A video seen in several test views (its index repeated, :func:`heads.finetune.clips.collate`)
+    gets one row, its views averaged as :func:`heads.windows.average_windows` averages windows
+    (``task_kind``: classification ``log(mean softmax)``, multi-label ``logit(mean sigmoid)``,
+    regression the mean); one view is its output itself.
+
+    Raises:
+        ValueError: views to average without ``task_kind``.
+    """
     model.eval()
     outputs, indices, errors = [], [], []
     for batch in loader:
@@ -276,7 +299,17 @@ def predict_clips(model: PixelModel, loader, device, autocast) -> tuple[np.ndarr
             indices.append(batch.indices)
     if not outputs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), errors
-    return torch.cat(outputs).numpy(), torch.cat(indices).numpy(), errors
+    outputs, indices = torch.cat(outputs).numpy(), torch.cat(indices).numpy()
+    videos, first = np.unique(indices, return_index=True)
+    if len(videos) == len(indices):
+        return outputs, indices, errors
+    if task_kind is None:
+        raise ValueError("predict_clips: test views to average need the task_kind")
+    from heads.windows import average_windows
+
+    videos = indices[np.sort(first)]  # in loader order
+    averaged = np.stack([average_windows(outputs[indices == v], task_kind) for v in videos])
+    return averaged, videos, errors
 
 
 def fit_standardizer(model: PixelModel, loader, device, autocast, max_videos: int):
@@ -320,6 +353,18 @@ def _progress(loader, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(loader, desc=desc, disable=None, leave=False)
+
+
+def optimiser_line(given: FinetuneConfig, config: FinetuneConfig) -> str:
+    """The optimiser settings and test views of resolved ``config``, saying which came from the
+    preset (the fields ``given`` left unset), e.g. ``lr 1.95e-06 (stat preset)``."""
+    preset = f" ({config.preset} preset)"
+    parts = [f"{label} {getattr(config, key):g}" + (preset if getattr(given, key) is None else "")
+             for key, label in (("lr", "lr"), ("weight_decay", "weight decay"),
+                                ("warmup_epochs", "warm-up epochs"),
+                                ("label_smoothing", "label smoothing"))]
+    views = "{}x{}".format(*config.test_views) + (preset if given.test_views is None else "")
+    return f"optimiser: {', '.join(parts)}; val/test views {views}"
 
 
 def parameter_line(config: FinetuneConfig, counts: dict) -> str:
