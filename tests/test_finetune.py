@@ -108,6 +108,46 @@ def test_preset_trains_from_pixels_on_the_demo(preset, preset_run):
     trainable = [e["trainable"] for e in checkpoint["encoders"]]
     assert trainable == [name in PRESETS[preset].trainable for name in PRESETS[preset].encoders]
     assert sorted(checkpoint["encoder_states"]) == [str(i) for i, t in enumerate(trainable) if t]
+    # The stat preset evaluates val and test on 5 × 1 views (STAT, Implementation Details).
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["test_views"] == ([5, 1] if preset == "stat" else [1, 1])
+
+
+def test_run_files_record_the_command_and_mark_the_best_epoch(demo_small, tmp_path,
+                                                              monkeypatch):
+    """As `heads train`: config.json holds the command line, curves.png marks the selected epoch
+    and the majority baseline; the stat preset trains with DeiT's label smoothing."""
+    import sys
+
+    import heads.runs
+
+    plots, losses = [], []
+    real_plot, real_fit = heads.runs.plot_curves, Trainer.fit
+
+    def plot(*args, **kwargs):
+        plots.append(kwargs)
+        real_plot(*args, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        losses.append(self.loss_fn)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(heads.runs, "plot_curves", plot)
+    monkeypatch.setattr(Trainer, "fit", fit)
+    argv = ["heads", "finetune", "--preset", "stat", "--epochs", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    config = tiny_config("stat", demo_small, tmp_path, epochs=2, test_views=(1, 1))
+    result = finetune(config, catalog=demo_small, log=lambda _: None)
+    saved = json.loads((Path(result["run_dir"]) / "config.json").read_text())
+    assert saved["argv"] == argv
+    assert (saved["config"]["weight_decay"], saved["config"]["warmup_epochs"],
+            saved["config"]["label_smoothing"]) == (0.05, 5, 0.1)  # the preset's (DeiT)
+    assert losses[0].label_smoothing == 0.1
+    (kwargs,) = plots
+    selection = result["selection"]
+    assert kwargs["best_epoch"] == selection["best_epoch"] >= 1
+    assert selection["metric"] == "val_top1"
+    assert kwargs["baseline"] == {"val_top1": result["baseline"]["val"]["top1"]}
 
 
 def test_checkpoint_rebuilds_the_model(preset_run, demo_small):
