@@ -46,7 +46,14 @@ def load_spec(path: str | Path, env: dict[str, str] | None = None) -> dict:
 
 
 def ray_job_submit_command(spec: dict, address: str) -> list[str]:
-    """The equivalent ``ray job submit`` argv."""
+    """The ``ray job submit`` argv equivalent to submitting ``spec`` with the job client.
+
+    The entrypoint goes after ``--`` as ``sh -c ENTRYPOINT``: Ray's CLI shell-quotes the
+    words it is given (``shlex.join``) before the head's shell runs them, so passing the
+    entrypoint's own words would quote ``${LVU_ROOT}`` and it would never expand. The head then
+    runs ``sh -c 'ENTRYPOINT'``: the same string, parsed by the same shell, with the same
+    ``runtime_env.env_vars``, as ``submit_job(entrypoint=ENTRYPOINT)`` runs it.
+    """
     argv = ["ray", "job", "submit", "--address", address]
     if "runtime_env" in spec:
         argv += ["--runtime-env-json", json.dumps(spec["runtime_env"])]
@@ -59,7 +66,7 @@ def ray_job_submit_command(spec: dict, address: str) -> list[str]:
         argv += ["--metadata-json", json.dumps(spec["metadata"])]
     if "submission_id" in spec:
         argv += ["--submission-id", spec["submission_id"]]
-    return [*argv, "--", *shlex.split(spec["entrypoint"])]
+    return [*argv, "--", "sh", "-c", spec["entrypoint"]]
 
 
 def main(argv: list[str] | None = None) -> int:

