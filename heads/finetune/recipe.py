@@ -13,6 +13,10 @@ Presets (:data:`heads.finetune.config.PRESETS`) are the papers' recipes:
 | ``vtn`` | ``longformer`` | **resnet18** | full; trains on 5.12 s clips | VTN §4.1, Tab. 2d |
 | ``stat`` | ``stat`` | **stat_embedding** (from scratch) | uniform | STAT, from pixels |
 
+A preset may also set val/test views (``stat``: 5 × 1, 3 × 3 from 64 frames; averaged by
+:func:`predict_clips`) and optimiser defaults (``stat``: DeiT's lr × batch / 512, weight
+decay, warm-up and label smoothing); flags win (:func:`heads.finetune.config.resolve_config`).
+
 A recipe read top to bottom in :func:`finetune`, in the shape of :func:`heads.train.train`:
 :func:`build` (catalog, labels, encoders, head, ``--init-from``) → :func:`setup`
 (standardisation, loaders, the run directory, the :class:`heads.loop.Trainer` with AdamW at a
