@@ -127,7 +127,9 @@ def test_predictions_average_the_views(ramp_video, kind):
 
 
 def test_presets_resolve_their_test_views():
-    views = lambda **kw: resolve_config(FinetuneConfig(task="t", **kw)).test_views  # noqa: E731
+    def views(**fields):
+        return resolve_config(FinetuneConfig(task="t", **fields)).test_views
+
     assert views(preset="stat") == (5, 1)  # T = 16
     assert views(preset="stat", num_frames=32) == (5, 1)
     assert views(preset="stat", num_frames=64) == (3, 3)
