@@ -30,6 +30,22 @@ def write_video(path: Path, frames: np.ndarray, *, fps: int = 25, faststart: boo
     return path
 
 
+def backbone_params(names):
+    """Backbone registry keys as pytest parameters for registry-wide tests: the timm models
+    over 10 M parameters (ViT-B/L: 3-10 s to build each on 2 cores; tests/test_timm_backbones.py
+    covers them one by one) run only with ``-m slow``."""
+    from pipeline.backbones import backbone_spec
+
+    return [pytest.param(name, marks=pytest.mark.slow)
+            if backbone_spec(name).hf_hub_id and name != "deit_ti16" else name
+            for name in names]
+
+
+def fast_backbones(names):
+    """The keys of :func:`backbone_params` that run without ``-m slow``."""
+    return [p for p in backbone_params(names) if isinstance(p, str)]
+
+
 def write_vfr_video(path: Path, frames: np.ndarray, times_sec) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 (crf 10) shown at ``times_sec`` (T,)
     seconds: a variable-frame-rate video, as phones and screen recorders write them (the same

@@ -7,9 +7,10 @@ import pytest
 
 from pipeline.backbones import backbone_spec, create_backbone, list_backbones
 from pipeline.weights import WeightsError, parse_weights_option, resolve_weights
+from tests.conftest import backbone_params
 
 
-@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("name", backbone_params(list_backbones()))
 def test_random_init_is_seeded(name):
     spec = backbone_spec(name)
     # clip backbones get 4 frames where the architecture allows it (SlowFast needs its 32)
