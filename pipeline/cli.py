@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Optional
 
 import typer
@@ -21,12 +23,9 @@ def _fail(message: str) -> None:
 
 
 def name_list_values(command, **metavars: str) -> None:
-    """Show a repeatable option's value as ``--feature BACKBONE:PLAN[:TOKENS]`` rather than
-    typer's ``<list[str]>``: sets the metavar of ``command``'s options named in ``metavars``
-    (parameter name → metavar) on their declarations, from which typer builds the CLI."""
-    import inspect
-    import typing
-
+    """Show a repeatable option's value as ``--catalog-option KEY=VALUE`` rather than typer's
+    ``<list[str]>``: sets the metavar of ``command``'s options named in ``metavars`` (parameter
+    name → metavar) on their declarations, from which typer builds the CLI."""
     hints = typing.get_type_hints(command, include_extras=True)
     for name, param in inspect.signature(command).parameters.items():
         if name not in metavars:
@@ -100,7 +99,7 @@ def extract(
     catalog_option: list[str] = typer.Option([], help=_OPTION_HELP),
     backbone: list[str] = typer.Option([], help="Backbone(s); repeat the flag. One decode feeds them all. Default: resnet18 and r2plus1d_18."),
     plan: Optional[str] = typer.Option(None, help="Sampling plan: scene (STAN), uniform (STAM), fps (ViS4mer), full (VTN), clips. Default: scene."),
-    feature: list[str] = typer.Option([], help="BACKBONE:PLAN[:TOKENS], repeatable, instead of --backbone/--plan/--tokens: several feature sets (e.g. resnet18:scene, vit_b16:fps:patch) from one decode and one scene detection of each video."),
+    feature: list[str] = typer.Option([], help="BACKBONE:PLAN[:TOKENS[:RESIZE]], repeatable, instead of --backbone/--plan/--tokens: several feature sets (e.g. resnet18:scene, vit_l16_in21k:fps:patch:squash) from one decode and one scene detection of each video; RESIZE defaults to --resize."),
     tokens: str = typer.Option("pooled", help="Token kind: pooled (T, D), or patch (T, N, D) for ViTs."),
     resize: str = typer.Option("crop", help="Frame geometry: crop (short side, then the centre square: the weights' own transform) or squash (whole frame to the square, as ViS4mer)."),
     num_frames: int = typer.Option(16, help="uniform plan: tokens per video."),
