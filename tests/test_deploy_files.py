@@ -273,7 +273,7 @@ def test_demo_job_extracts_what_the_demo_sweep_needs():
             if params["feature"]:
                 from pipeline.extract_config import Feature
 
-                extracted |= {tuple(Feature.parse(text)) for text in params["feature"]}
+                extracted |= {Feature.parse(text)[:3] for text in params["feature"]}
             else:
                 extracted |= {(b, params["plan"], params["tokens"]) for b in params["backbone"]}
     assert len(extracted) >= 3
@@ -289,7 +289,7 @@ def _extracted(params: dict) -> set[tuple[str, str, str]]:
     from pipeline.extract_config import Feature
 
     if params["feature"]:
-        return {tuple(Feature.parse(text)) for text in params["feature"]}
+        return {Feature.parse(text)[:3] for text in params["feature"]}  # backbone, plan, tokens
     return {(b, params["plan"] or "scene", params["tokens"])
             for b in params["backbone"] or ("resnet18", "r2plus1d_18")}
 
