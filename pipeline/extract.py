@@ -30,11 +30,12 @@ def feature_set_spec(
     ``feature`` gives its plan and token kind (default: the config's ``plan`` and ``tokens``);
     the spec is the same whether the feature set is extracted alone or with others.
     """
-    feature = feature or Feature(backbone, config.plan, config.tokens)
+    feature = feature or Feature(backbone, config.plan, config.tokens, config.resize)
     from pipeline.backbones import backbone_spec
     from pipeline.weights import describe_weights
 
-    spec_ = backbone_spec(backbone, resize=config.resize)  # `resize` is in it unless crop
+    resize = feature.resize or config.resize
+    spec_ = backbone_spec(backbone, resize=resize)  # `resize` is in it unless crop
     plan = config.plan_config(feature.plan)
     backbone_info = spec_.to_dict()
     # The spec says what the weights really are: "random init (seed N)" for `--weights none`,
@@ -134,7 +135,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         name = feature_set_name(spec)
         job = FeatureSetJob(name, feature.backbone, ref.path or ref.kind, config.seed, precision,
                             feature.tokens, plan=config.plan_config(feature.plan),
-                            resize=config.resize)
+                            resize=feature.resize)
         fs = store.create(
             name, spec=spec, token_kind=feature.tokens, dim=spec_.dim, dtype=config.dtype
         )

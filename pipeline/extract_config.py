@@ -20,23 +20,26 @@ DTYPES = ("float16", "float32")
 
 
 class Feature(NamedTuple):
-    """One feature set of a run: a backbone's tokens of one kind on one sampling plan."""
+    """One feature set of a run: a backbone's tokens of one kind on one sampling plan, with its
+    frame geometry (``None``: the run's ``--resize``)."""
 
     backbone: str
     plan: str
     tokens: str = "pooled"
+    resize: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Feature":
-        """``BACKBONE:PLAN[:TOKENS]``, e.g. ``vit_b16:fps:patch``.
+        """``BACKBONE:PLAN[:TOKENS[:RESIZE]]``, e.g. ``vit_b16:fps:patch`` or
+        ``vit_l16_in21k:fps:patch:squash``.
 
         Raises:
-            ValueError: not of that form, or an unknown plan or token kind.
+            ValueError: not of that form, or an unknown plan, token kind or resize mode.
         """
         parts = text.split(":")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"--feature {text!r}: write BACKBONE:PLAN[:TOKENS], e.g. "
-                             "resnet18:scene or vit_b16:fps:patch")
+        if len(parts) not in (2, 3, 4) or not all(parts):
+            raise ValueError(f"--feature {text!r}: write BACKBONE:PLAN[:TOKENS[:RESIZE]], e.g. "
+                             "resnet18:scene or vit_l16_in21k:fps:patch:squash")
         feature = cls(*parts)
         if feature.plan not in PLANS:
             raise ValueError(f"--feature {text!r}: unknown plan {feature.plan!r}; valid: "
@@ -44,6 +47,9 @@ class Feature(NamedTuple):
         if feature.tokens not in TOKEN_KINDS:
             raise ValueError(f"--feature {text!r}: unknown token kind {feature.tokens!r}; "
                              f"valid: {', '.join(TOKEN_KINDS)}")
+        if feature.resize is not None and feature.resize not in RESIZE_MODES:
+            raise ValueError(f"--feature {text!r}: unknown resize {feature.resize!r}; valid: "
+                             f"{', '.join(RESIZE_MODES)}")
         return feature
 
 
@@ -69,8 +75,8 @@ class ExtractConfig:
     # Token kind: pooled (T, D) or patch (T, N, D; ViTs only).
     tokens: str = "pooled"
     # Several feature sets from one decode and one scene detection of each video, as
-    # "BACKBONE:PLAN[:TOKENS]" (e.g. "resnet18:scene", "vit_b16:fps:patch"); the plan knobs
-    # above apply to every feature on that plan. Empty: every backbone on `plan` with `tokens`.
+    # "BACKBONE:PLAN[:TOKENS[:RESIZE]]" (e.g. "resnet18:scene", "vit_l16_in21k:fps:patch:squash";
+    # RESIZE defaults to `resize` below); the plan knobs apply to every feature on that plan. Empty: every backbone on `plan` with `tokens`.
     # When given, `backbones`, `plan` and `tokens` are set from it (its backbones, its first
     # feature's plan and token kind).
     features: tuple[str, ...] = ()
@@ -126,6 +132,7 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.features:
             parsed = [Feature.parse(text) for text in self.features]
+            parsed = [f._replace(resize=f.resize or self.resize) for f in parsed]
             if len(set(parsed)) < len(parsed):
                 raise ValueError(f"--feature: a feature is given twice in {list(self.features)}")
             # frozen: the derived fields are set once, here
@@ -176,8 +183,10 @@ class ExtractConfig:
     def feature_list(self) -> list[Feature]:
         """The run's feature sets: ``features``, or every backbone on ``plan`` with ``tokens``."""
         if self.features:
-            return [Feature.parse(text) for text in self.features]
-        return [Feature(backbone, self.plan, self.tokens) for backbone in self.backbones]
+            return [f._replace(resize=f.resize or self.resize)
+                    for f in map(Feature.parse, self.features)]
+        return [Feature(backbone, self.plan, self.tokens, self.resize)
+                for backbone in self.backbones]
 
     def plan_config(self, plan: str | None = None) -> PlanConfig:
         """Sampling plan ``plan`` (default: ``self.plan``) with this run's knobs."""

@@ -87,10 +87,28 @@ def test_a_new_feature_resumes_alone(catalog, tmp_path, count_decodes):
     assert third.num_skipped == 2 and third.num_ok == 0
 
 
+def test_each_feature_may_have_its_own_resize(catalog, tmp_path):
+    features = ("resnet18:uniform", "resnet18:uniform:pooled:squash")
+    both = run_extract(ExtractConfig(store=str(tmp_path / "both"), features=features, **KNOBS),
+                       catalog=catalog, progress=False)
+    squash = run_extract(ExtractConfig(store=str(tmp_path / "squash"), backbones=("resnet18",),
+                                       plan="uniform", resize="squash", **KNOBS),
+                         catalog=catalog, progress=False)
+    crop_name, squash_name = both.feature_sets
+    assert squash.feature_sets == [squash_name] != [crop_name]
+    store = FeatureStore(tmp_path / "both")
+    cropped, squashed = (store.open(n).read("a").tokens for n in both.feature_sets)
+    assert not np.allclose(cropped, squashed)
+    np.testing.assert_array_equal(
+        squashed, FeatureStore(tmp_path / "squash").open(squash_name).read("a").tokens)
+
+
 @pytest.mark.parametrize("features, message", [
     (("resnet18",), "BACKBONE:PLAN"),
     (("resnet18:nope",), "unknown plan 'nope'"),
     (("vit_b16:fps:cls",), "unknown token kind 'cls'"),
+    (("vit_b16:fps:patch:stretch",), "unknown resize 'stretch'"),
+    (("resnet18:scene", "resnet18:scene:pooled:crop"), "given twice"),
     (("resnet18:scene", "resnet18:scene"), "given twice"),
 ])
 def test_bad_features_are_refused(features, message):
@@ -107,4 +125,4 @@ def test_the_cli_takes_features_and_refuses_them_with_backbone(tmp_path):
     assert result.exit_code == 2 and "error:" in result.output and "token kind" in result.output
     config = ExtractConfig(features=("vit_b16:fps:patch", "resnet18:scene"))
     assert config.backbones == ("vit_b16", "resnet18") and config.plan == "fps"
-    assert config.feature_list()[1] == Feature("resnet18", "scene", "pooled")
+    assert config.feature_list()[1] == Feature("resnet18", "scene", "pooled", "crop")
