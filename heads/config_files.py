@@ -124,10 +124,13 @@ def head_defaults(head: str, dataset: str | None = None) -> dict:
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """``config`` with the defaults that depend on other fields (the head's file) filled in:
     ``data_root``, ``features``, ``plan`` and ``window_sec``."""
+    from catalogs import default_root  # polars: not at import, so that --help stays instant
+
     defaults = head_defaults(config.head, config.dataset)
     return replace(
         config,
-        data_root=config.data_root or f"data/{config.dataset}",
+        data_root=config.data_root or default_root(
+            config.dataset, (config.catalog_options or {}).get("variant")),
         features=config.features or tuple(defaults["features"]),
         plan=config.plan or defaults["plan"],
         window_sec=float(

@@ -283,3 +283,20 @@ def test_demo_help_counts_the_videos_it_builds(monkeypatch):
     assert f"{VARIANTS['small'].num_videos} videos" in output
     assert "[datasets.<dataset>]" in _help(["heads", "train"], 200, monkeypatch)
     assert "[datasets.<dataset>]" in _help(["heads", "sweep"], 200, monkeypatch)
+
+
+def test_heads_default_data_root_follows_the_variant():
+    """`heads train/finetune --variant small` read the variant's own default root, the one
+    `pipeline extract --variant small` builds (issue 20 item 6)."""
+    from heads.config import TrainConfig
+    from heads.config_files import resolve_config
+    from heads.finetune.config import FinetuneConfig
+    from heads.finetune.config import resolve_config as resolve_finetune
+
+    small = {"variant": "small"}
+    assert resolve_config(TrainConfig(task="t", head="mean", dataset="demo",
+                                      catalog_options=small)).data_root == "data/demo-small"
+    assert resolve_config(TrainConfig(task="t", head="mean",
+                                      dataset="demo")).data_root == "data/demo"
+    assert resolve_finetune(FinetuneConfig(task="t", dataset="demo",
+                                           catalog_options=small)).data_root == "data/demo-small"

@@ -200,10 +200,13 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
         ValueError: a trainable encoder is not one of the encoders, or random training frames
             or temporal test views with the scene plan.
     """
+    from catalogs import default_root  # polars: not at import, so that --help stays instant
+
     preset = PRESETS[config.preset]
     config = replace(
         config,
-        data_root=config.data_root or f"data/{config.dataset}",
+        data_root=config.data_root or default_root(
+            config.dataset, (config.catalog_options or {}).get("variant")),
         head=config.head or preset.head,
         encoders=config.encoders or preset.encoders,
         plan=config.plan or preset.plan,
