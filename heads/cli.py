@@ -391,6 +391,27 @@ def explain(
     typer.echo(f"plot written to {png}")
 
 
+@app.command("compare")
+def compare_command(
+    path: Annotated[str, typer.Argument(
+        help="A sweep directory (sweep.json), a run directory, or a folder holding them (its "
+             "newest sweep).")],
+    table: Annotated[str, typer.Option(
+        help="Reference table: a name of heads/references/ (vis4mer_lvu, stan_lvu, "
+             "demo_dry_run) or a .toml path.")],
+    out: Annotated[str | None, typer.Option(
+        help="Folder for compare.md/.csv/.png (default: the sweep or run directory).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split to compare (default: the table's, test).")] = None,
+) -> None:
+    """Our results next to a paper's table: mean ± SE, the paper's value, the difference, cells
+    outside 2 SE marked, and why a cell could not run."""
+    from heads.compare import run_compare
+
+    with user_errors():
+        run_compare(path, table=table, out_dir=out, split=split, log=typer.echo)
+
+
 @app.command("list")
 def list_command(
     in_dim: Annotated[int, typer.Option(help="Feature dim D of every stream.")] = 512,
