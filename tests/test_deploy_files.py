@@ -19,7 +19,8 @@ import typer
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB_SPECS = sorted((ROOT / "jobs").glob("*.yaml"))
+# The stage jobs and the reproduction jobs (jobs/reproduce/: extract && sweep; compare).
+JOB_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs").glob("reproduce/*.yaml"))
 DOCKERFILE = ROOT / "docker" / "Dockerfile.gpu"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 
@@ -38,6 +39,22 @@ def _expand(text: str, env: dict[str, str]) -> str:
         return env[match.group(1)]
 
     return re.sub(r"\$\{(\w+)\}", value, text)
+
+
+def _commands(entrypoint: str) -> list[list[str]]:
+    """The commands of a shell entrypoint chained with ``&&``, ``;`` or ``||``, split as the
+    shell splits them (each a list of words)."""
+    lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for word in lexer:
+        if word in ("&&", ";", "||"):
+            commands.append([])
+        else:
+            assert not set(word) <= set("();<>|&"), f"{word!r}: only &&, ; and || are checked"
+            commands[-1].append(word)
+    assert all(commands), f"an empty command in {entrypoint!r}"
+    return commands
 
 
 def _parse_cli(argv: list[str]) -> tuple[str, dict]:
@@ -69,13 +86,25 @@ def test_job_spec_is_a_valid_ray_job_of_our_cli(path):
     assert set(spec) <= ray_keys and set(submit.ALLOWED_KEYS) <= ray_keys
     env = spec["runtime_env"]["env_vars"]
     assert all(isinstance(v, str) for v in env.values())  # Ray requires string env values
-    argv = shlex.split(_expand(spec["entrypoint"], env))
+    for argv in _commands(_expand(spec["entrypoint"], env)):
+        _check_command(argv, env)
+
+
+def _check_command(argv: list[str], env: dict[str, str]) -> None:
+    """One command of an entrypoint parses with our CLIs: extract and sweep join the job's
+    cluster on the job's dataset and store; compare names a shipped reference table."""
     if argv[:2] == ["heads", "sweep"]:
         from heads.cli import app as heads_app
 
         if "sweep" not in typer.main.get_command(heads_app).commands:
             pytest.skip("`heads sweep` is not in this checkout yet (written for issue 5)")
     name, params = _parse_cli(argv)
+    if name == "compare":
+        from heads.compare import load_reference
+
+        load_reference(params["table"])  # KeyError for a table that is not shipped
+        assert params["path"].startswith(env["LONGVID_RUNS"])
+        return
     assert params["address"] == "auto"  # join the job's cluster, never start a second Ray
     assert params["dataset"] == "lvu" and params["store"] == env["LONGVID_STORE"]
     if name == "extract":
@@ -86,6 +115,14 @@ def test_job_spec_is_a_valid_ray_job_of_our_cli(path):
         backbones = {f.backbone for f in features} | set(params["backbone"])
         assert backbones and backbones <= set(list_backbones())
         assert params["gpus_per_worker"] > 0 and params["precision"] != "auto"
+
+
+def test_chained_entrypoints_are_split_as_the_shell_splits_them():
+    assert _commands("pipeline extract --fps 1 && heads sweep --set 'a=[\"x\"]'; heads compare r") \
+        == [["pipeline", "extract", "--fps", "1"], ["heads", "sweep", "--set", 'a=["x"]'],
+            ["heads", "compare", "r"]]
+    with pytest.raises(Exception, match="No such option: --tabel"):
+        _parse_cli(["heads", "compare", "runs", "--tabel", "vis4mer_lvu"])
 
 
 def test_job_spec_errors_and_the_ray_job_submit_line(tmp_path):
@@ -317,6 +354,35 @@ def test_lvu_extract_job_extracts_what_the_lvu_sweep_needs():
     for head in heads:
         config = build_config({"task": "genre", "head": head, "dataset": "lvu",
                                **overrides[head]})
+        for backbone in config.features:
+            assert any((backbone, config.plan, kind) in extracted
+                       for kind in head_token_kinds(head)), (head, backbone, config.plan)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("reproduce/*.yaml")),
+                         ids=lambda p: p.name)
+def test_a_reproduction_extracts_what_its_sweep_needs_and_compares_that_sweep(path):
+    """In one reproduction job, every head of the sweep reads features its extraction writes,
+    the comparison reads the sweep's runs folder, and its table's rows and tasks are the
+    sweep's heads and tasks (none left out for want of a run)."""
+    from heads.compare import load_reference
+    from heads.config_files import build_config
+    from heads.data import head_token_kinds
+
+    spec = _submit_module().load_spec(path)
+    env = spec["runtime_env"]["env_vars"]
+    parsed = dict(_parse_cli(argv) for argv in _commands(_expand(spec["entrypoint"], env)))
+    extract, sweep, compare = parsed["extract"], parsed["sweep"], parsed["compare"]
+    assert extract["data_root"] == sweep["data_root"] and extract["store"] == sweep["store"]
+    assert compare["path"] == sweep["runs_dir"] and sweep["seeds"] == 5
+    heads, tasks = sweep["heads_"].split(","), sweep["tasks"].split(",")
+    reference = load_reference(compare["table"])
+    assert reference["source"]["dataset"] == "lvu" == sweep["dataset"]
+    assert {row["head"] for row in reference["rows"].values()} == set(heads)
+    assert {t for row in reference["rows"].values() for t in row["cells"]} == set(tasks)
+    extracted = _extracted(extract)
+    for head in heads:
+        config = build_config({"task": tasks[0], "head": head, "dataset": "lvu"})
         for backbone in config.features:
             assert any((backbone, config.plan, kind) in extracted
                        for kind in head_token_kinds(head)), (head, backbone, config.plan)
