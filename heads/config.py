@@ -72,9 +72,12 @@ class RunConfig:
         checks = {
             "--epochs": (self.epochs >= 1, "at least 1", self.epochs),
             "--batch-size": (self.batch_size >= 1, "at least 1", self.batch_size),
-            "--lr": (self.lr > 0, "positive", self.lr),
-            "--weight-decay": (self.weight_decay >= 0, "non-negative", self.weight_decay),
-            "--warmup-epochs": (self.warmup_epochs >= 0, "non-negative", self.warmup_epochs),
+            # None: left to a recipe's own default (heads finetune's presets), checked there.
+            "--lr": (self.lr is None or self.lr > 0, "positive", self.lr),
+            "--weight-decay": (self.weight_decay is None or self.weight_decay >= 0,
+                               "non-negative", self.weight_decay),
+            "--warmup-epochs": (self.warmup_epochs is None or self.warmup_epochs >= 0,
+                                "non-negative", self.warmup_epochs),
             "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
             "--patience": (self.patience >= 0, "non-negative", self.patience),
             "--optimizer": (self.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS),

@@ -144,16 +144,7 @@ class FinetuneConfig(RunConfig):
             object.__setattr__(self, "test_views", tuple(self.test_views))
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: valid presets are {', '.join(PRESETS)}")
-        # RunConfig's range checks compare numbers: a setting left to the preset (None until
-        # resolve_config) is checked as its finetune default meanwhile, then None again.
-        unset = [k for k in ("lr", "weight_decay", "warmup_epochs") if getattr(self, k) is None]
-        for key in unset:
-            object.__setattr__(self, key, FINETUNE_DEFAULTS[key])
-        try:
-            super().__post_init__()
-        finally:
-            for key in unset:
-                object.__setattr__(self, key, None)
+        super().__post_init__()  # lr, weight_decay, warmup_epochs may be None: the preset's
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
