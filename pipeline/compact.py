@@ -108,7 +108,7 @@ def compact_feature_set(
 
 def _compact(fs: FeatureSet, *, target_mib: float, progress: bool) -> CompactReport:
     """:func:`compact_feature_set`'s work, under the lock (the index is listed here)."""
-    from tqdm import tqdm
+    from pipeline.progress import progress_bar
 
     t0 = time.perf_counter()
     report = CompactReport(fs.name)
@@ -150,8 +150,8 @@ def _compact(fs: FeatureSet, *, target_mib: float, progress: bool) -> CompactRep
     packs.append(current)
 
     moved_from: dict[str, int] = {}  # old part -> videos moved out of it
-    bar = tqdm(total=len(candidates), unit="video", desc=f"compact {fs.name}",
-               disable=not progress)
+    bar = progress_bar(total=len(candidates), unit="video", desc=f"compact {fs.name}",
+                       disable=not progress)
     for pack in packs:
         part_id, offsets, nbytes = _write_packed_part(fs, pack)
         report.bytes_written += nbytes

@@ -269,12 +269,12 @@ class _Progress:
     """Progress bar of videos done and failed and frames/s, feeding the summary's counts."""
 
     def __init__(self, summary: ExtractSummary, total: int, *, enabled: bool):
-        from tqdm import tqdm
+        from pipeline.progress import progress_bar
 
         self.summary = summary
         self.t_start = time.perf_counter()
-        self.bar = tqdm(total=total, unit="video", desc="extract", disable=not enabled,
-                        file=sys.stderr, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, unit="video", desc="extract", disable=not enabled,
+                                file=sys.stderr, dynamic_ncols=True)
 
     def record(self, result) -> None:
         summary = self.summary
@@ -284,10 +284,12 @@ class _Progress:
         else:
             summary.num_failed += 1
             summary.failed[result.video_id] = result.error
-        self.bar.update(1)
         elapsed = time.perf_counter() - self.t_start
+        # No redraw of its own: the update below draws it, as often as the bar allows (rarely
+        # in a log file: pipeline.progress).
         self.bar.set_postfix(ok=summary.num_ok, failed=summary.num_failed,
-                             fps=f"{summary.num_frames / elapsed:.0f}")
+                             fps=f"{summary.num_frames / elapsed:.0f}", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()

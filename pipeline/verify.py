@@ -100,7 +100,7 @@ def verify_feature_set(
 
 def _verify_videos(fs, report, dim, dtype, *, quick, progress) -> None:
     """The checks of :func:`verify_feature_set` on a feature set whose metadata reads."""
-    from tqdm import tqdm
+    from pipeline.progress import progress_bar
 
     rows = []
     for name in fs.loc.listdir("index"):
@@ -140,7 +140,8 @@ def _verify_videos(fs, report, dim, dtype, *, quick, progress) -> None:
             "checksummed chunks and hashed videos): their integrity cannot be checked; "
             "extract them into a new store to get checksums"
         )
-    bar = tqdm(total=len(ok_rows), unit="video", desc=f"verify {fs.name}", disable=not progress)
+    bar = progress_bar(total=len(ok_rows), unit="video", desc=f"verify {fs.name}",
+                       disable=not progress)
     for part_id, part_rows in sorted(by_part.items()):
         problems = _check_part(fs, part_id, part_rows, published, dim, dtype, quick=quick)
         for row in part_rows:
