@@ -399,3 +399,28 @@ def test_vit_b16_in21k_extracts_the_demo_and_vis4mer_trains_on_its_patch_tokens(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"train", "val", "test"}
     assert name in (run_dir / "config.json").read_text()
+
+
+def test_every_timm_backbone_extracts_the_small_demo_in_one_run(demo_small, tmp_path):
+    """Issue 17's "done when": each new backbone extracts the demo into the store (random init,
+    1 frame per video, the whole 8-video small variant), all six from one decode per video."""
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.store import FeatureStore
+
+    features = tuple(f"{name}:uniform:patch" for name in TIMM)
+    config = ExtractConfig(dataset="demo", store=str(tmp_path / "store"), features=features,
+                           num_frames=1, detector="none", precision="fp32", weights=("none",),
+                           short_side_px=224, num_workers=0)
+    summary = run_extract(config, catalog=demo_small, progress=False)
+    assert (summary.num_ok, summary.num_failed) == (demo_small.videos.height, 0)
+    assert len(summary.feature_sets) == len(TIMM) == 6
+    store = FeatureStore(tmp_path / "store")
+    for name, set_name in zip(TIMM, summary.feature_sets):
+        fs = store.open(set_name)
+        spec = backbone_spec(name)
+        assert fs.spec["backbone"] == name and fs.spec["token_shape"] == list(
+            spec.token_shape("patch"))
+        for video_id in demo_small.videos["video_id"]:
+            tokens = fs.read(video_id).tokens.astype(np.float32)  # (1, N, D)
+            assert tokens.shape == (1, *spec.token_shape("patch"))
+            assert np.isfinite(tokens).all() and tokens.std() > 0.1
