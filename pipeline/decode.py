@@ -30,7 +30,7 @@ class VideoInfo:
         path: The file.
         fps: Average frame rate, frames/s.
         num_frames: Frame count announced by the container (0 when unknown).
-        duration_sec: Duration in seconds (``num_frames / fps`` when the header has none).
+        duration_sec: Duration in seconds (``num_frames / fps`` when the header has none or 0).
         width_px: Coded width.
         height_px: Coded height.
         codec: Codec name, e.g. ``h264``.
@@ -215,9 +215,10 @@ def _info(path: str, container) -> VideoInfo:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
     num_frames = int(stream.frames or 0)
-    if stream.duration is not None and stream.time_base is not None:
+    # The stream's duration, else the container's, else frames / fps: a header may give 0.
+    if stream.duration and stream.time_base is not None:
         duration_sec = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+    elif container.duration:
         duration_sec = container.duration / 1_000_000
     else:
         duration_sec = num_frames / fps

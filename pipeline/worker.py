@@ -213,7 +213,7 @@ class VideoExtractor:
         fps = reader.info.fps
         detect = self.scene_config.detector != "none"
         segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
-        duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
+        duration_sec = reader.info.duration_sec  # the header's, else frames / fps
         groups: dict[PlanConfig, list[str]] = {}  # plan -> its feature sets due for this video
         for name in feature_sets:
             groups.setdefault(self.plans[name], []).append(name)

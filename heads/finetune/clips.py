@@ -104,7 +104,7 @@ def decode_views(
     """
     reader = VideoReader(path, short_side_px=short_side_px)
     fps = reader.info.fps
-    duration_sec = reader.info.duration_sec or reader.info.num_frames / fps
+    duration_sec = reader.info.duration_sec  # the header's, else frames / fps
     samplers = {k: make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng,
                                 offset=offset) for k, offset in enumerate(offsets)}
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
