@@ -13,13 +13,19 @@ import typer
 
 from heads import cli_common as shared
 from heads.cli_common import check_device, check_store, parse_key_values, user_errors
-from pipeline.cli import name_list_values
+from pipeline.cli import LogLevel, Verbose, name_list_values, setup_logging
 
 app = typer.Typer(
     help="Train and inspect temporal heads on features from `pipeline extract`.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _main(verbose: Verbose = 0, log_level: LogLevel = None) -> None:
+    # No docstring: the app's help stays the one given to typer.Typer above.
+    setup_logging(verbose, log_level)
 
 
 # Help is Rich markup: "\[" (in r-strings) keeps "[datasets.<dataset>]" from being read as a tag.

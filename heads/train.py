@@ -25,6 +25,7 @@ table for the run's dataset (see :mod:`heads.config_files`).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -73,6 +74,8 @@ from heads.windows import (
 
 __all__ = ["TrainConfig", "resume_config", "train"]
 
+log_ = logging.getLogger(__name__)  # `log` is the parameter the progress lines go to
+
 # The flags `heads train --resume` takes that may differ from the run's config.json: where the
 # feature store is now (its feature sets must still be the run's, fingerprint for fingerprint).
 # Every other flag may only repeat the stored value.
@@ -118,6 +121,9 @@ def train(
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         run = setup(config, catalog, data, log=log, resume=resume)
+        log_.info("training %s on %s/%s for up to %d epoch(s) (seed %d, device %s) in %s",
+                  config.head, catalog.name, data.task.name, config.epochs, config.seed,
+                  config.device, run.run_dir)
         if resume is not None:
             log(f"resuming {run.run_dir} after epoch {run.trainer.epoch} of {config.epochs}")
         run.trainer.fit(run.batches, run.evaluate, desc=f"{config.head}/{data.task.name}",
@@ -151,8 +157,14 @@ def build(config: TrainConfig, *, catalog: Catalog | None, log, cache: dict | No
         config.store, catalog.name, config.features, config.plan, prefer=prefer or None,
         token_kinds=head_token_kinds(config.head),
     )
+    log_.info("feature sets of %s/%s: %s", catalog.name, config.task,
+              ", ".join(fs.name for fs in feature_sets))
     data = load_task_data(catalog, config.task, feature_sets, log=log, cache=cache,
                           loading=config.data_loading, stream_cache_mib=config.stream_cache_mib)
+    log_.info("%s videos (%s), %s; left out: %s", data.task.name,
+              ", ".join(f"{split} {len(ids)}" for split, ids in data.video_ids.items()),
+              "streamed from the store" if isinstance(data.tokens["train"], StoredVideos)
+              else "in memory", data.num_dropped or "none")
     return config, catalog, data
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+
+from pipeline.logs import LEVEL_ENV
 
 app = typer.Typer(
     help="Stage 1: decode videos, detect scenes, run backbones, write a feature store.",
@@ -20,6 +22,32 @@ app.add_typer(demo_app, name="demo")
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code=2)
+
+
+# The logging options of both CLIs (`pipeline` and `heads`), given before the command.
+Verbose = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True, show_default=False,
+    help="Log more on stderr: -v info, -vv debug (default: warnings only).")]
+LogLevel = Annotated[Optional[str], typer.Option(
+    "--log-level", metavar="LEVEL", envvar=LEVEL_ENV,
+    help="Log level on stderr: debug, info, warning or error; wins over -v.")]
+
+
+def setup_logging(verbose: int, log_level: Optional[str]) -> None:
+    """Configure logging from ``-v`` / ``--log-level`` (:mod:`pipeline.logs`); an unknown level
+    is a one-line error (exit code 2)."""
+    from pipeline.logs import cli_level, configure_logging
+
+    try:
+        configure_logging(cli_level(verbose, log_level))
+    except ValueError as err:
+        _fail(str(err))
+
+
+@app.callback()
+def _main(verbose: Verbose = 0, log_level: LogLevel = None) -> None:
+    # No docstring: the app's help stays the one given to typer.Typer above.
+    setup_logging(verbose, log_level)
 
 
 def name_list_values(command, **metavars: str) -> None:

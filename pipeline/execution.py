@@ -6,6 +6,7 @@ feeds the run's :class:`~pipeline.extract_config.ExtractSummary`.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ from pipeline.decode import VideoError
 from pipeline.extract_config import ExtractConfig, ExtractSummary
 from pipeline.store import FeatureStore
 
+
+log = logging.getLogger(__name__)
 
 # Longest the driver waits for a result before checking the videos' time limits, seconds.
 WAIT_POLL_SEC = 5.0
@@ -37,19 +40,14 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     """
     import ray
 
-    from pipeline.worker import VideoExtractor, VideoResult
+    from pipeline.worker import VideoResult
 
     started_here = not ray.is_initialized()
     if started_here:
         _start_ray(ray, config.address)
     try:
         num_workers = _num_workers(config, ray.cluster_resources(), len(todo))
-        actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
-            VideoExtractor
-        )
-        kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
-                  "device": "cuda" if config.gpus_per_worker else "cpu",
-                  "run_started_at": summary.started_at}
+        actor_cls, kwargs = _actor_class(ray, config, summary.started_at)
 
         def new_actor():
             actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
@@ -104,6 +102,8 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 nodes.pop(actor, None)
                 starting.pop(actor, None)
                 crashes[video_id] = crashes.get(video_id, 0) + 1
+                log.warning("the worker extracting %s died (%s), %d time(s)", video_id,
+                            type(err).__name__, crashes[video_id])
                 if crashes[video_id] <= config.crash_retries:
                     queue.append(item)
                 else:
@@ -132,12 +132,47 @@ def _start_ray(ray, address: str | None) -> None:
     """Joins the cluster at ``address`` (else ``RAY_ADDRESS``), or starts a fresh local Ray."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+    # log_to_driver: the workers' stderr (their log records, warnings, tracebacks) is streamed
+    # to ours, each line prefixed with the actor and its pid (pipeline.logs).
     if address:
-        ray.init(address=address, log_to_driver=False)
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
     else:
+        log.info("starting a local Ray (no --address, no RAY_ADDRESS)")
         # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
         # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+
+
+def _actor_class(ray, config: ExtractConfig, run_started_at: float) -> tuple:
+    """The Ray actor class of this run's extractors and its keyword arguments (besides the
+    store and the jobs)."""
+    from pipeline.worker import VideoExtractor
+
+    actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
+        logging_extractor(VideoExtractor)
+    )
+    kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
+              "device": "cuda" if config.gpus_per_worker else "cpu",
+              "run_started_at": run_started_at}
+    return actor_cls, kwargs
+
+
+def logging_extractor(base: type) -> type:
+    """A subclass of the extractor class ``base`` that first configures its process's logging
+    at the level named by ``LONGVID_LOG_LEVEL`` in the ``env`` it is given (the driver's level:
+    :func:`pipeline.logs.worker_env`), so that a Ray worker logs as the driver does; its
+    records reach the driver's stderr through Ray's ``log_to_driver``."""
+    class Extractor(base):
+        def __init__(self, *args, env: dict[str, str] | None = None, **kwargs):
+            from pipeline.logs import LEVEL_ENV, configure_logging
+
+            configure_logging((env or {}).get(LEVEL_ENV))
+            super().__init__(*args, env=env, **kwargs)
+
+    # Ray prefixes each forwarded line with the class name: "(VideoExtractor pid=...)".
+    Extractor.__name__ = Extractor.__qualname__ = base.__name__
+    return Extractor
 
 
 def _num_workers(config: ExtractConfig, resources: dict[str, float], num_videos: int) -> int:
@@ -154,7 +189,10 @@ def _num_workers(config: ExtractConfig, resources: dict[str, float], num_videos:
                              f"{resources.get('GPU', 0)} GPU(s)")
     else:
         default = int(resources.get("CPU", 1))
-    return min(config.num_workers or max(1, default), num_videos)
+    num_workers = min(config.num_workers or max(1, default), num_videos)
+    log.info("%d extractor(s) for %d video(s) on a cluster of %g CPU(s), %g GPU(s)",
+             num_workers, num_videos, resources.get("CPU", 0), resources.get("GPU", 0))
+    return num_workers
 
 
 def _startup_sec(ray, actors, started_at: float) -> float:
@@ -175,8 +213,11 @@ def _node_of(ray, ref) -> str:
 
 
 def _forwarded_env() -> dict[str, str]:
-    """``LONGVID_*`` variables of the driver, passed on to every worker (on any node)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("LONGVID_")}
+    """``LONGVID_*`` variables of the driver, passed on to every worker (on any node), with
+    ``LONGVID_LOG_LEVEL`` set to the level the driver logs at."""
+    from pipeline.logs import worker_env
+
+    return {**{k: v for k, v in os.environ.items() if k.startswith("LONGVID_")}, **worker_env()}
 
 
 def _overdue(ray, inflight: dict, starting: dict, limit_sec: float) -> list[tuple]:
@@ -194,6 +235,9 @@ def _overdue(ray, inflight: dict, starting: dict, limit_sec: float) -> list[tupl
             if loaded:
                 del starting[actor]
     late = [ref for ref, (_, _, since) in inflight.items() if now - since > limit_sec]
+    for ref in late:
+        log.warning("%s: running for over %g s (--video-timeout-sec); ending its worker",
+                    inflight[ref][1][1], limit_sec)
     return [inflight.pop(ref)[:2] for ref in late]
 
 
@@ -277,6 +321,12 @@ class _Progress:
                                 file=sys.stderr, dynamic_ncols=True)
 
     def record(self, result) -> None:
+        if result.status == "ok":
+            log.debug("%s: %d frames, %d tokens in %.1f s decoding, %.1f s in backbones",
+                      result.video_id, result.num_frames, result.num_tokens, result.decode_sec,
+                      result.backbone_sec)
+        else:
+            log.info("%s failed: %s", result.video_id, result.error)
         summary = self.summary
         summary.num_frames += result.num_frames
         if result.status == "ok":

@@ -11,6 +11,7 @@ are defined in :mod:`pipeline.extract_config` and importable from here.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -19,6 +20,8 @@ from pipeline import execution
 from pipeline.execution import WorkerStartError  # noqa: F401  (raised by run_extract)
 from pipeline.extract_config import DTYPES, ExtractConfig, ExtractSummary, Feature  # noqa: F401
 from pipeline.store import SCHEMA_VERSION, FeatureStore, fingerprint
+
+log = logging.getLogger(__name__)
 
 
 def feature_set_spec(
@@ -142,16 +145,10 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         feature_sets.append(fs)
         jobs.append(job)
 
-    paths = dict(zip(videos["video_id"], videos["path"]))
-    done, changed = {}, {}
-    for fs in feature_sets:
-        done[fs.name], why = stored_unchanged(fs, paths)
-        changed.update(why)
-    todo = []  # (video_id, path, [feature sets still missing it])
-    for row in videos.iter_rows(named=True):
-        missing = [fs.name for fs in feature_sets if row["video_id"] not in done[fs.name]]
-        if missing:
-            todo.append((row["video_id"], row["path"], missing))
+    log.info("store %s: feature set(s) %s", store.url, ", ".join(fs.name for fs in feature_sets))
+    todo, changed = _to_do(videos, feature_sets)
+    log.info("%d video(s) to extract, %d already stored, %d catalog video(s) without a file",
+             len(todo), len(videos) - len(todo), len(missing_on_disk))
     summary = ExtractSummary(
         feature_sets=[fs.name for fs in feature_sets],
         num_videos=len(videos),
@@ -161,6 +158,7 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
         changed=changed,
     )
     if todo and config.num_workers == 0:
+        log.info("extracting in this process (--num-workers 0)")
         execution.run_here(config, jobs, todo, summary, store.url, progress=progress)
     elif todo:
         execution.run_on_ray(config, jobs, todo, summary, store.url, progress=progress)
@@ -172,9 +170,32 @@ def run_extract(config: ExtractConfig, *, catalog=None, progress: bool = True) -
             # This run's parts, and one-video parts a killed earlier run left unpacked.
             ok = fs.index().filter(pl.col("status") == "ok")
             if any(not is_packed(part) for part in ok["part"].to_list()):
+                log.info("%s: packing one-video parts", fs.name)
                 summary.compact_sec += compact_feature_set(fs, progress=progress).seconds
     _record_run(feature_sets, config, summary)
     return summary
+
+
+def _to_do(videos, feature_sets) -> tuple[list[tuple], dict[str, str]]:
+    """Resume: ``(video_id, path, [names of the feature sets still missing it])`` of every
+    catalog video (rows of ``videos``) some feature set lacks, and ``{video_id: why}`` of the
+    stored videos whose source file changed (they are in the list again)."""
+    paths = dict(zip(videos["video_id"], videos["path"]))
+    done, changed = {}, {}
+    for fs in feature_sets:
+        done[fs.name], why = stored_unchanged(fs, paths)
+        changed.update(why)
+        log.debug("%s: %d of the %d video(s) stored ok and unchanged", fs.name,
+                  len(done[fs.name] & paths.keys()), len(paths))
+    for video_id, why in sorted(changed.items()):
+        log.info("%s: extracting again, its source file changed (%s)", video_id, why)
+    todo = []
+    for row in videos.iter_rows(named=True):
+        missing = [fs.name for fs in feature_sets if row["video_id"] not in done[fs.name]]
+        if missing:
+            todo.append((row["video_id"], row["path"], missing))
+            log.debug("%s: to extract for %s", row["video_id"], ", ".join(missing))
+    return todo, changed
 
 
 def stored_unchanged(fs, paths: dict[str, str]) -> tuple[set[str], dict[str, str]]:
