@@ -152,6 +152,7 @@ def extract(
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
     video_timeout_sec: float = typer.Option(3600.0, help="Longest a video may take, seconds; past it its worker is killed and the video recorded as failed (0: no limit)."),
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
+    decode: str = typer.Option("sparse", help="sparse: with --detector none, fixed plans decode only the frames they sample (identical tokens); full: decode every frame."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
     from catalogs import default_root
@@ -173,6 +174,7 @@ def extract(
             detect_interpolation=detect_interpolation, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
             gpus_per_worker=gpus_per_worker, compact=compact, video_timeout_sec=video_timeout_sec,
+            decode=decode,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
@@ -182,8 +184,10 @@ def extract(
         return
     typer.echo(
         f"{summary.num_videos} videos: {summary.num_ok} extracted, {summary.num_skipped} already "
-        f"stored, {summary.num_failed} failed; {summary.num_frames} frames decoded in "
-        f"{summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s"
+        f"stored, {summary.num_failed} failed; {summary.num_frames} frames "
+        + (f"({summary.num_decoded} decoded) " if summary.num_decoded < summary.num_frames
+           else "decoded ")
+        + f"in {summary.wall_sec:.1f} s ({summary.frames_per_sec:.0f} frames/s"
         + (f"; workers ready after {summary.startup_sec:.1f} s" if summary.startup_sec else "")
         + ")"
         + (f"; parts packed in {summary.compact_sec:.1f} s" if summary.compact_sec else "")

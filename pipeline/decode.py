@@ -280,15 +280,20 @@ class VideoReader:
                                      self.info.width_px, self.info.height_px,
                                      threads=1 if decode_threads == 1 else 0)
 
-    def __iter__(self) -> Iterator[Frame]:
-        import av
-
-        stream = self._container.streams.video[0]
+    def configure_threads(self, stream) -> None:
+        """Set the decoder threads of ``stream`` (before its first packet) from
+        ``decode_threads``."""
         if self.decode_threads == 1:
             stream.thread_count = 1  # no slice threads either
         else:
             stream.thread_type = "AUTO"  # frame threading: decode is the bottleneck
             stream.thread_count = self.decode_threads  # 0: one per core
+
+    def __iter__(self) -> Iterator[Frame]:
+        import av
+
+        stream = self._container.streams.video[0]
+        self.configure_threads(stream)
         time_base = float(stream.time_base) if stream.time_base else 1.0 / self.info.fps
         first_pts = None  # times are relative to the first frame: some streams start at pts > 0
         try:

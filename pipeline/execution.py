@@ -262,6 +262,7 @@ def _extractor_kwargs(config: ExtractConfig) -> dict:
         plan_config=config.plan_config(),
         short_side_px=config.short_side_px,
         batch_size=config.batch_size,
+        decode=config.decode,
     )
 
 
@@ -329,6 +330,7 @@ class _Progress:
             log.info("%s failed: %s", result.video_id, result.error)
         summary = self.summary
         summary.num_frames += result.num_frames
+        summary.num_decoded += result.num_decoded
         if result.status == "ok":
             summary.num_ok += 1
         else:

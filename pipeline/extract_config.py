@@ -17,6 +17,7 @@ from pipeline.sampling import PLANS, PlanConfig
 from pipeline.scenes import SceneDetectConfig
 
 DTYPES = ("float16", "float32")
+DECODE_MODES = ("sparse", "full")
 
 
 class Feature(NamedTuple):
@@ -103,6 +104,10 @@ class ExtractConfig:
     min_scene_len: int = 15
     detect_width_px: int | None = 160
     detect_interpolation: str = "fast_bilinear"
+    # sparse: runs whose plans are all fixed and use no scene detector (--detector none)
+    # decode only the frames the plans sample (pipeline.sparse_decode: identical tokens, far
+    # fewer frames decoded); full: every frame, always. Not fingerprinted: tokens are the same.
+    decode: str = "sparse"
     # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
     short_side_px: int = 256
     # Frames per backbone batch.
@@ -156,6 +161,10 @@ class ExtractConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"--precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"
+            )
+        if self.decode not in DECODE_MODES:
+            raise ValueError(
+                f"--decode {self.decode!r}: valid values are {', '.join(DECODE_MODES)}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: valid values are {', '.join(DTYPES)}")
@@ -221,7 +230,8 @@ class ExtractSummary:
     changed: dict[str, str] = field(default_factory=dict)
     num_worker_crashes: int = 0  # worker processes that died; their videos were retried
     videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
-    num_frames: int = 0
+    num_frames: int = 0  # frames of the videos extracted
+    num_decoded: int = 0  # pictures decoded (fewer than num_frames with sparse decoding)
     wall_sec: float = 0.0  # decoding and extraction, compaction not included
     # From the start of the run until its last first-round extractor had its backbones loaded
     # (Ray start, worker start, imports, weights): the part of wall_sec no frame is decoded in.

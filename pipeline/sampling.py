@@ -213,6 +213,16 @@ class FixedSampler:
         self._next = 0  # first window not emitted yet
         self._previous: Frame | None = None
 
+    def needed_frames(self, times_sec) -> set[int]:
+        """Indices of the frames this sampler takes from a video whose frames are shown at
+        ``times_sec`` ((N,) seconds, presentation order): the frame nearest each instant.
+
+        Pushing only these frames (any superset of them, in order) yields the same windows as
+        pushing every frame: the frame nearest an instant is the nearest among any subset that
+        holds it (:mod:`pipeline.sparse_decode` decodes no others)."""
+        times = np.asarray(times_sec, dtype=np.float64)
+        return {_nearest(times, instant) for instant, _, _, _ in self._targets}
+
     def push(self, frame: Frame, cuts: list[int]) -> list[Window]:
         """Add a frame; returns the windows it completes. ``cuts`` are ignored."""
         previous = self._previous

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.decode import VideoError, VideoReader
+from pipeline.decode import VideoError, VideoInfo, VideoReader
 from pipeline.faults import maybe_crash
 from pipeline.sampling import (
     PlanConfig,
@@ -29,6 +29,7 @@ from pipeline.sampling import (
 )
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.sources import source_identity
+from pipeline.sparse_decode import SparseDecodeUnsupported, frame_index, sparse_frames
 from pipeline.store import FeatureStore, video_key
 
 
@@ -88,6 +89,20 @@ class VideoResult:
     num_tokens: int = 0
     decode_sec: float = 0.0
     backbone_sec: float = 0.0
+    num_decoded: int = 0  # pictures decoded (under num_frames when decoded sparsely)
+
+
+@dataclass
+class _Embedded:
+    """One video's decode, windows and tokens, before they are written."""
+
+    info: VideoInfo
+    times: list[float]  # every frame's presentation time, seconds
+    tokens: dict[str, list[np.ndarray]]  # feature set -> token batches
+    spans: dict[PlanConfig, list]  # plan -> (scene, start_sec, end_sec) per window
+    cuts: list[int] = field(default_factory=list)
+    backbone_sec: float = 0.0
+    num_decoded: int = 0
 
 
 class VideoExtractor:
@@ -109,6 +124,9 @@ class VideoExtractor:
         decode_threads: Decoder threads per video (see :class:`~pipeline.decode.VideoReader`):
             1 for a worker that holds one core, 0 for FFmpeg's frame threading on every core.
         device: Torch device for the backbones.
+        decode: ``sparse``: videos whose plans are all fixed and need no scene detection
+            decode only the frames they sample (:mod:`pipeline.sparse_decode`; identical
+            tokens); ``full``: every frame, always.
         env: Environment variables to set in this process first (the driver forwards its
             ``LONGVID_*`` ones, e.g. :mod:`pipeline.faults`, to workers it does not share a
             process environment with).
@@ -128,6 +146,7 @@ class VideoExtractor:
         num_threads: int | None = 1,
         decode_threads: int = 1,
         device: str = "cpu",
+        decode: str = "sparse",
         env: dict[str, str] | None = None,
         run_started_at: float | None = None,
     ):
@@ -165,6 +184,7 @@ class VideoExtractor:
         self.scene_config = scene_config
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
+        self.decode = decode
         self.batch_size = batch_size
         self.run_started_at = run_started_at
         self.ready_at = time.time()
@@ -208,66 +228,98 @@ class VideoExtractor:
         source = source_identity(path)  # recorded: a later run notices a changed file
         maybe_crash("hang", video_id)
         maybe_crash("start", video_id)
-        reader = VideoReader(path, short_side_px=self.short_side_px,
-                             decode_threads=self.decode_threads)
-        fps = reader.info.fps
         detect = self.scene_config.detector != "none"
-        segmenter = SceneSegmenter(self.scene_config, fps) if detect else None
-        duration_sec = reader.info.duration_sec  # the header's, else frames / fps
         groups: dict[PlanConfig, list[str]] = {}  # plan -> its feature sets due for this video
         for name in feature_sets:
             groups.setdefault(self.plans[name], []).append(name)
-        samplers = {
-            plan: make_sampler(plan, fps=fps, duration_sec=duration_sec,
-                               counts={self.counts[name] for name in names})
-            for plan, names in groups.items()
-        }
-        pending: dict[PlanConfig, list[Window]] = {plan: [] for plan in groups}
-        tokens: dict[str, list[np.ndarray]] = {name: [] for name in feature_sets}
-        # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
-        # by the batches and the samplers' buffers, whatever the video's length.
-        spans: dict[PlanConfig, list] = {plan: [] for plan in groups}  # (scene, start, end sec)
-        cuts: list[int] = []
-        times: list[float] = []  # every frame's presentation time, seconds
-        backbone_sec = 0.0
-        for plan, window in stream_plan_windows(reader, samplers, segmenter, cuts, times):
-            pending[plan].append(window)
-            if len(pending[plan]) >= self.batch_size:
-                backbone_sec += self._run_backbones(pending[plan], groups[plan], tokens)
-                spans[plan] += [(w.scene_idx, w.start_sec, w.end_sec) for w in pending[plan]]
-                pending[plan] = []
-        for plan, windows in pending.items():
-            backbone_sec += self._run_backbones(windows, groups[plan], tokens)
-            spans[plan] += [(w.scene_idx, w.start_sec, w.end_sec) for w in windows]
-        cut_frames = sorted(set(c for c in cuts if c < len(times)))
-        cut_sec = [times[c] for c in cut_frames]
+        # Without scene detection, fixed plans need only the frames they sample.
+        sparse = (self.decode == "sparse" and not detect
+                  and all(plan.name != "scene" for plan in groups))
+        try:
+            run = self._embed(path, groups, detect=detect, sparse=sparse)
+        except SparseDecodeUnsupported:
+            run = self._embed(path, groups, detect=detect, sparse=False)
+        cut_frames = sorted(set(c for c in run.cuts if c < len(run.times)))
+        cut_sec = [run.times[c] for c in cut_frames]
         info = {
-            "fps": fps,
-            "num_frames": reader.num_decoded,
+            "fps": run.info.fps,
+            "num_frames": len(run.times),
             "num_scenes": len(cut_frames) + 1 if detect else None,
-            "width_px": reader.info.width_px,
-            "height_px": reader.info.height_px,
+            "width_px": run.info.width_px,
+            "height_px": run.info.height_px,
             "cut_frames": cut_frames,
             "cut_sec": cut_sec,
-            "variable_frame_rate": is_variable_frame_rate(times),
+            "variable_frame_rate": is_variable_frame_rate(run.times),
             "source": source,
         }
-        end_sec = video_end_sec(times[-1], fps, duration_sec) if times else 0.0
+        end_sec = (video_end_sec(run.times[-1], run.info.fps, run.info.duration_sec)
+                   if run.times else 0.0)
         for plan in groups:  # all or nothing: no feature set is written before this check
-            if not spans[plan]:
+            if not run.spans[plan]:
                 raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
         for plan, names in groups.items():
-            self._write(video_id, names, tokens, spans[plan], plan=plan, cut_sec=cut_sec,
+            self._write(video_id, names, run.tokens, run.spans[plan], plan=plan, cut_sec=cut_sec,
                         detect=detect, duration_sec=end_sec, info=info)
         total_sec = time.perf_counter() - t0
         return VideoResult(
             video_id,
             "ok",
-            num_frames=reader.num_decoded,
-            num_tokens=sum(len(s) for s in spans.values()),
-            decode_sec=total_sec - backbone_sec,
-            backbone_sec=backbone_sec,
+            num_frames=len(run.times),
+            num_tokens=sum(len(s) for s in run.spans.values()),
+            decode_sec=total_sec - run.backbone_sec,
+            backbone_sec=run.backbone_sec,
+            num_decoded=run.num_decoded,
         )
+
+    def _embed(self, path: str, groups: dict[PlanConfig, list[str]], *, detect: bool,
+               sparse: bool) -> "_Embedded":
+        """Decode ``path`` once (every frame, or with ``sparse`` only those the fixed plans
+        sample: :mod:`pipeline.sparse_decode`), sample every plan's windows and run each
+        backbone on them in batches.
+
+        Raises:
+            VideoError: the video cannot be decoded.
+            SparseDecodeUnsupported: ``sparse`` and the video cannot be decoded sparsely.
+        """
+        reader = VideoReader(path, short_side_px=self.short_side_px,
+                             decode_threads=self.decode_threads)
+        info = reader.info
+        segmenter = SceneSegmenter(self.scene_config, info.fps) if detect else None
+        samplers = {
+            plan: make_sampler(plan, fps=info.fps, duration_sec=info.duration_sec,
+                               counts={self.counts[name] for name in names})
+            for plan, names in groups.items()
+        }
+        times: list[float] = []  # every frame's presentation time, seconds
+        frames = reader
+        index = frame_index(path) if sparse else None
+        if sparse and index is None:
+            raise SparseDecodeUnsupported(f"{path}: the packets cannot index a sparse decode")
+        if index is not None:
+            needed = set().union(*(s.needed_frames(index.time_sec)
+                                   for s in samplers.values()))
+            frames, times = sparse_frames(reader, index, needed), index.time_sec.tolist()
+        run = _Embedded(info=info, times=times, tokens={n: [] for ns in groups.values() for n in ns},
+                        spans={plan: [] for plan in groups})
+        pending: dict[PlanConfig, list[Window]] = {plan: [] for plan in groups}
+        # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded
+        # by the batches and the samplers' buffers, whatever the video's length.
+        for plan, window in stream_plan_windows(frames, samplers, segmenter, run.cuts,
+                                                None if index is not None else times):
+            pending[plan].append(window)
+            if len(pending[plan]) >= self.batch_size:
+                self._flush(run, plan, pending[plan], groups[plan])
+                pending[plan] = []
+        for plan, windows in pending.items():
+            self._flush(run, plan, windows, groups[plan])
+        run.num_decoded = reader.num_decoded
+        return run
+
+    def _flush(self, run: "_Embedded", plan: PlanConfig, windows: list[Window],
+               names: list[str]) -> None:
+        """Run the backbones of ``names`` on ``windows`` and keep the windows' spans."""
+        run.backbone_sec += self._run_backbones(windows, names, run.tokens)
+        run.spans[plan] += [(w.scene_idx, w.start_sec, w.end_sec) for w in windows]
 
     def _write(self, video_id: str, names: list[str], tokens: dict[str, list[np.ndarray]],
                spans: list[tuple], *, plan: PlanConfig, cut_sec: list[float], detect: bool,

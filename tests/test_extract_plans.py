@@ -109,8 +109,9 @@ def test_without_a_detector_only_sampled_frames_are_converted(tiny_catalog, tmp_
                 yield frame
 
     monkeypatch.setattr(worker, "VideoReader", Spy)
+    # A full decode (tests/test_sparse_decode.py: sparse decoding skips most frames outright).
     config = ExtractConfig(dataset="tiny", store=str(tmp_path), plan="fps", backbones=("resnet18",),
-                           detector="none", num_workers=0, **KNOBS)
+                           detector="none", num_workers=0, decode="full", **KNOBS)
     assert run_extract(config, catalog=tiny_catalog, progress=False).num_ok == 1
     (fs,) = FeatureStore(tmp_path).feature_sets()
     got = fs.read("shots")

