@@ -150,6 +150,8 @@ def extract(
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
+    topology: str = typer.Option("per-worker", help="per-worker: each extractor runs its own models; gpu-server: extractors decode on the CPUs (one per core) and one backbone server per GPU (one on the CPU without GPUs) batches frames from many videos (name --precision bf16 for GPUs)."),
+    server_batch_size: int = typer.Option(256, help="gpu-server: most frames per forward on a backbone server."),
     video_timeout_sec: float = typer.Option(3600.0, help="Longest a video may take, seconds; past it its worker is killed and the video recorded as failed (0: no limit)."),
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
     decode: str = typer.Option("sparse", help="sparse: with --detector none, fixed plans decode only the frames they sample (identical tokens); full: decode every frame."),
@@ -174,7 +176,7 @@ def extract(
             detect_interpolation=detect_interpolation, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
             gpus_per_worker=gpus_per_worker, compact=compact, video_timeout_sec=video_timeout_sec,
-            decode=decode,
+            decode=decode, topology=topology, server_batch_size=server_batch_size,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)
@@ -405,7 +407,7 @@ def backbones() -> None:
 
 @app.command("import")
 def import_(
-    source: str = typer.Argument(..., help="Directory of <video_id>.npy files, or one .h5/.hdf5 file."),
+    source: str = typer.Argument(..., help="Directory of <video_id>.npy files, a video_features output directory, or one .h5/.hdf5 file."),
     dataset: str = typer.Option(..., help="Catalog name recorded in the feature set."),
     backbone: str = typer.Option(..., help="Backbone that made the features, e.g. vit_l16."),
     plan: str = typer.Option(..., help="Sampling plan that made them, e.g. fps."),
@@ -416,8 +418,11 @@ def import_(
     video_id: list[str] = typer.Option([], metavar="ID", help="Import only these ids (repeatable)."),
     store: str = typer.Option("store", help="Feature store directory."),
     max_gib_per_video: float = typer.Option(4.0, help="Refuse a video whose arrays declare more than this many GiB (read from the header, before any data)."),
+    layout: Optional[str] = typer.Option(None, help="How to read a directory: npy (<video_id>.npy) or video_features (<video>_<key>.npy with _fps/_timestamps_ms); default: detected."),
+    stream: Optional[str] = typer.Option(None, help="video_features: the key to import (rgb, flow, resnet, clip, ...); required when there are several."),
 ) -> None:
-    """Import per-video feature dumps (.npy directory or HDF5) as a feature set; re-run resumes."""
+    """Import per-video feature dumps (.npy directory, video_features output or HDF5) as a
+    feature set; re-run resumes."""
     from pipeline.interop import import_features
 
     try:
@@ -425,7 +430,8 @@ def import_(
         summary = import_features(store, source, dataset=dataset, backbone=backbone, plan=plan,
                                   name=name, fps=fps, token_kind=token_kind, dtype=dtype,
                                   video_ids=video_id or None,
-                                  max_bytes_per_video=int(max_gib_per_video * 2**30))
+                                  max_bytes_per_video=int(max_gib_per_video * 2**30),
+                                  layout=layout, stream=stream)
     except (ValueError, KeyError, FileNotFoundError) as err:
         _fail(str(err).strip("'\""))
         return
@@ -444,16 +450,20 @@ def import_(
 def export(
     feature_set: str = typer.Argument(..., help="Feature-set name (see `pipeline ls`)."),
     out: str = typer.Argument(..., help="Output .h5 file or directory (must not exist)."),
-    format: str = typer.Option("h5", "--format", help="h5 or npy."),
+    format: str = typer.Option("h5", "--format", "--layout", help="h5, npy or video_features (OUT/<feature_type>/<model>/<video>_<key>.npy + _fps, _timestamps_ms)."),
     video_id: list[str] = typer.Option([], metavar="ID", help="Export only these ids (repeatable)."),
     store: str = typer.Option("store", help="Feature store directory."),
+    feature_dir: Optional[str] = typer.Option(None, help="video_features: the directory <feature_type>/<model>, or <feature_type> (default: the imported one, else the backbone)."),
+    stream: Optional[str] = typer.Option(None, help="video_features: the file key, <video>_<stream>.npy (default: the imported one, else the backbone)."),
 ) -> None:
-    """Export a feature set's ok videos to HDF5 (one group per video) or .npy files."""
+    """Export a feature set's ok videos to HDF5 (one group per video), .npy files or the
+    video_features layout."""
     from pipeline.export import export_features
 
     try:
         check_store_url(store)
-        path = export_features(store, feature_set, out, format=format, video_ids=video_id or None)
+        path = export_features(store, feature_set, out, format=format, video_ids=video_id or None,
+                               feature_dir=feature_dir, stream=stream)
     except (ValueError, KeyError, FileExistsError) as err:
         _fail(str(err).strip("'\""))
         return

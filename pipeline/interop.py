@@ -11,7 +11,14 @@ Import sources (:func:`import_features`):
   the ViS4mer release and common extractors write them; or each video is a group holding a
   ``features`` dataset and optional ``start_sec``/``end_sec``/``scene_idx`` datasets.
 
-The reverse, a feature set written out as HDF5 or .npy files, is :mod:`pipeline.export`.
+- a directory as `v-iashin/video_features <https://github.com/v-iashin/video_features>`_
+  writes it (``layout="video_features"``, detected): ``<feature_type>[/<model>]/<video>_<key>.npy``
+  per output key, e.g. ``resnet/resnet50/v1_resnet.npy`` (T, 2048) with ``v1_fps.npy`` (a
+  scalar) and ``v1_timestamps_ms.npy`` (T,), or I3D's ``i3d/v1_rgb.npy`` and ``i3d/v1_flow.npy``.
+  Ids drop the ``_<key>`` suffix; one feature key (a *stream*) is imported per feature set.
+
+The reverse, a feature set written out as HDF5, .npy files or the video_features layout, is
+:mod:`pipeline.export`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ H5_SUFFIXES = (".h5", ".hdf5")
 # real video's features (a 2 h video at 1 fps, 1,024 floats: 29 MB), well below a host's RAM.
 MAX_BYTES_PER_VIDEO = 4 << 30
 _VIDEO_PARTS = ("features", "start_sec", "end_sec", "scene_idx")  # datasets of a video group
+LAYOUTS = ("npy", "video_features")  # directory layouts; an h5 file has its own
+# Feature keys video_features names its files by (`<video>_<key>.npy`): the feature type, or
+# I3D's streams. A key equal to the file's directory or the one above it (the feature type, as
+# in `s3d/v_s3d.npy`, `resnet/resnet50/v_resnet.npy`) is recognised too, for new extractors.
+VIDEO_FEATURES_KEYS = ("resnet", "clip", "timm", "r21d", "s3d", "vggish", "raft", "rgb", "flow")
+VIDEO_FEATURES_META = ("fps", "timestamps_ms")  # per-video files beside the features
 
 
 class _MalformedVideo(ValueError):
@@ -75,6 +88,10 @@ class _Source:
     def video_ids(self) -> list[str]:
         return sorted(self.entries)
 
+    def provenance(self) -> dict:
+        """What the spec's ``imported_from`` records of this source."""
+        return {"path": str(self.path.resolve()), "format": self.format, "sha256": self.digest()}
+
 
 class _NpyDirSource(_Source):
     """A directory of ``<video_id>.npy`` files, each read through a memory map."""
@@ -84,10 +101,8 @@ class _NpyDirSource(_Source):
     def __init__(self, root: Path):
         import polars as pl
 
-        visible = (p.relative_to(root) for p in root.rglob("*.npy") if p.is_file())
         super().__init__(root, {
-            rel.with_suffix("").as_posix(): root / rel
-            for rel in visible if not any(part.startswith(".") for part in rel.parts)
+            rel.with_suffix("").as_posix(): root / rel for rel in _visible_npy(root)
         })
         self.stamps: dict[str, dict] = {}
         table = root / "timestamps.parquet"
@@ -127,6 +142,149 @@ class _NpyDirSource(_Source):
         # overflow becomes inf, which the caller reports.
         with np.errstate(over="ignore"):
             return np.array(self._open(video_id), dtype=dtype), self.stamps.get(video_id, {})
+
+
+def _visible_npy(root: Path) -> list[Path]:
+    """The .npy files under ``root``, relative to it, without those under a ``.`` name."""
+    return sorted(rel for rel in (p.relative_to(root) for p in root.rglob("*.npy") if p.is_file())
+                  if not any(part.startswith(".") for part in rel.parts))
+
+
+def split_video_features_name(stem: str, keys) -> tuple[str, str] | None:
+    """``(video, key)`` of a video_features file stem ``<video>_<key>``, the longest of
+    ``keys`` matching; ``None`` when no key ends it after a non-empty video name."""
+    for key in sorted(keys, key=len, reverse=True):
+        if key and stem.endswith(f"_{key}") and len(stem) > len(key) + 1:
+            return stem[: -len(key) - 1], key
+    return None
+
+
+def _scan_video_features(root: Path) -> tuple[dict, list[Path]]:
+    """``{(directory, key): {video: path}}`` of the .npy files under ``root`` named
+    ``<video>_<key>.npy`` (directory relative to ``root``), and the files named otherwise."""
+    found, others, root_abs = {}, [], root.resolve()
+    for rel in _visible_npy(root):
+        here = (root_abs / rel).parent
+        keys = {*VIDEO_FEATURES_KEYS, *VIDEO_FEATURES_META, here.name, here.parent.name}
+        split = split_video_features_name(rel.stem, keys)
+        if split is None:
+            others.append(rel)
+        else:
+            found.setdefault((rel.parent, split[1]), {})[split[0]] = root / rel
+    return found, others
+
+
+def _is_video_features(root: Path) -> bool:
+    """Whether every .npy file under ``root`` is named as video_features names them, and at
+    least one is an fps/timestamps_ms file or carries its directory's feature type as key."""
+    found, others = _scan_video_features(root)
+    here = root.resolve()
+    return bool(found) and not others and any(
+        key in VIDEO_FEATURES_META or key in ((here / d).name, (here / d).parent.name)
+        for d, key in found
+    )
+
+
+class _VideoFeaturesSource(_NpyDirSource):
+    """A video_features output directory (module doc): one stream's ``<video>_<key>.npy``
+    files, with timestamps from each video's ``_timestamps_ms.npy`` and ``_fps.npy``.
+
+    Raises:
+        ValueError: a file not named ``<video>_<key>.npy``; several streams and no ``stream``
+            (the message lists them); an unknown ``stream``; a stream in several directories.
+    """
+
+    format = "video_features"
+
+    def __init__(self, root: Path, stream: str | None):
+        found, others = _scan_video_features(root)
+        if others:
+            raise ValueError(
+                f"{root / others[0]} is not named <video>_<key>.npy as video_features names its "
+                f"files ({len(others)} such file(s)); import the directory with --layout npy"
+            )
+        streams: dict[str, list[Path]] = {}
+        for rel_dir, key in sorted(found):
+            if key not in VIDEO_FEATURES_META:
+                streams.setdefault(key, []).append(rel_dir)
+        names = ", ".join(sorted(streams))
+        if not streams:
+            raise ValueError(f"{root} holds only fps/timestamps_ms files, no features")
+        if stream is None and len(streams) > 1:
+            raise ValueError(f"{root} holds {len(streams)} video_features streams ({names}); "
+                             "choose one with --stream")
+        stream = stream if stream is not None else next(iter(streams))
+        if stream not in streams:
+            raise ValueError(f"no video_features stream {stream!r} in {root}; its streams: {names}")
+        if len(streams[stream]) > 1:
+            dirs = ", ".join(d.as_posix() for d in streams[stream])
+            raise ValueError(f"stream {stream} is in {len(streams[stream])} directories of {root} "
+                             f"({dirs}); import one of those directories")
+        (rel_dir,) = streams[stream]
+        _Source.__init__(self, root, found[(rel_dir, stream)])
+        self.stamps, self.stream, self.dir = {}, stream, root / rel_dir
+        self.meta = {key: found.get((rel_dir, key), {}) for key in VIDEO_FEATURES_META}
+        here = self.dir.resolve()
+        # The <feature_type>[/<model>] directory, for export to write the same layout again.
+        self.feature_dir = (f"{stream}/{here.name}" if here.parent.name == stream != here.name
+                            else here.name)
+
+    def where(self, video_id: str) -> str:
+        return str(self.entries.get(video_id, self.dir / f"{video_id}_{self.stream}.npy"))
+
+    def digest(self) -> str:
+        listing = [self.stream, self.feature_dir, *self.video_ids()]
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+    def provenance(self) -> dict:
+        return {**super().provenance(), "stream": self.stream, "feature_dir": self.feature_dir}
+
+    def load(self, video_id: str, dtype: np.dtype) -> tuple[np.ndarray, dict]:
+        tokens, _ = super().load(video_id, dtype)
+        return tokens, self._stamps(video_id, len(tokens))
+
+    def _stamps(self, video_id: str, num_tokens: int) -> dict:
+        """``start_sec``/``end_sec`` (T,) float32 seconds and ``fps`` of one video; ``{}`` (or
+        only ``fps``) without a timestamps_ms file.
+
+        Token t starts at ``timestamps_ms[t] / 1000`` and ends where token t + 1 starts; the
+        last lasts as long as the one before it, or ``1 / fps`` when it is the only one.
+        """
+        stamps, fps_path = {}, self.meta["fps"].get(video_id)
+        if fps_path is not None:
+            fps = _read_small(fps_path, ((), (1,)))
+            if not fps.reshape(-1)[0] > 0:
+                raise _MalformedVideo(f"{fps_path}: fps {fps.reshape(-1)[0]} is not positive")
+            stamps["fps"] = float(fps.reshape(-1)[0])
+        ms_path = self.meta["timestamps_ms"].get(video_id)
+        if ms_path is None:
+            return stamps
+        start_sec = (_read_small(ms_path, ((num_tokens,),)) / 1000).astype(np.float32)
+        if (np.diff(start_sec) < 0).any():
+            raise _MalformedVideo(f"{ms_path}: timestamps decrease")
+        if num_tokens == 1 and "fps" not in stamps:
+            raise _MalformedVideo(f"{ms_path}: one token and no {video_id}_fps.npy beside it, so "
+                                  "its end is unknown; add the fps file")
+        last = np.float64(start_sec[-1])
+        last += last - start_sec[-2] if num_tokens > 1 else 1.0 / stamps["fps"]
+        end_sec = np.append(start_sec[1:], np.float32(last))
+        return {**stamps, "start_sec": start_sec, "end_sec": end_sec}
+
+
+def _read_small(path: Path, shapes: tuple) -> np.ndarray:
+    """A small .npy (fps, timestamps) as float64, its shape one of ``shapes`` (checked from
+    the header, before reading) and its values finite; else :class:`_MalformedVideo`."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise _MalformedVideo(f"{path}: not a readable .npy array ({err})") from None
+    if array.shape not in shapes or array.dtype.kind not in "fiu":
+        want = " or ".join(str(s) for s in shapes)
+        raise _MalformedVideo(f"{path}: {array.dtype} {array.shape} is not numeric {want}")
+    values = np.array(array, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise _MalformedVideo(f"{path}: contains NaN or inf")
+    return values
 
 
 class _H5Source(_Source):
@@ -275,10 +433,22 @@ def _check_storage(dataset, what: str = "") -> None:
                               f"{dataset.fillvalue}; write the whole array")
 
 
-def _open_source(source: Path) -> _Source:
+def _open_source(source: Path, layout: str | None = None, stream: str | None = None) -> _Source:
+    """The source at ``source``: an h5 file, or a directory read as ``layout`` (default: the
+    video_features layout when its files are named so, else ``npy``)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: valid values are {', '.join(LAYOUTS)}")
     if source.is_dir():
+        if layout == "video_features" or (layout is None and _is_video_features(source)):
+            return _VideoFeaturesSource(source, stream)
+        if stream is not None:
+            raise ValueError(f"--stream {stream} applies to the video_features layout; {source} "
+                             "is read as a directory of <video_id>.npy files")
         return _NpyDirSource(source)
     if source.is_file() and source.suffix.lower() in H5_SUFFIXES:
+        if layout is not None or stream is not None:
+            raise ValueError(f"{source} is an HDF5 file: --layout and --stream apply to "
+                             "directories only")
         return _H5Source(source)
     if not source.exists():
         raise FileNotFoundError(f"import source {source} does not exist")
@@ -304,17 +474,24 @@ def import_features(
     dtype: str = "float16",
     video_ids: list[str] | None = None,
     max_bytes_per_video: int = MAX_BYTES_PER_VIDEO,
+    layout: str | None = None,
+    stream: str | None = None,
 ) -> ImportSummary:
     """Store existing per-video feature dumps as a feature set, one video at a time.
 
     Timestamps (seconds) come from the source when it has them (h5 ``start_sec``/``end_sec``
-    datasets, or ``timestamps.parquet`` beside .npy files); else token t covers
+    datasets, ``timestamps.parquet`` beside .npy files, video_features' ``_timestamps_ms.npy``:
+    token t spans [ms[t], ms[t + 1]) / 1000, the last as long as the one before it, or
+    1 / fps from ``_fps.npy`` when alone); else token t covers
     [t / fps, (t + 1) / fps); else ``start_sec = t``, ``end_sec = t + 1`` and the spec says
-    ``"timestamps": "index"``. Each index row's ``info_json`` says which applied.
+    ``"timestamps": "index"``. Each index row's ``info_json`` says which applied (and holds
+    the video's ``fps`` from a video_features ``_fps.npy``). The spec records ``token_shape``
+    ((D,) or (N, D)) and the source (``imported_from``).
 
     Args:
         store_root: Feature store directory.
-        source: A directory of ``<video_id>.npy`` or one ``.h5``/``.hdf5`` file (module doc).
+        source: A directory of ``<video_id>.npy``, a video_features output directory, or one
+            ``.h5``/``.hdf5`` file (module doc).
         dataset: Catalog name, recorded in the spec and the feature-set name.
         backbone: Backbone that made the features (free text, e.g. ``vit_l16``).
         plan: Sampling plan that made them (e.g. ``fps``).
@@ -326,6 +503,8 @@ def import_features(
         max_bytes_per_video: Largest array a video may declare (T x D x source itemsize,
             bytes; default :data:`MAX_BYTES_PER_VIDEO`, 4 GiB): larger ones are refused from
             their header, before anything is read or allocated.
+        layout: How to read a directory, ``npy`` or ``video_features``; default: detected.
+        stream: The video_features key to import (``rgb``, ``flow``, ...), when there are several.
 
     Returns:
         Counts and failures. A malformed video (unreadable, not numeric, wrong ndim, per-token
@@ -338,7 +517,8 @@ def import_features(
     Raises:
         FileNotFoundError: ``source`` does not exist.
         ValueError: a bad argument, an unknown source format, no usable video in the source,
-            or a feature set called ``name`` that was made from another spec.
+            a video_features directory with several streams and no ``stream`` (or an unknown
+            one), or a feature set called ``name`` that was made from another spec.
     """
     t0 = time.perf_counter()
     if dtype not in DTYPES:
@@ -350,7 +530,7 @@ def import_features(
     if not max_bytes_per_video > 0:
         raise ValueError(f"max_bytes_per_video must be positive, got {max_bytes_per_video}")
     source = Path(source)
-    with contextlib.closing(_open_source(source)) as src:
+    with contextlib.closing(_open_source(source, layout, stream)) as src:
         if not src.video_ids():
             raise ValueError(f"{source} holds no videos (.npy files or h5 datasets)")
         wanted = src.video_ids() if video_ids is None else sorted(set(video_ids))
@@ -359,10 +539,9 @@ def import_features(
         spec = {
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "backbone": backbone,
             "plan": plan, "token_kind": kind, "dtype": dtype,
+            "token_shape": list(tail),  # (D,) or (N, D): what `pipeline ls` shows
             "timestamps": "fps" if fps else "index", "fps": fps,  # for videos without their own
-            "imported_from": {
-                "path": str(source.resolve()), "format": src.format, "sha256": src.digest()
-            },
+            "imported_from": src.provenance(),
         }
         name = name or f"{dataset}__{backbone}__{plan}__{fingerprint(spec)[:10]}"
         fs = FeatureStore(store_root).create(
@@ -444,8 +623,11 @@ def _import_one(fs: FeatureSet, src: _Source, video_id: str, dtype: np.dtype, nd
     except OSError as err:
         raise _MalformedVideo(f"cannot read ({err})") from None
     start_sec, end_sec, scene_idx, how = _timestamps(stamps, len(tokens), fps)
+    info = {"timestamps": how, "source": src.where(video_id)}
+    if "fps" in stamps:  # video_features' own, which export writes back
+        info["fps"] = stamps["fps"]
     fs.write_video(video_id, tokens, start_sec=start_sec, end_sec=end_sec, scene_idx=scene_idx,
-                   info={"timestamps": how, "source": src.where(video_id)})
+                   info=info)
 
 
 def _timestamps(stamps: dict, num_tokens: int, fps: float | None) -> tuple:
