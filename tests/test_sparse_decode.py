@@ -208,3 +208,18 @@ def test_scene_detection_decodes_every_frame(catalog, tmp_path):
 def test_an_unknown_decode_mode_is_refused():
     with pytest.raises(ValueError, match="--decode 'some'.*sparse, full"):
         ExtractConfig(decode="some")
+
+
+def test_finetuning_decodes_fixed_plans_sparsely_with_the_same_frames(clips):
+    from heads.finetune import clips as finetune_clips
+    from pipeline.scenes import SceneDetectConfig
+
+    args = (str(clips["open_gop"]), PlanConfig("uniform", num_frames=8), SceneDetectConfig(),
+            {1, 4}, 72, (None, 0.25))
+    full = finetune_clips._decode_views(*args, rng=None, sparse=False)
+    sparse = finetune_clips.decode_views(args[0], plan=args[1], scenes=args[2], counts=args[3],
+                                         short_side_px=args[4], offsets=args[5])
+    for view_full, view_sparse in zip(full, sparse, strict=True):
+        for a, b in zip(view_full, view_sparse, strict=True):
+            for count in (1, 4):
+                np.testing.assert_array_equal(a.frames[count], b.frames[count])

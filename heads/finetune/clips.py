@@ -1,7 +1,8 @@
 """Decoded frames for end-to-end training: one item per video, every window of its sampling plan.
 
 The pixels come from the same code as ``pipeline extract``: :class:`~pipeline.decode.VideoReader`
-decodes once, :class:`~pipeline.scenes.SceneSegmenter` finds the cuts (``scene`` plan only) and
+decodes once (fixed plans only the frames they sample: :mod:`pipeline.sparse_decode`),
+:class:`~pipeline.scenes.SceneSegmenter` finds the cuts (``scene`` plan only) and
 :func:`~pipeline.sampling.make_sampler` picks each window's centre frame or F-frame clip. Items
 are decoded inside ``DataLoader`` workers; :func:`collate` concatenates the windows of a batch
 per stream so that a backbone runs on them in one pass.
@@ -33,6 +34,7 @@ import torch
 
 from pipeline.decode import VideoError, VideoReader
 from pipeline.sampling import PlanConfig, Window, make_sampler, stream_plan_windows
+from pipeline.sparse_decode import SparseDecodeUnsupported, frame_index, sparse_frames
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 
 
@@ -102,17 +104,34 @@ def decode_views(
         VideoError: the file cannot be decoded, or the plan finds no window.
         ValueError: an offset with the ``scene`` plan.
     """
+    # Fixed plans decode only the frames they sample (bit-identical: pipeline.sparse_decode);
+    # a video whose packets cannot vouch for that is decoded in full.
+    sparse = plan.name != "scene"
+    try:
+        views = _decode_views(path, plan, scenes, counts, short_side_px, offsets, rng, sparse)
+    except SparseDecodeUnsupported:
+        views = _decode_views(path, plan, scenes, counts, short_side_px, offsets, rng, False)
+    if not views[0]:
+        raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
+    return views
+
+
+def _decode_views(path, plan, scenes, counts, short_side_px, offsets, rng,
+                  sparse: bool) -> list[list[Window]]:
     reader = VideoReader(path, short_side_px=short_side_px)
     fps = reader.info.fps
     duration_sec = reader.info.duration_sec  # the header's, else frames / fps
     samplers = {k: make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng,
                                 offset=offset) for k, offset in enumerate(offsets)}
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
+    frames = reader
+    index = frame_index(path) if sparse else None
+    if index is not None:
+        needed = set().union(*(s.needed_frames(index.time_sec) for s in samplers.values()))
+        frames = sparse_frames(reader, index, needed)
     views: list[list[Window]] = [[] for _ in offsets]
-    for k, window in stream_plan_windows(reader, samplers, segmenter):
+    for k, window in stream_plan_windows(frames, samplers, segmenter):
         views[k].append(window)
-    if not views[0]:
-        raise VideoError(f"{path}: the {plan.name} plan found no window to sample")
     return views
 
 
