@@ -105,11 +105,12 @@ def reencode(source: Path, out: Path, *, duration_sec: float, gop_sec: float) ->
     """``source`` looped to ``duration_sec`` and re-encoded as H.264 (x264 veryfast, crf 20,
     3 B-frames, a keyframe every ``gop_sec`` s, no scene-cut keyframes)."""
     import av
+    from av.video.frame import PictureType
 
     with av.open(str(source)) as src:
         fps = int(round(float(src.streams.video[0].average_rate)))
     keyint = max(1, round(gop_sec * fps))
-    # b-adapt=0: always 3 B-frames (x264 would choose none for bigbuckbunny).
+    # b-adapt=0: always 3 B-frames, as the table says.
     params = f"keyint={keyint}:min-keyint={keyint}:bframes=3:b-adapt=0:scenecut=0"
     dst = av.open(str(out), mode="w")
     stream = dst.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast",
@@ -121,8 +122,10 @@ def reencode(source: Path, out: Path, *, duration_sec: float, gop_sec: float) ->
                 if num_frames == 0:
                     stream.width, stream.height = frame.width, frame.height
                     stream.pix_fmt = "yuv420p"
-                # Re-timed: the loop's frames keep counting up.
+                # Re-timed: the loop's frames keep counting up; the encoder picks every frame
+                # type (a decoded frame's own type would be forced on it).
                 frame.pts, frame.time_base = num_frames, Fraction(1, fps)
+                frame.pict_type = PictureType.NONE
                 for packet in stream.encode(frame):
                     dst.mux(packet)
                 num_frames += 1
