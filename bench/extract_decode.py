@@ -19,6 +19,16 @@ Continues the tables of ``bench/extract.py``:
    decoded and wall time (best of two), and the same for decoding alone (reader + sampler, no
    backbone). Target: ≥ 1.5× faster at a 2 s GOP and never slower; the tokens are compared
    (bit-identical).
+6. **topology**: ``--topology per-worker`` (every worker its own model) vs ``gpu-server``
+   (workers decode; one backbone server batches frames from every video), Ray, start-up
+   included. On the CPU (default: resnet18 scene tokens of demo videos, fp32): target
+   gpu-server ≤ 1.0× the per-worker time; tokens compared (largest difference, float32). With
+   ``--device cuda`` (bench/gpu_check.sh: 720p-class footage, bf16, resnet18 on the scene plan
+   and vit_l16 patch tokens on the fps plan): end-to-end frames/s of both, the backbone-only
+   ceiling (one process, in-memory frames at the server's batch), the server's mean batch and
+   the share of time the GPU waits (1 − busy / steady wall time).
+7. **NVDEC**: decode-only frames/s of 720p-class footage on the CPU (one process per core,
+   the pipeline's reader) vs torchcodec's CUDA decoder (NVDEC) where it is installed.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract import _catalog  # bench/ is sys.path[0] when run as a script
+from extract import _catalog, decode_ceiling, hd_footage  # bench/ is sys.path[0] as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -193,14 +203,112 @@ def sparse_table(work: Path, *, quick: bool) -> None:
     print("   target: >= 1.5x faster at a 2 s GOP, never slower\n")
 
 
+def _server_ceiling(name: str, token_kind: str, batch: int, device: str) -> float:
+    """Frames/s of backbone ``name`` alone on ``device`` (bf16 on CUDA), on in-memory uint8
+    frames at the working resolution of 720p footage (256x455), ``batch`` frames a forward,
+    host-to-device copies and the copy back included."""
+    from pipeline.backbones import create_backbone
+
+    backbone = create_backbone(name, weights="none", device=device,
+                               precision="bf16" if device == "cuda" else "fp32")
+    frames = np.random.default_rng(0).integers(0, 255, (batch, 256, 455, 3), dtype=np.uint8)
+    for _ in range(3):  # warm-up: cuDNN picks its kernels
+        backbone(frames, token_kind)
+    t0, num = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 10:
+        backbone(frames, token_kind)  # numpy out: synchronised with the device
+        num += batch
+    return num / (time.perf_counter() - t0)
+
+
+def topology_table(paths: list[str], work: Path, *, features: list[str], device: str) -> None:
+    import ray
+
+    cuda = device == "cuda"
+    num_cores = os.cpu_count() or 1
+    print(f"6. topology: per-worker vs gpu-server, {len(paths)} videos, {device}, Ray "
+          f"({num_cores} cores), start-up included")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    share = int(1e4 / num_cores) / 1e4  # Ray counts GPU shares in 1e-4
+    for feature in features:
+        backbone, plan, *rest = feature.split(":")
+        knobs = dict(features=(feature,), precision="bf16" if cuda else "fp32",
+                     detector="content" if plan == "scene" else "none")
+        runs = {}
+        for topology in ("per-worker", "gpu-server"):
+            store = work / f"topo-{feature.replace(':', '_')}-{topology}"
+            t0 = time.perf_counter()
+            summary, fs = _run(paths, store, topology=topology,
+                               gpus_per_worker=share if cuda and topology == "per-worker" else 0.0,
+                               **knobs)
+            runs[topology] = (summary, fs, time.perf_counter() - t0)
+        (a, store_a, sec_a), (b, store_b, sec_b) = runs["per-worker"], runs["gpu-server"]
+        diff = _max_token_diff(store_a, store_b, [Path(p).stem for p in paths])
+        print(f"   {feature:20s} per-worker {a.num_frames / sec_a:6.0f} frames/s ({sec_a:5.1f} s)"
+              f"   gpu-server {b.num_frames / sec_b:6.0f} frames/s ({sec_b:5.1f} s)   ratio "
+              f"gpu-server / per-worker time {sec_b / sec_a:.2f}x (target <= 1.0); "
+              f"largest token difference {diff:.1e}")
+        busy = sum(b.server_busy_sec) / max(1, len(b.server_busy_sec))
+        steady_sec = max(1e-9, b.wall_sec - b.startup_sec)
+        batch = b.server_num_samples / max(1, b.server_num_forwards)
+        line = (f"      server: {b.server_num_forwards} forwards, mean batch {batch:.0f}; busy "
+                f"{busy:.1f} of {steady_sec:.1f} s steady: the {'GPU' if cuda else 'server'} "
+                f"waits {max(0.0, 1 - busy / steady_sec):.0%} of the time")
+        if cuda:
+            ceiling = _server_ceiling(backbone, rest[0] if rest else "pooled", 256, device)
+            fed = b.server_num_samples / steady_sec
+            line += (f"; backbone-only ceiling {ceiling:.0f} frames/s (batch 256, bf16); the "
+                     f"run fed it {fed:.0f} frames/s steady = {fed / ceiling:.0%}")
+        print(line)
+    ray.shutdown()
+    print()
+
+
+def _max_token_diff(store_a, store_b, ids: list[str]) -> float:
+    """Largest absolute difference between the two stores' tokens (one feature set each)."""
+    (a,), (b,) = store_a.feature_sets(), store_b.feature_sets()
+    return max(float(np.abs(a.read(v).tokens.astype(np.float32)
+                            - b.read(v).tokens.astype(np.float32)).max()) for v in ids)
+
+
+def nvdec_table(paths: list[str]) -> None:
+    num_cores = os.cpu_count() or 1
+    print(f"7. decode only, {len(paths)} 720p-class videos (frames/s)")
+    frames, sec = decode_ceiling(paths, num_cores)
+    print(f"   CPU, the pipeline's reader ({num_cores} processes)  {frames / sec:8.0f}")
+    try:
+        import torch
+        from torchcodec.decoders import VideoDecoder
+
+        VideoDecoder(paths[0], device="cuda")
+    except Exception as err:  # not installed, or built without CUDA
+        print(f"   NVDEC (torchcodec, device=cuda): not available ({type(err).__name__}: "
+              f"{str(err)[:80]})\n")
+        return
+    t0, frames = time.perf_counter(), 0
+    for path in paths:
+        decoder = VideoDecoder(path, device="cuda")
+        for lo in range(0, len(decoder), 64):
+            batch = decoder.get_frames_in_range(lo, min(lo + 64, len(decoder)))
+            frames += len(batch.data)  # (B, 3, H, W) uint8 on the GPU, full resolution
+    torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    print(f"   NVDEC (torchcodec, device=cuda, 1 process)      {frames / sec:8.0f}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=8, help="demo videos for table 4")
     parser.add_argument("--quick", action="store_true", help="2 demo videos, 12 s videos")
     parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "demo",
                         help="the demo dataset (built there if missing)")
-    parser.add_argument("--part", type=int, choices=(4, 5), action="append",
-                        help="run only these tables (repeatable); default both")
+    parser.add_argument("--part", type=int, choices=(4, 5, 6, 7), action="append",
+                        help="run only these tables (repeatable); default 4 and 5")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="tables 6 and 7: on the CPU, or with the GPU")
+    parser.add_argument("--topology-features", default=None,
+                        help="table 6's features, comma-separated (default resnet18:scene; "
+                             "on cuda resnet18:scene,vit_l16:fps:patch)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     print(f"{os.cpu_count()} cores, scratch {work}\n")
@@ -209,6 +317,16 @@ def main() -> None:
         combined_table(_demo_paths(args.data_root, 2 if args.quick else args.videos), work)
     if 5 in parts:
         sparse_table(work, quick=args.quick)
+    if 6 in parts:
+        cuda = args.device == "cuda"
+        features = (args.topology_features
+                    or ("resnet18:scene,vit_l16:fps:patch" if cuda else "resnet18:scene"))
+        paths = (hd_footage(work, num_videos=2 if args.quick else 16, duration_sec=20 if
+                            args.quick else 60) if cuda else
+                 _demo_paths(args.data_root, 2 if args.quick else args.videos))
+        topology_table(paths, work, features=features.split(","), device=args.device)
+    if 7 in parts:
+        nvdec_table(hd_footage(work, num_videos=2 if args.quick else 8, duration_sec=20))
 
 
 if __name__ == "__main__":

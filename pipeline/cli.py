@@ -150,6 +150,8 @@ def extract(
     num_workers: Optional[int] = typer.Option(None, help="Parallel extractors (default: one per CPU; 0: in this process, no Ray)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N videos."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per extractor (fractions share a GPU); > 0 runs backbones on CUDA."),
+    topology: str = typer.Option("per-worker", help="per-worker: each extractor runs its own models; gpu-server: extractors decode on the CPUs (one per core) and one backbone server per GPU (one on the CPU without GPUs) batches frames from many videos (name --precision bf16 for GPUs)."),
+    server_batch_size: int = typer.Option(256, help="gpu-server: most frames per forward on a backbone server."),
     video_timeout_sec: float = typer.Option(3600.0, help="Longest a video may take, seconds; past it its worker is killed and the video recorded as failed (0: no limit)."),
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
     decode: str = typer.Option("sparse", help="sparse: with --detector none, fixed plans decode only the frames they sample (identical tokens); full: decode every frame."),
@@ -174,7 +176,7 @@ def extract(
             detect_interpolation=detect_interpolation, frames_per_clip=frames_per_clip,
             batch_size=batch_size, address=address, num_workers=num_workers, limit=limit,
             gpus_per_worker=gpus_per_worker, compact=compact, video_timeout_sec=video_timeout_sec,
-            decode=decode,
+            decode=decode, topology=topology, server_batch_size=server_batch_size,
             catalog_options=catalog_options(variant, labels, video_root, catalog_option),
         )
         summary = run_extract(config)

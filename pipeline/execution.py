@@ -29,6 +29,12 @@ class WorkerStartError(RuntimeError):
     """An extractor could not be constructed on a Ray worker (code or weights missing there)."""
 
 
+class BackboneServerError(WorkerStartError):
+    """A backbone server (``--topology gpu-server``) died and Ray could not restart it (it is
+    restarted up to ``crash_retries`` times, its pending batches retried): the run stops, the
+    videos stored so far are kept, and a new run resumes after them."""
+
+
 def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store_root: str, *,
                 progress: bool) -> None:
     """Keep one extractor per worker busy until every video in ``todo`` is done or failed.
@@ -40,16 +46,20 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     """
     import ray
 
+    from pipeline.backbone_server import BackboneServerLost
     from pipeline.worker import VideoResult
 
     started_here = not ray.is_initialized()
     if started_here:
         _start_ray(ray, config.address)
     try:
+        servers = _start_servers(ray, config, jobs)  # none in the per-worker topology
         num_workers = _num_workers(config, ray.cluster_resources(), len(todo))
         actor_cls, kwargs = _actor_class(ray, config, summary.started_at)
 
         def new_actor():
+            if servers:  # round robin over the servers
+                kwargs["server"] = servers[len(nodes) % len(servers)]
             actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
             nodes[actor] = actor.node_id.remote()
             starting[actor] = actor.ready.remote()  # its clock starts once its backbones load
@@ -87,6 +97,9 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
             video_id, path, names = item
             try:
                 result = ray.get(ref)
+            except BackboneServerLost as err:
+                raise BackboneServerError(f"{err}; the videos stored so far are kept, run again "
+                                          "to resume") from err
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                 if getattr(err, "actor_init_failed", False):
                     # The extractor could not even start (wrong code or missing weights on a
@@ -118,11 +131,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                 summary.videos_per_node[node] = summary.videos_per_node.get(node, 0) + 1
             submit(actor)
         progress_bar.close()
-        summary.startup_sec = _startup_sec(ray, [a for a in actors if a in nodes], summary.started_at)
-        for actor in nodes:  # the live extractors
-            # Done: end the worker processes at once. Their Python shutdown (unloading torch)
-            # costs ~1 s of CPU each, which compaction would otherwise wait for on small machines.
-            ray.kill(actor)
+        _finish(ray, [a for a in actors if a in nodes], list(nodes), servers, summary)
     finally:
         if started_here:
             ray.shutdown()
@@ -144,6 +153,56 @@ def _start_ray(ray, address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
+def _finish(ray, first: list, live: list, servers: list, summary: ExtractSummary) -> None:
+    """Fill in the summary's start-up (until the ``first`` extractors and the servers were
+    ready) and the servers' counts, then end the ``live`` extractors and the servers."""
+    summary.startup_sec = _startup_sec(ray, first + servers, summary.started_at)
+    _server_stats(ray, servers, summary)
+    for actor in live + servers:
+        # Done: end the worker processes at once. Their Python shutdown (unloading torch)
+        # costs ~1 s of CPU each, which compaction would otherwise wait for on small machines.
+        ray.kill(actor)
+
+
+def _start_servers(ray, config: ExtractConfig, jobs) -> list:
+    """With ``--topology gpu-server``: one :class:`~pipeline.backbone_server.BackboneServer`
+    per GPU of the cluster (1 GPU and 1 CPU each), or, on a cluster without GPUs, one on the
+    CPU (no CPU reserved: its torch threads use the cores the workers leave idle while they
+    wait on it). Ray restarts a server that dies up to ``config.crash_retries`` times and
+    retries its pending batches. Returns their handles (none in the per-worker topology)."""
+    if config.topology != "gpu-server":
+        return []
+    from pipeline.backbone_server import BackboneServer
+
+    resources = ray.cluster_resources()
+    num_gpus = int(resources.get("GPU", 0))
+    retries = dict(max_restarts=config.crash_retries, max_task_retries=config.crash_retries)
+    kwargs = dict(batch_size=config.server_batch_size, env=_forwarded_env())
+    if num_gpus:
+        cls = ray.remote(num_gpus=1, num_cpus=1, max_concurrency=1000, **retries)(BackboneServer)
+        servers = [cls.options(scheduling_strategy="SPREAD").remote(jobs, device="cuda", **kwargs)
+                   for _ in range(num_gpus)]
+    else:
+        cls = ray.remote(num_cpus=0, max_concurrency=1000, **retries)(BackboneServer)
+        servers = [cls.remote(jobs, device="cpu", num_threads=int(resources.get("CPU", 1)),
+                              **kwargs)]
+    log.info("%d backbone server(s) on %s", len(servers), "GPUs" if num_gpus else "the CPU")
+    return servers
+
+
+def _server_stats(ray, servers: list, summary: ExtractSummary) -> None:
+    """Copy the servers' forward counts into ``summary`` (a statistic: a lost server only
+    costs it)."""
+    try:
+        stats = ray.get([server.stats.remote() for server in servers], timeout=30)
+    except Exception:
+        return
+    for stat in stats:
+        summary.server_busy_sec.append(stat["busy_sec"])
+        summary.server_num_forwards += stat["num_forwards"]
+        summary.server_num_samples += sum(stat["batch_sizes"])
+
+
 def _actor_class(ray, config: ExtractConfig, run_started_at: float) -> tuple:
     """The Ray actor class of this run's extractors and its keyword arguments (besides the
     store and the jobs)."""
@@ -152,6 +211,7 @@ def _actor_class(ray, config: ExtractConfig, run_started_at: float) -> tuple:
     actor_cls = ray.remote(num_cpus=1, num_gpus=config.gpus_per_worker, max_restarts=0)(
         logging_extractor(VideoExtractor)
     )
+    # With a backbone server the extractors hold no model: CPU only (gpus_per_worker is 0).
     kwargs = {**_extractor_kwargs(config), "env": _forwarded_env(),
               "device": "cuda" if config.gpus_per_worker else "cpu",
               "run_started_at": run_started_at}
@@ -177,7 +237,8 @@ def logging_extractor(base: type) -> type:
 
 def _num_workers(config: ExtractConfig, resources: dict[str, float], num_videos: int) -> int:
     """Extractors to start: ``config.num_workers``, else one per CPU of the cluster (one per GPU
-    share with ``gpus_per_worker``), and never more than ``num_videos``.
+    share with ``gpus_per_worker``; with ``--topology gpu-server``, one per CPU the GPU servers
+    leave), and never more than ``num_videos``.
 
     Raises:
         ValueError: ``gpus_per_worker`` is set and the cluster lacks that much GPU.
@@ -188,7 +249,8 @@ def _num_workers(config: ExtractConfig, resources: dict[str, float], num_videos:
             raise ValueError(f"--gpus-per-worker {config.gpus_per_worker}: the Ray cluster has "
                              f"{resources.get('GPU', 0)} GPU(s)")
     else:
-        default = int(resources.get("CPU", 1))
+        servers_cpus = int(resources.get("GPU", 0)) if config.topology == "gpu-server" else 0
+        default = int(resources.get("CPU", 1)) - servers_cpus
     num_workers = min(config.num_workers or max(1, default), num_videos)
     log.info("%d extractor(s) for %d video(s) on a cluster of %g CPU(s), %g GPU(s)",
              num_workers, num_videos, resources.get("CPU", 0), resources.get("GPU", 0))

@@ -18,6 +18,7 @@ from pipeline.scenes import SceneDetectConfig
 
 DTYPES = ("float16", "float32")
 DECODE_MODES = ("sparse", "full")
+TOPOLOGIES = ("per-worker", "gpu-server")
 
 
 class Feature(NamedTuple):
@@ -120,6 +121,14 @@ class ExtractConfig:
     # GPUs each extractor reserves (Ray num_gpus; fractions share a GPU); > 0 runs the
     # backbones on CUDA, on GPU worker nodes (docker/).
     gpus_per_worker: float = 0.0
+    # per-worker: every extractor runs its own models (on its GPU share with gpus_per_worker);
+    # gpu-server: extractors decode and sample on the CPUs (one per core) and send their batches
+    # to one backbone server per GPU (pipeline.backbone_server; on a cluster without GPUs, one
+    # on the CPU), which batches frames from many videos. Not fingerprinted: the same tokens
+    # (up to float rounding of the larger batches, well under the float16 store's step).
+    topology: str = "per-worker"
+    # gpu-server: most frames per forward on a server (clips: this // frames per clip).
+    server_batch_size: int = 256
     # Times a video is retried on a fresh worker after its worker process died (OOM kill,
     # decoder segfault, lost node) before it is recorded as failed.
     crash_retries: int = 2
@@ -176,6 +185,15 @@ class ExtractConfig:
         if self.video_timeout_sec < 0:
             raise ValueError(f"--video-timeout-sec must be >= 0 (0: no limit), not "
                              f"{self.video_timeout_sec}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"--topology {self.topology!r}: valid values are "
+                             f"{', '.join(TOPOLOGIES)}")
+        if self.topology == "gpu-server" and (self.num_workers == 0 or self.gpus_per_worker):
+            raise ValueError("--topology gpu-server: needs Ray workers (not --num-workers 0), and "
+                             "its workers hold no GPU (drop --gpus-per-worker: the servers take "
+                             "one GPU each)")
+        if self.server_batch_size < 1:
+            raise ValueError(f"--server-batch-size must be >= 1, not {self.server_batch_size}")
         if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):
             raise ValueError(
                 f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "
@@ -238,6 +256,11 @@ class ExtractSummary:
     startup_sec: float = 0.0
     started_at: float = 0.0  # Unix time (s) the run started
     compact_sec: float = 0.0  # packing the parts written (ExtractConfig.compact)
+    # --topology gpu-server: seconds each backbone server spent in forwards, forwards run and
+    # samples (frames or clips) they took; samples / forwards is the mean batch.
+    server_busy_sec: list[float] = field(default_factory=list)
+    server_num_forwards: int = 0
+    server_num_samples: int = 0
 
     @property
     def frames_per_sec(self) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.backbone_server import BackboneServerLost, model_key
 from pipeline.decode import VideoError, VideoInfo, VideoReader
 from pipeline.faults import maybe_crash
 from pipeline.sampling import (
@@ -51,6 +52,10 @@ def record_failure(fs, video_id: str, message: str, *, run_started_at: float | N
             return False
     fs.write_status(video_id, "failed", message)
     return True
+
+
+# Batches one worker may have at the backbone server before it waits for the oldest.
+MAX_PENDING = 4
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,9 @@ class VideoExtractor:
             process environment with).
         run_started_at: When the run began (Unix time): a failure never replaces an ``ok`` row
             written after it (:func:`record_failure`).
+        server: A :class:`~pipeline.backbone_server.BackboneServer` actor handle
+            (``--topology gpu-server``): the batches go there, batched with other workers'
+            ones, and this extractor loads no model; ``None``: its own models on ``device``.
     """
 
     def __init__(
@@ -149,12 +157,13 @@ class VideoExtractor:
         decode: str = "sparse",
         env: dict[str, str] | None = None,
         run_started_at: float | None = None,
+        server=None,
     ):
         import torch
 
         os.environ.update(env or {})
 
-        from pipeline.backbones import create_backbone
+        from pipeline.backbones import backbone_spec, create_backbone
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -163,24 +172,24 @@ class VideoExtractor:
         self.plans = {job.feature_set: job.plan or plan_config for job in jobs}
         if None in self.plans.values():
             raise ValueError("a feature-set job names no sampling plan and no plan_config given")
+        self.server = server
+        self.backbones = {}  # feature set -> its model (none with a server)
         models = {}  # one model per (backbone, weights, seed, precision, resize)
-        for job in jobs:
-            key = (job.backbone, job.weights, job.seed, job.precision, job.resize)
+        for job in jobs if server is None else ():
+            key = model_key(job)
             if key not in models:
                 models[key] = create_backbone(job.backbone, weights=job.weights, seed=job.seed,
                                               device=device, precision=job.precision,
                                               resize=job.resize)
-        self.backbones = {
-            job.feature_set: models[(job.backbone, job.weights, job.seed, job.precision,
-                                     job.resize)]
-            for job in jobs
-        }
+            self.backbones[job.feature_set] = models[key]
         self.feature_sets = {name: self.store.open(name) for name in self.jobs}
         # Frames per window each backbone needs: 1 (centre frame) or its clip length.
         self.counts = {
-            name: b.spec.clip_frames(self.plans[name].frames_per_clip)
-            for name, b in self.backbones.items()
+            job.feature_set: backbone_spec(job.backbone, resize=job.resize).clip_frames(
+                self.plans[job.feature_set].frames_per_clip)
+            for job in jobs
         }
+        self.pending: list[tuple[list, int, object]] = []  # (token list, index, server ref)
         self.scene_config = scene_config
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
@@ -207,6 +216,8 @@ class VideoExtractor:
         """
         try:
             return self._process(video_id, path, feature_sets)
+        except BackboneServerLost:
+            raise  # not this video's fault: the driver stops the run
         except Exception as err:  # any per-video failure is recorded, never fatal to the run
             if isinstance(err, VideoError):
                 message = str(err)
@@ -281,6 +292,7 @@ class VideoExtractor:
             VideoError: the video cannot be decoded.
             SparseDecodeUnsupported: ``sparse`` and the video cannot be decoded sparsely.
         """
+        self.pending.clear()  # a failed video's answers are not waited for
         reader = VideoReader(path, short_side_px=self.short_side_px,
                              decode_threads=self.decode_threads)
         info = reader.info
@@ -312,6 +324,7 @@ class VideoExtractor:
                 pending[plan] = []
         for plan, windows in pending.items():
             self._flush(run, plan, windows, groups[plan])
+        run.backbone_sec += self._resolve(0)
         run.num_decoded = reader.num_decoded
         return run
 
@@ -351,7 +364,7 @@ class VideoExtractor:
             return 0.0
         t0 = time.perf_counter()
         for name in feature_sets:
-            backbone, count = self.backbones[name], self.counts[name]
+            count = self.counts[name]
             dtype = np.dtype(self.feature_sets[name].attrs["dtype"])
             if count == 1:
                 batch = np.stack([w.frames[1][0] for w in windows])  # (S, H, W, 3)
@@ -359,7 +372,42 @@ class VideoExtractor:
                 batch = np.stack([w.frames[count] for w in windows])  # (S, F, H, W, 3)
             step = max(1, self.batch_size // count)
             for lo in range(0, len(batch), step):
-                out = backbone(batch[lo : lo + step], self.jobs[name].token_kind)
+                if self.server is not None:
+                    self._send(name, batch[lo : lo + step], dtype, tokens[name])
+                    continue
+                out = self.backbones[name](batch[lo : lo + step], self.jobs[name].token_kind)
                 tokens[name].append(out.astype(dtype))  # (s, D) or (s, N, D)
+        return time.perf_counter() - t0
+
+    def _send(self, name: str, frames: np.ndarray, dtype: np.dtype, out: list) -> None:
+        """Send one batch of feature set ``name`` to the server; its tokens take their place
+        in ``out`` when resolved. Decoding goes on while the server works, with at most
+        :data:`MAX_PENDING` batches of this worker outstanding (bounded memory)."""
+        job = self.jobs[name]
+        out.append(None)
+        ref = self.server.embed.remote(model_key(job), frames, job.token_kind, dtype.name)
+        self.pending.append((out, len(out) - 1, ref))
+        self._resolve(MAX_PENDING)
+
+    def _resolve(self, keep: int) -> float:
+        """Wait for the server's answers until at most ``keep`` batches are outstanding;
+        returns seconds waited.
+
+        Raises:
+            BackboneServerLost: the server died (and Ray could not restart it).
+        """
+        import ray
+
+        t0 = time.perf_counter()
+        while len(self.pending) > keep:
+            out, idx, ref = self.pending.pop(0)
+            try:
+                out[idx] = ray.get(ref)  # (s, D) or (s, N, D), already in the stored dtype
+            except ray.exceptions.RayActorError as err:
+                self.pending.clear()
+                raise BackboneServerLost(f"the backbone server died: {err}") from err
+            except Exception:
+                self.pending.clear()  # the video fails; no answer of it is waited for again
+                raise
         return time.perf_counter() - t0
 
