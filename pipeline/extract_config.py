@@ -192,6 +192,11 @@ class ExtractConfig:
             raise ValueError("--topology gpu-server: needs Ray workers (not --num-workers 0), and "
                              "its workers hold no GPU (drop --gpus-per-worker: the servers take "
                              "one GPU each)")
+        if self.topology == "gpu-server" and self.precision == "auto":
+            # The precision is fingerprinted before Ray starts, so auto cannot know whether the
+            # servers will sit on GPUs (bf16) or on the CPU.
+            raise ValueError("--topology gpu-server: give --precision bf16 (GPU servers) or fp32; "
+                             "auto is resolved before the cluster and its GPUs are known")
         if self.server_batch_size < 1:
             raise ValueError(f"--server-batch-size must be >= 1, not {self.server_batch_size}")
         if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.num_workers == 0):

@@ -113,6 +113,7 @@ def test_a_bad_video_is_recorded_as_failed_and_the_others_are_stored(ray_local, 
     (dict(topology="gpu-server", num_workers=0), "needs Ray workers"),
     (dict(topology="gpu-server", gpus_per_worker=0.5), "hold no GPU"),
     (dict(server_batch_size=0), "--server-batch-size"),
+    (dict(topology="gpu-server", precision="auto"), "give --precision bf16"),
 ])
 def test_bad_topology_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
