@@ -151,16 +151,13 @@ def _decode_only(path: str, *, sparse: bool) -> tuple[int, float]:
     """Pictures decoded and seconds for the fps plan's frames of one video, no backbone."""
     from pipeline.decode import VideoReader
     from pipeline.sampling import PlanConfig, make_sampler, stream_windows
-    from pipeline.sparse_decode import frame_index, sparse_frames
+    from pipeline.sparse_decode import plan_frames
 
     t0 = time.perf_counter()
     reader = VideoReader(path, decode_threads=1)
     sampler = make_sampler(PlanConfig("fps", fps=1.0), fps=reader.info.fps,
                            duration_sec=reader.info.duration_sec, counts={1})
-    frames = reader
-    if sparse:
-        index = frame_index(path)
-        frames = sparse_frames(reader, index, sampler.needed_frames(index.time_sec))
+    frames, _ = plan_frames(reader, {None: sampler}, sparse=sparse)
     for _ in stream_windows(frames, sampler):
         pass
     return reader.num_decoded, time.perf_counter() - t0

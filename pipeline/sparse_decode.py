@@ -63,6 +63,11 @@ class FrameIndex:
     def __len__(self) -> int:
         return len(self.pts)
 
+    @property
+    def decode_order_pts(self) -> np.ndarray:
+        """(N,) the PTS of each packet, in decode order."""
+        return self.pts[np.argsort(self.decode_position)]
+
 
 def frame_index(path: str) -> FrameIndex | None:
     """Demux ``path``'s video stream (no decoding) into a :class:`FrameIndex`.
@@ -109,6 +114,22 @@ def frame_index(path: str) -> FrameIndex | None:
     )
 
 
+def plan_frames(reader: VideoReader, samplers, *, sparse: bool
+                ) -> tuple[Iterator[Frame] | VideoReader, FrameIndex | None]:
+    """The frames to push into ``samplers`` (fixed-plan samplers when ``sparse``): with
+    ``sparse`` and an index of the file's packets, only the frames they take
+    (:func:`sparse_frames`); else every frame, from ``reader`` itself.
+
+    Returns:
+        ``(frames, index)``; ``index`` is ``None`` when every frame is decoded.
+    """
+    index = frame_index(reader.path) if sparse else None
+    if index is None:
+        return reader, None
+    needed = set().union(*(s.needed_frames(index.time_sec) for s in samplers.values()))
+    return sparse_frames(reader, index, needed), index
+
+
 def decode_intervals(index: FrameIndex, frames: set[int]) -> list[tuple[int, int]]:
     """Runs of packets (decode positions, both ends included) that decode ``frames``.
 
@@ -119,7 +140,7 @@ def decode_intervals(index: FrameIndex, frames: set[int]) -> list[tuple[int, int
         ``[(first, last), ...]`` ascending and disjoint; every run starts at a keyframe.
     """
     keys = index.keyframe_positions
-    key_pts = index.pts[np.argsort(index.decode_position)][keys]  # PTS of each keyframe
+    key_pts = index.decode_order_pts[keys]  # PTS of each keyframe
     runs = []
     for frame in sorted(frames):
         position, pts = int(index.decode_position[frame]), int(index.pts[frame])
@@ -181,7 +202,7 @@ def sparse_frames(reader: VideoReader, index: FrameIndex, frames: set[int]) -> I
                             converter=reader._converter)
 
     position_of = {int(p): int(k) for p, k in zip(index.pts, index.decode_position)}
-    pts_at = index.pts[np.argsort(index.decode_position)]  # decode position -> PTS
+    pts_at = index.decode_order_pts  # decode position -> PTS
     keys = index.keyframe_positions
     run, in_run = 0, False
     try:

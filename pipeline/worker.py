@@ -30,7 +30,7 @@ from pipeline.sampling import (
 )
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.sources import source_identity
-from pipeline.sparse_decode import SparseDecodeUnsupported, frame_index, sparse_frames
+from pipeline.sparse_decode import SparseDecodeUnsupported, plan_frames
 from pipeline.store import FeatureStore, video_key
 
 
@@ -302,15 +302,9 @@ class VideoExtractor:
                                counts={self.counts[name] for name in names})
             for plan, names in groups.items()
         }
-        times: list[float] = []  # every frame's presentation time, seconds
-        frames = reader
-        index = frame_index(path) if sparse else None
-        if sparse and index is None:
-            raise SparseDecodeUnsupported(f"{path}: the packets cannot index a sparse decode")
-        if index is not None:
-            needed = set().union(*(s.needed_frames(index.time_sec)
-                                   for s in samplers.values()))
-            frames, times = sparse_frames(reader, index, needed), index.time_sec.tolist()
+        frames, index = plan_frames(reader, samplers, sparse=sparse)
+        # Every frame's presentation time, seconds: from the index, or filled while decoding.
+        times: list[float] = [] if index is None else index.time_sec.tolist()
         run = _Embedded(info=info, times=times, tokens={n: [] for ns in groups.values() for n in ns},
                         spans={plan: [] for plan in groups})
         pending: dict[PlanConfig, list[Window]] = {plan: [] for plan in groups}

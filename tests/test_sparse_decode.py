@@ -167,13 +167,13 @@ def test_extraction_decodes_fewer_frames_for_identical_tokens(catalog, full_run,
 
 def test_a_video_that_cannot_be_decoded_sparsely_is_decoded_in_full(
         catalog, full_run, tmp_path, monkeypatch):
-    import pipeline.worker
+    import pipeline.sparse_decode
 
     def unsupported(reader, index, frames):
         yield from []
         raise SparseDecodeUnsupported("test: decoded PTS do not match")
 
-    monkeypatch.setattr(pipeline.worker, "sparse_frames", unsupported)
+    monkeypatch.setattr(pipeline.sparse_decode, "sparse_frames", unsupported)
     fs, summary = _extract(catalog, tmp_path, "sparse", plan="fps")
     _assert_same(full_run[0], fs, catalog.videos["video_id"])
     assert summary.num_decoded == summary.num_frames

@@ -34,7 +34,7 @@ import torch
 
 from pipeline.decode import VideoError, VideoReader
 from pipeline.sampling import PlanConfig, Window, make_sampler, stream_plan_windows
-from pipeline.sparse_decode import SparseDecodeUnsupported, frame_index, sparse_frames
+from pipeline.sparse_decode import SparseDecodeUnsupported, plan_frames
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 
 
@@ -124,11 +124,7 @@ def _decode_views(path, plan, scenes, counts, short_side_px, offsets, rng,
     samplers = {k: make_sampler(plan, fps=fps, duration_sec=duration_sec, counts=counts, rng=rng,
                                 offset=offset) for k, offset in enumerate(offsets)}
     segmenter = SceneSegmenter(scenes, fps) if plan.name == "scene" else None
-    frames = reader
-    index = frame_index(path) if sparse else None
-    if index is not None:
-        needed = set().union(*(s.needed_frames(index.time_sec) for s in samplers.values()))
-        frames = sparse_frames(reader, index, needed)
+    frames, _ = plan_frames(reader, samplers, sparse=sparse)
     views: list[list[Window]] = [[] for _ in offsets]
     for k, window in stream_plan_windows(frames, samplers, segmenter):
         views[k].append(window)
