@@ -41,6 +41,26 @@ def model_key(job) -> tuple:
     return (job.backbone, job.weights, job.seed, job.precision, job.resize)
 
 
+def load_models(jobs, device: str) -> dict[tuple, object]:
+    """One :class:`~pipeline.backbones.Backbone` per distinct :func:`model_key` of ``jobs``,
+    created on ``device``.
+
+    Raises:
+        Whatever :func:`~pipeline.backbones.create_backbone` raises (unknown backbone, weights
+        missing offline).
+    """
+    from pipeline.backbones import create_backbone
+
+    models = {}
+    for job in jobs:
+        key = model_key(job)
+        if key not in models:
+            models[key] = create_backbone(job.backbone, weights=job.weights, seed=job.seed,
+                                          device=device, precision=job.precision,
+                                          resize=job.resize)
+    return models
+
+
 @dataclass
 class _Request:
     frames: np.ndarray  # (s, H, W, 3) or (s, F, H, W, 3) uint8
@@ -72,19 +92,12 @@ class BackboneServer:
         import torch
 
         os.environ.update(env or {})
-        from pipeline.backbones import create_backbone
         from pipeline.logs import LEVEL_ENV, configure_logging
 
         configure_logging((env or {}).get(LEVEL_ENV))
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.models = {}
-        for job in jobs:
-            key = model_key(job)
-            if key not in self.models:
-                self.models[key] = create_backbone(job.backbone, weights=job.weights,
-                                                   seed=job.seed, device=device,
-                                                   precision=job.precision, resize=job.resize)
+        self.models = load_models(jobs, device)
         self.batch_size = batch_size
         self.max_wait_sec = max_wait_sec
         # (model key, token kind, frame shape) -> requests waiting, oldest first
@@ -173,7 +186,7 @@ class BackboneServer:
     def _take(self, group: tuple) -> list[_Request]:
         """The oldest requests of ``group`` that fit one forward (at least one)."""
         requests, limit = self.queues[group], self._limit(group)
-        taken, size = [requests.pop(0)], 0
+        taken = [requests.pop(0)]
         size = len(taken[0].frames)
         while requests and size + len(requests[0].frames) <= limit:
             size += len(requests[0].frames)

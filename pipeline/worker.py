@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.backbone_server import BackboneServerLost, model_key
+from pipeline.backbone_server import BackboneServerLost, load_models, model_key
 from pipeline.decode import VideoError, VideoInfo, VideoReader
 from pipeline.faults import maybe_crash
 from pipeline.sampling import (
@@ -163,7 +163,7 @@ class VideoExtractor:
 
         os.environ.update(env or {})
 
-        from pipeline.backbones import backbone_spec, create_backbone
+        from pipeline.backbones import backbone_spec
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -173,15 +173,10 @@ class VideoExtractor:
         if None in self.plans.values():
             raise ValueError("a feature-set job names no sampling plan and no plan_config given")
         self.server = server
-        self.backbones = {}  # feature set -> its model (none with a server)
-        models = {}  # one model per (backbone, weights, seed, precision, resize)
-        for job in jobs if server is None else ():
-            key = model_key(job)
-            if key not in models:
-                models[key] = create_backbone(job.backbone, weights=job.weights, seed=job.seed,
-                                              device=device, precision=job.precision,
-                                              resize=job.resize)
-            self.backbones[job.feature_set] = models[key]
+        # Feature set -> its model, one per (backbone, weights, seed, precision, resize); none
+        # with a server.
+        models = load_models(jobs, device) if server is None else {}
+        self.backbones = {job.feature_set: models[model_key(job)] for job in jobs if models}
         self.feature_sets = {name: self.store.open(name) for name in self.jobs}
         # Frames per window each backbone needs: 1 (centre frame) or its clip length.
         self.counts = {
