@@ -255,6 +255,11 @@ class ExtractSummary:
     videos_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> videos done
     num_frames: int = 0  # frames of the videos extracted
     num_decoded: int = 0  # pictures decoded (fewer than num_frames with sparse decoding)
+    # Worker-seconds over the videos extracted: in the backbones (with --topology gpu-server,
+    # waiting for the server's answers), and in the rest (decoding, scene detection, sampling,
+    # writing). Their sum over the run's wall_sec is the workers' busy share.
+    backbone_sec: float = 0.0
+    decode_sec: float = 0.0
     wall_sec: float = 0.0  # decoding and extraction, compaction not included
     # From the start of the run until its last first-round extractor had its backbones loaded
     # (Ray start, worker start, imports, weights): the part of wall_sec no frame is decoded in.

@@ -163,6 +163,11 @@ def test_extraction_decodes_fewer_frames_for_identical_tokens(catalog, full_run,
     _assert_same(fs_full, fs_sparse, catalog.videos["video_id"])
     assert full.num_decoded == full.num_frames == sparse.num_frames == 4 * 500
     assert sparse.num_decoded < 0.6 * full.num_decoded
+    # The workers' clocks add up in the summary (one process here: within the wall time).
+    for summary in (full, sparse):
+        assert 0 < summary.backbone_sec and 0 < summary.decode_sec
+        assert summary.backbone_sec + summary.decode_sec <= summary.wall_sec
+    assert sparse.decode_sec < full.decode_sec
 
 
 def test_a_video_that_cannot_be_decoded_sparsely_is_decoded_in_full(
