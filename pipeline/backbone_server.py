@@ -202,3 +202,55 @@ class BackboneServer:
         self.busy_sec += time.perf_counter() - t0
         self.batch_sizes.append(len(out))
         return np.split(out, np.cumsum([len(b) for b in batches])[:-1])
+
+
+@dataclass
+class Placement:
+    """Where ``--topology gpu-server`` puts its servers and workers on a cluster: each GPU
+    node's workers send their batches to a server on their own node, so frames never cross
+    the network there; workers of a node without a GPU use every server in turn.
+
+    Attributes:
+        server_nodes: The Ray node id of each server, one per GPU.
+        worker_nodes: The node id each worker slot is placed on (``None``: anywhere, Ray's
+            SPREAD; a cluster without GPUs).
+    """
+
+    server_nodes: list[str]
+    worker_nodes: list[str | None]
+
+    def server_of(self, slot: int) -> int:
+        """Index into :attr:`server_nodes` of the server worker slot ``slot`` sends to: the
+        servers of its node in turn, else all of them in turn (0 without GPUs: one server)."""
+        node = self.worker_nodes[slot]
+        local = [i for i, n in enumerate(self.server_nodes) if n == node]
+        if local:  # this slot's rank among its node's slots picks one of the node's servers
+            return local[self.worker_nodes[:slot].count(node) % len(local)]
+        rank = sum(1 for n in self.worker_nodes[:slot] if n not in self.server_nodes)
+        return rank % max(1, len(self.server_nodes))
+
+
+def plan_placement(nodes: list[dict], num_workers: int) -> Placement:
+    """One server per GPU on its node, and ``num_workers`` worker slots spread over the nodes in
+    proportion to the CPUs their servers leave (a server holds 1 CPU), nodes taking turns.
+
+    Args:
+        nodes: ``ray.nodes()``: dicts with ``NodeID``, ``Alive`` and ``Resources`` (``CPU``,
+            ``GPU``).
+        num_workers: Worker slots to place (may exceed the CPUs: the slots then wrap around).
+
+    Returns:
+        A :class:`Placement`; without GPUs in ``nodes``, no server nodes and every slot
+        ``None``.
+    """
+    alive = [n for n in nodes if n.get("Alive", True)]
+    server_nodes = [n["NodeID"] for n in alive for _ in range(int(n["Resources"].get("GPU", 0)))]
+    if not server_nodes:
+        return Placement([], [None] * num_workers)
+    free = {n["NodeID"]: max(0, int(n["Resources"].get("CPU", 0)) - server_nodes.count(n["NodeID"]))
+            for n in alive}
+    slots = []  # round robin over the nodes, each taking as many turns as it has free CPUs
+    for turn in range(max(free.values(), default=0)):
+        slots += [node for node, cpus in free.items() if cpus > turn]
+    slots = slots or list(free)  # no free CPU anywhere: workers share the servers' nodes
+    return Placement(server_nodes, [slots[i % len(slots)] for i in range(num_workers)])

@@ -42,7 +42,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     A worker process that dies takes only its current video with it: a fresh extractor gets
     the video again, up to ``config.crash_retries`` times. A video running past
     ``config.video_timeout_sec`` has its worker killed and is recorded as timed out; the driver
-    looks every :data:`WAIT_POLL_SEC`. Extractors are spread over the cluster's nodes.
+    looks every :data:`WAIT_POLL_SEC`. Where extractors go on the nodes: :func:`_start_servers`.
     """
     import ray
 
@@ -53,21 +53,21 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     if started_here:
         _start_ray(ray, config.address)
     try:
-        servers = _start_servers(ray, config, jobs)  # none in the per-worker topology
         num_workers = _num_workers(config, ray.cluster_resources(), len(todo))
+        placement, servers = _start_servers(ray, config, jobs, num_workers)
         actor_cls, kwargs = _actor_class(ray, config, summary.started_at)
 
-        def new_actor():
-            if servers:  # round robin over the servers
-                kwargs["server"] = servers[len(nodes) % len(servers)]
-            actor = actor_cls.options(scheduling_strategy="SPREAD").remote(store_root, jobs, **kwargs)
-            nodes[actor] = actor.node_id.remote()
+        def new_actor(slot: int):
+            kwargs["server"] = servers[placement.server_of(slot)] if servers else None  # local
+            where = _on_node(placement.worker_nodes[slot])
+            actor = actor_cls.options(scheduling_strategy=where).remote(store_root, jobs, **kwargs)
+            nodes[actor], slots[actor] = actor.node_id.remote(), slot
             starting[actor] = actor.ready.remote()  # its clock starts once its backbones load
             return actor
 
-        nodes = {}  # live actor -> ObjectRef of its Ray node id
-        starting = {}  # actor still loading -> ObjectRef of its `ready`
-        actors = [new_actor() for _ in range(num_workers)]
+        # live actor -> ObjectRef of its Ray node id; -> its slot; still loading -> its `ready`
+        nodes, slots, starting = {}, {}, {}
+        actors = [new_actor(slot) for slot in range(num_workers)]
         queue = list(reversed(todo))  # (video_id, path, feature sets), popped from the end
         crashes = {}  # video_id -> times its worker died under it
         inflight = {}  # ObjectRef -> (actor, (video_id, path, feature sets), submitted at)
@@ -90,7 +90,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                     message = _record_failure(store_root, item, f"timed out after {limit}",
                                               summary.started_at)
                     progress_bar.record(VideoResult(item[0], "failed", error=message))
-                    submit(new_actor())
+                    submit(new_actor(slots.pop(actor)))
                 continue
             ref = ready[0]
             actor, item, _ = inflight.pop(ref)
@@ -124,7 +124,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                         f"the worker process died while extracting it, {crashes[video_id]} "
                         f"time(s) ({type(err).__name__}); run again to retry"), summary.started_at)
                     progress_bar.record(VideoResult(video_id, "failed", error=message))
-                actor = new_actor()
+                actor = new_actor(slots.pop(actor))
             else:
                 progress_bar.record(result)
                 node = _node_of(ray, nodes.get(actor))
@@ -164,25 +164,28 @@ def _finish(ray, first: list, live: list, servers: list, summary: ExtractSummary
         ray.kill(actor)
 
 
-def _start_servers(ray, config: ExtractConfig, jobs) -> list:
-    """With ``--topology gpu-server``: one :class:`~pipeline.backbone_server.BackboneServer`
-    per GPU of the cluster (1 GPU and 1 CPU each), or, on a cluster without GPUs, one on the
-    CPU (no CPU reserved: its torch threads, passive OpenMP waiters, use the cores the workers
-    leave idle while they wait on it). Ray restarts a server that dies up to
-    ``config.crash_retries`` times and retries its pending batches. Returns their handles (none
-    in the per-worker topology)."""
-    if config.topology != "gpu-server":
-        return []
-    from pipeline.backbone_server import BackboneServer
+def _start_servers(ray, config: ExtractConfig, jobs, num_workers: int) -> tuple:
+    """Where the ``num_workers`` workers go, and with ``--topology gpu-server`` the servers:
+    :func:`~pipeline.backbone_server.plan_placement` (per-worker: no servers, the workers
+    spread) and the handles of one :class:`~pipeline.backbone_server.BackboneServer`
+    per GPU of the cluster, on that GPU's node (1 GPU and 1 CPU each), or, on a cluster
+    without GPUs, one on the CPU (no CPU reserved: its torch threads, passive OpenMP waiters,
+    use the cores the workers leave idle while they wait on it). Ray restarts a server that
+    dies up to ``config.crash_retries`` times and retries its pending batches."""
+    from pipeline.backbone_server import BackboneServer, plan_placement
 
+    if config.topology != "gpu-server":
+        return plan_placement([], num_workers), []
+    placement = plan_placement(ray.nodes(), num_workers)
     resources = ray.cluster_resources()
-    num_gpus = int(resources.get("GPU", 0))
+    num_gpus = len(placement.server_nodes)
     retries = dict(max_restarts=config.crash_retries, max_task_retries=config.crash_retries)
     kwargs = dict(batch_size=config.server_batch_size, env=_forwarded_env())
     if num_gpus:
         cls = ray.remote(num_gpus=1, num_cpus=1, max_concurrency=1000, **retries)(BackboneServer)
-        servers = [cls.options(scheduling_strategy="SPREAD").remote(jobs, device="cuda", **kwargs)
-                   for _ in range(num_gpus)]
+        servers = [cls.options(scheduling_strategy=_on_node(node)).remote(jobs, device="cuda",
+                                                                          **kwargs)
+                   for node in placement.server_nodes]
     else:
         # Its OpenMP threads share the cores with the decoding workers: idle ones sleep at
         # once instead of spinning (OMP_WAIT_POLICY=ACTIVE made the run 1.5x slower).
@@ -191,7 +194,17 @@ def _start_servers(ray, config: ExtractConfig, jobs) -> list:
         servers = [cls.remote(jobs, device="cpu", num_threads=int(resources.get("CPU", 1)),
                               **kwargs)]
     log.info("%d backbone server(s) on %s", len(servers), "GPUs" if num_gpus else "the CPU")
-    return servers
+    return placement, servers
+
+
+def _on_node(node: str | None):
+    """Ray's scheduling strategy for an actor meant for ``node`` (soft: elsewhere if that node
+    is full or gone, e.g. when Ray restarts it), or SPREAD for ``None``."""
+    if node is None:
+        return "SPREAD"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node, soft=True)
 
 
 def _server_stats(ray, servers: list, summary: ExtractSummary) -> None:

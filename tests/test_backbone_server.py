@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from catalogs.base import Catalog
-from pipeline.backbone_server import BackboneServer, model_key
+from pipeline.backbone_server import BackboneServer, model_key, plan_placement
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.store import FeatureStore
 from pipeline.worker import FeatureSetJob
@@ -118,3 +118,32 @@ def test_a_bad_video_is_recorded_as_failed_and_the_others_are_stored(ray_local, 
 def test_bad_topology_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         ExtractConfig(**{**OPTIONS, **bad})
+
+
+def _node(node_id, cpus, gpus=0, alive=True):
+    return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
+
+
+def test_each_gpu_node_s_workers_use_the_server_on_their_own_node():
+    nodes = [_node("a", 4, gpus=1), _node("b", 4, gpus=2), _node("c", 2), _node("d", 8, 1, False)]
+    placement = plan_placement(nodes, num_workers=7)
+    assert placement.server_nodes == ["a", "b", "b"]  # one per GPU of a live node
+    # a: 3 free CPUs, b: 2, c: 2; the nodes take turns, each as long as it has free CPUs
+    assert placement.worker_nodes == ["a", "b", "c", "a", "b", "c", "a"]
+    servers = [placement.server_nodes[placement.server_of(i)] for i in range(7)]
+    assert servers[0::3] == ["a"] * 3  # a's workers: a's server
+    assert [placement.server_of(i) for i in (1, 4)] == [1, 2]  # b's two servers in turn
+    assert [placement.server_of(i) for i in (2, 5)] == [0, 1]  # c has none: all in turn
+
+
+def test_without_gpus_every_worker_shares_the_one_cpu_server_anywhere():
+    placement = plan_placement([_node("a", 2), _node("b", 2)], num_workers=3)
+    assert placement.server_nodes == [] and placement.worker_nodes == [None] * 3
+    assert {placement.server_of(i) for i in range(3)} == {0}
+
+
+def test_more_workers_than_free_cpus_wrap_around_the_nodes():
+    placement = plan_placement([_node("a", 1, gpus=1), _node("b", 2)], num_workers=4)
+    assert placement.worker_nodes == ["b", "b", "b", "b"]  # a's one CPU is its server's
+    placement = plan_placement([_node("a", 1, gpus=1)], num_workers=2)
+    assert placement.worker_nodes == ["a", "a"]  # no free CPU anywhere: the server's node
