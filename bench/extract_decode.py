@@ -28,7 +28,8 @@ Continues the tables of ``bench/extract.py``:
    ceiling (one process, in-memory frames at the server's batch), the server's mean batch and
    the share of time the GPU waits (1 − busy / steady wall time).
 7. **NVDEC**: decode-only frames/s of 720p-class footage on the CPU (one process per core,
-   the pipeline's reader) vs torchcodec's CUDA decoder (NVDEC) where it is installed.
+   the pipeline's reader) vs the GPU's decoders through torchcodec's CUDA decoder and through
+   NVIDIA's PyNvVideoCodec, where each is installed (one process, frames left on the GPU).
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def sparse_table(work: Path, *, quick: bool) -> None:
     print("   target: >= 1.5x faster at a 2 s GOP, never slower\n")
 
 
-def _server_ceiling(name: str, token_kind: str, batch: int, device: str) -> float:
+def _server_ceiling(name: str, token_kind: str, batch: int, device: str,
+                    seconds: float = 10.0) -> float:
     """Frames/s of backbone ``name`` alone on ``device`` (bf16 on CUDA), on in-memory uint8
     frames at the working resolution of 720p footage (256x455), ``batch`` frames a forward,
     host-to-device copies and the copy back included."""
@@ -228,7 +230,7 @@ def _server_ceiling(name: str, token_kind: str, batch: int, device: str) -> floa
     for _ in range(3):  # warm-up: cuDNN picks its kernels
         backbone(frames, token_kind)
     t0, num = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 10:
+    while time.perf_counter() - t0 < seconds:
         backbone(frames, token_kind)  # numpy out: synchronised with the device
         num += batch
     return num / (time.perf_counter() - t0)
@@ -294,24 +296,49 @@ def nvdec_table(paths: list[str]) -> None:
     print(f"7. decode only, {len(paths)} 720p-class videos (frames/s)")
     frames, sec = decode_ceiling(paths, num_cores)
     print(f"   CPU, the pipeline's reader ({num_cores} processes)  {frames / sec:8.0f}")
-    try:
-        import torch
-        from torchcodec.decoders import VideoDecoder
+    for name, decode in (("torchcodec, device=cuda", _torchcodec_frames),
+                         ("PyNvVideoCodec, RGB planar on the GPU", _pynvvideocodec_frames)):
+        try:
+            decode(paths[:1])  # warm-up: the CUDA context and the decoder sessions
+            t0 = time.perf_counter()
+            frames = decode(paths)
+            sec = time.perf_counter() - t0
+        except Exception as err:  # not installed, or no GPU / no NVDEC there
+            print(f"   NVDEC ({name}): not available ({type(err).__name__}: {str(err)[:80]})")
+            continue
+        print(f"   NVDEC ({name}, 1 process)  {frames / sec:8.0f}")
+    print()
 
-        VideoDecoder(paths[0], device="cuda")
-    except Exception as err:  # not installed, or built without CUDA
-        print(f"   NVDEC (torchcodec, device=cuda): not available ({type(err).__name__}: "
-              f"{str(err)[:80]})\n")
-        return
-    t0, frames = time.perf_counter(), 0
+
+def _torchcodec_frames(paths: list[str]) -> int:
+    """Frames of ``paths`` decoded by torchcodec's CUDA decoder, full resolution, on the GPU."""
+    import torch
+    from torchcodec.decoders import VideoDecoder
+
+    frames = 0
     for path in paths:
         decoder = VideoDecoder(path, device="cuda")
         for lo in range(0, len(decoder), 64):
             batch = decoder.get_frames_in_range(lo, min(lo + 64, len(decoder)))
-            frames += len(batch.data)  # (B, 3, H, W) uint8 on the GPU, full resolution
+            frames += len(batch.data)  # (B, 3, H, W) uint8 on the GPU
     torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
-    print(f"   NVDEC (torchcodec, device=cuda, 1 process)      {frames / sec:8.0f}\n")
+    return frames
+
+
+def _pynvvideocodec_frames(paths: list[str]) -> int:
+    """Frames of ``paths`` decoded by NVIDIA's PyNvVideoCodec (``SimpleDecoder``, planar RGB in
+    GPU memory), full resolution."""
+    import PyNvVideoCodec as nvc
+    import torch
+
+    frames = 0
+    for path in paths:
+        decoder = nvc.SimpleDecoder(path, gpu_id=0, use_device_memory=True,
+                                    output_color_type=nvc.OutputColorType.RGBP)
+        for lo in range(0, len(decoder), 64):
+            frames += len(decoder[lo:min(lo + 64, len(decoder))])
+    torch.cuda.synchronize()
+    return frames
 
 
 def main() -> None:

