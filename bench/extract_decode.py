@@ -304,7 +304,8 @@ def nvdec_table(paths: list[str]) -> None:
             frames = decode(paths)
             sec = time.perf_counter() - t0
         except Exception as err:  # not installed, or no GPU / no NVDEC there
-            print(f"   NVDEC ({name}): not available ({type(err).__name__}: {str(err)[:80]})")
+            print(f"   NVDEC ({name}): not available ({type(err).__name__}: "
+                  f"{' '.join(str(err).split())[:80]})")
             continue
         print(f"   NVDEC ({name}, 1 process)  {frames / sec:8.0f}")
     print()

@@ -27,8 +27,10 @@ channels_last on CUDA) runs the backbone on batches joined across videos. Printe
 - which bound the run sits at: ``GPU-bound`` (samples/s >= 80 % of the ceiling, the target),
   or ``decode-bound`` (video frames/s >= 80 % of the decode-only bound), or neither.
 
-Then CPU vs NVDEC decode frames/s (``bench/extract_decode.py``'s part 7), unless
-``--no-nvdec``.
+For fixed plans the same again with the frames decoded by the GPU's decoders (NVIDIA's
+PyNvVideoCodec, :func:`nvdec_front_end`; ``--no-nvdec`` skips it; "not available" where the
+library or the decoders are missing). Then decode-only frames/s, CPU vs NVDEC
+(``bench/extract_decode.py``'s part 7), unless ``--no-decode-table``.
 """
 
 from __future__ import annotations
@@ -153,47 +155,94 @@ def _warm(_) -> int:
     return os.getpid()
 
 
-def decode_only(pool, paths: list[str], feature: str, fps: float) -> tuple[int, float]:
-    """Video frames and seconds of the front end alone over ``paths``."""
-    t0 = time.perf_counter()
-    num_frames = sum(r[1] for r in pool.imap_unordered(front_end, [(p, feature, fps)
-                                                                  for p in paths]))
-    return num_frames, time.perf_counter() - t0
-
-
-def end_to_end(pool, server, job, paths: list[str], fps: float) -> dict:
-    """The front ends feed ``server`` (which holds ``job``'s model) as their videos finish;
-    every video's tokens come back. Returns frames, samples, pictures decoded, wall seconds and
-    the server's busy seconds."""
+def end_to_end(server, job, results) -> dict:
+    """Feed ``server`` (which holds ``job``'s model) each video's sampled frames as
+    ``results()`` (an iterator of :func:`front_end` returns) yields them; every video's tokens
+    come back. Returns frames, samples, pictures decoded, wall seconds and the server's busy
+    seconds."""
     from pipeline.backbone_server import model_key
 
-    feature, key = job.feature_set, model_key(job)
-    busy0 = server.busy_sec
+    key, busy0 = model_key(job), server.busy_sec
 
     async def run() -> dict:
         loop = asyncio.get_running_loop()
         arrived: asyncio.Queue = asyncio.Queue()
 
-        def produce() -> None:  # the pool's results, handed to the event loop as they come
-            for result in pool.imap_unordered(front_end, [(p, feature, fps) for p in paths]):
-                loop.call_soon_threadsafe(arrived.put_nowait, result)
+        def produce() -> None:  # the results, handed to the event loop as they come
+            try:
+                for result in results():
+                    loop.call_soon_threadsafe(arrived.put_nowait, result)
+                end = None
+            except BaseException as err:  # a front end failed: raised in the event loop
+                end = err
+            loop.call_soon_threadsafe(arrived.put_nowait, end)
 
         t0 = time.perf_counter()
         threading.Thread(target=produce, daemon=True).start()
         tasks, counts = [], {"frames": 0, "samples": 0, "decoded": 0}
-        for _ in paths:
-            batch, num_frames, num_decoded, _sec = await arrived.get()
+        while not isinstance(result := await arrived.get(), BaseException | None):
+            batch, num_frames, num_decoded, _sec = result
             counts["frames"] += num_frames
             counts["samples"] += len(batch)
             counts["decoded"] += num_decoded
             tasks.append(asyncio.create_task(server.embed(key, batch, job.token_kind,
                                                           "float16")))
         outs = await asyncio.gather(*tasks)
+        if result is not None:
+            raise result
         assert sum(len(o) for o in outs) == counts["samples"]
         return {**counts, "wall_sec": time.perf_counter() - t0}
 
     stats = asyncio.run(run())
     return {**stats, "busy_sec": server.busy_sec - busy0}
+
+
+def nvdec_front_end(args: tuple[str, str, float]) -> tuple[np.ndarray, int, int, float]:
+    """:func:`front_end` for fixed plans, the frames decoded by the GPU's decoders (NVIDIA's
+    PyNvVideoCodec, RGB in GPU memory) instead of PyAV: the frames the plan samples (the same
+    :meth:`needed_frames` of the same packet index), scaled to the working resolution on the
+    GPU (bilinear, antialiased; the CPU path uses swscale, so pixels differ slightly), then
+    copied to the host as the worker's frames are. Raises where the decoder's frame count
+    differs from the packet index's."""
+    import PyNvVideoCodec as nvc
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.backbones import backbone_spec
+    from pipeline.decode import Frame, probe, working_size
+    from pipeline.sampling import make_sampler, stream_plan_windows
+    from pipeline.sparse_decode import frame_index
+
+    path, feature_text, fps = args
+    t0 = time.perf_counter()
+    config = _config(feature_text, fps)
+    (feature,) = config.feature_list()
+    plan = config.plan_config(feature.plan)
+    if config.detector != "none":
+        raise ValueError(f"{feature_text}: NVDEC feeds fixed plans only (no scene detection)")
+    count = backbone_spec(feature.backbone, resize=feature.resize).clip_frames(
+        plan.frames_per_clip)
+    info, index = probe(path), frame_index(path)
+    sampler = make_sampler(plan, fps=info.fps, duration_sec=info.duration_sec, counts={count})
+    needed = sorted(sampler.needed_frames(index.time_sec))
+    decoder = nvc.SimpleDecoder(path, gpu_id=0, use_device_memory=True,
+                                output_color_type=nvc.OutputColorType.RGB)
+    if len(decoder) != len(index):
+        raise RuntimeError(f"{path}: PyNvVideoCodec counts {len(decoder)} frames, the packet "
+                           f"index {len(index)}")
+    width, height = working_size(info.width_px, info.height_px, config.short_side_px)
+    frames = []
+    for lo in range(0, len(needed), 64):
+        chunk = needed[lo:lo + 64]
+        rgb = torch.stack([torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(chunk)])
+        small = F.interpolate(rgb.permute(0, 3, 1, 2).float(), size=(height, width),
+                              mode="bilinear", antialias=True, align_corners=False)
+        bgr = small.round().clamp(0, 255).byte().flip(1).permute(0, 2, 3, 1).cpu().numpy()
+        frames += [Frame(i, float(index.time_sec[i]), np.ascontiguousarray(b))
+                   for i, b in zip(chunk, bgr)]
+    windows = [w for _, w in stream_plan_windows(iter(frames), {plan: sampler})]
+    batch = np.stack([w.frames[1][0] if count == 1 else w.frames[count] for w in windows])
+    return batch, len(index), len(needed), time.perf_counter() - t0
 
 
 def _job(feature: str, fps: float, *, precision: str):
@@ -211,7 +260,9 @@ def _job(feature: str, fps: float, *, precision: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    parser.add_argument("--features", default=",".join(FEATURES))
+    parser.add_argument("--features", default=None,
+                        help=f"comma-separated (default {','.join(FEATURES)}; --quick: resnet18 "
+                             "on both plans)")
     parser.add_argument("--fps", type=float, default=1.0, help="the fps plan's frames/s")
     parser.add_argument("--videos", type=int, default=None, help="default 32 (--quick: 4)")
     parser.add_argument("--duration-sec", type=float, default=None,
@@ -224,10 +275,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="the server's batch")
     parser.add_argument("--quick", action="store_true",
                         help="4 videos of 12 s, resnet18 on both plans")
-    parser.add_argument("--no-nvdec", action="store_true", help="skip CPU vs NVDEC decoding")
+    parser.add_argument("--no-decode-table", action="store_true",
+                        help="skip the decode-only table (CPU vs NVDEC frames/s)")
+    parser.add_argument("--nvdec", action=argparse.BooleanOptionalAction, default=True,
+                        help="fixed plans: also feed the backbone from the GPU's decoders "
+                             "(PyNvVideoCodec), default on")
+    parser.add_argument("--nvdec-threads", type=int, default=4,
+                        help="videos decoded at once by the GPU's decoders")
     args = parser.parse_args()
-    if args.quick:  # light backbones: a CPU runs ViT-L/16 at a few frames/s
-        args.features = "resnet18:scene,resnet18:fps"
+    # --quick: light backbones (a CPU runs ViT-L/16 at a few frames/s)
+    args.features = args.features or ("resnet18:scene,resnet18:fps" if args.quick
+                                      else ",".join(FEATURES))
     args.videos = args.videos or (4 if args.quick else 32)
     args.duration_sec = args.duration_sec or (12.0 if args.quick else 60.0)
     if args.footage is None:
@@ -251,28 +309,50 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.procs) as pool:
         pool.map(_warm, range(args.procs))
         for feature in args.features.split(","):
-            _feature_line(pool, paths, feature, args, precision, BackboneServer, _server_ceiling)
-    if not args.no_nvdec:
+            _feature_lines(pool, paths, feature, args, precision, BackboneServer,
+                           _server_ceiling)
+    if not args.no_decode_table:
         print()
         nvdec_table(paths[:8])
 
 
-def _feature_line(pool, paths, feature, args, precision, server_cls, ceiling_fn) -> None:
-    """One feature's measurements, printed."""
+def _feature_lines(pool, paths, feature, args, precision, server_cls, ceiling_fn) -> None:
+    """One feature's measurements, printed: PyAV decoding in the decode processes, and for a
+    fixed plan with ``--nvdec`` the GPU's decoders (threads of this process) too."""
+    from concurrent.futures import ThreadPoolExecutor
+
     job = _job(feature, args.fps, precision=precision)
     server = server_cls([job], device=args.device, batch_size=args.batch_size)
-    end_to_end(pool, server, job, paths[:2], args.fps)  # warm-up: kernels, allocator
-    run = end_to_end(pool, server, job, paths, args.fps)
-    frames, sec = decode_only(pool, paths, feature, args.fps)
-    backbone, _, *rest = feature.split(":")
+    backbone, plan, *rest = feature.split(":")
     ceiling = ceiling_fn(backbone, rest[0] if rest else "pooled", args.batch_size, args.device,
                          seconds=2.0 if args.quick else 10.0)
+    feeds = {"CPU decoding": lambda ps: pool.imap_unordered(front_end, ps)}
+    if args.nvdec and plan != "scene":
+        threads = ThreadPoolExecutor(args.nvdec_threads)
+        feeds["NVDEC"] = lambda ps: threads.map(nvdec_front_end, ps)
+    for name, feed in feeds.items():
+        def results(some, feed=feed):
+            return lambda: feed([(p, feature, args.fps) for p in some])
+        try:
+            end_to_end(server, job, results(paths[:2]))  # warm-up: kernels, allocator, decoders
+            run = end_to_end(server, job, results(paths))
+            t0 = time.perf_counter()
+            bound = sum(r[1] for r in results(paths)()) / (time.perf_counter() - t0)
+        except Exception as err:  # NVDEC: PyNvVideoCodec missing, or no GPU decoder there
+            print(f"  {feature:20s} {name}: not available ({type(err).__name__}: "
+                  f"{' '.join(str(err).split())[:100]})")
+            continue
+        _print_run(feature, name, run, bound, ceiling)
+
+
+def _print_run(feature: str, name: str, run: dict, bound: float, ceiling: float) -> None:
     wall = run["wall_sec"]
-    fed, video_fps, bound = run["samples"] / wall, run["frames"] / wall, frames / sec
+    fed, video_fps = run["samples"] / wall, run["frames"] / wall
     verdict = ("GPU-bound" if fed >= GPU_BOUND * ceiling else
                "decode-bound" if video_fps >= DECODE_BOUND * bound else "neither bound")
-    print(f"  {feature:20s} end to end {video_fps:7.0f} video frames/s, {fed:6.0f} samples/s "
-          f"into the backbone ({run['decoded']} of {run['frames']} frames decoded, "
+    decoded = ("frames asked of the decoder" if name == "NVDEC" else "frames decoded")
+    print(f"  {feature:20s} {name}: end to end {video_fps:7.0f} video frames/s, {fed:6.0f} "
+          f"samples/s into the backbone ({run['decoded']} of {run['frames']} {decoded}, "
           f"{run['samples']} samples, {wall:.1f} s)")
     print(f"  {'':20s} decode-only bound {bound:7.0f} video frames/s; backbone-only ceiling "
           f"{ceiling:6.0f} samples/s; fed {fed / ceiling:.0%} of the ceiling, "
