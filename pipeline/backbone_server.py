@@ -6,7 +6,8 @@ own. The server loads each distinct model once, queues the requests of every wor
 one forward per group of requests that share a model, a token kind and a frame shape, up to
 ``batch_size`` frames: large batches from many videos keep the GPU busy, and one CUDA context
 and one copy of each model serve the whole node. The videos are still written, whole, by their
-workers: per-video commit, failure records and resume do not change.
+workers: per-video commit, failure records and resume do not change. :func:`plan_placement`
+puts each server on its GPU's node and each node's workers beside it.
 
 bf16 autocast and channels_last come from :class:`~pipeline.backbones.Backbone` itself (its
 ``precision`` and frame layout), the same as in a worker.

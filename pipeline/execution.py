@@ -58,7 +58,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
         actor_cls, kwargs = _actor_class(ray, config, summary.started_at)
 
         def new_actor(slot: int):
-            kwargs["server"] = servers[placement.server_of(slot)] if servers else None  # local
+            kwargs["server"] = servers[placement.server_of(slot)] if servers else None  # nearby
             where = _on_node(placement.worker_nodes[slot])
             actor = actor_cls.options(scheduling_strategy=where).remote(store_root, jobs, **kwargs)
             nodes[actor], slots[actor] = actor.node_id.remote(), slot
