@@ -28,7 +28,8 @@ channels_last on CUDA) runs the backbone on batches joined across videos. Printe
   or ``decode-bound`` (video frames/s >= 80 % of the decode-only bound), or neither.
 
 For fixed plans the same again with the frames decoded by the GPU's decoders (NVIDIA's
-PyNvVideoCodec, :func:`nvdec_front_end`; ``--no-nvdec`` skips it; "not available" where the
+PyNvVideoCodec through :mod:`pipeline.nvdec`, as ``pipeline extract --decode nvdec`` does;
+``--no-nvdec`` skips it; "not available" where the
 library or the decoders are missing). Then decode-only frames/s, CPU vs NVDEC
 (``bench/extract_decode.py``'s part 7), unless ``--no-decode-table``.
 """
@@ -100,17 +101,19 @@ def footage(folder: Path, work: Path, *, num_videos: int, duration_sec: float) -
     return videos
 
 
-def front_end(args: tuple[str, str, float]) -> tuple[np.ndarray, int, int, float]:
-    """In a decode process: one video's sampled frames for ``feature``, as the extraction
-    worker samples them. Returns the (S, H, W, 3) or (S, F, H, W, 3) uint8 batch, the video's
-    frames, the pictures decoded, and the seconds taken."""
+def front_end(args: tuple[str, str, float, bool]) -> tuple[np.ndarray, int, int, float]:
+    """One video's sampled frames for ``feature``, as the extraction worker samples them: in a
+    decode process with PyAV, or (``nvdec``, a fixed plan) in a thread of this process with the
+    GPU's decoders (``--decode nvdec``: :mod:`pipeline.nvdec`). Returns the (S, H, W, 3) or
+    (S, F, H, W, 3) uint8 batch, the video's frames, the pictures decoded (with NVDEC: asked
+    for), and the seconds taken."""
     from pipeline.backbones import backbone_spec
     from pipeline.decode import VideoReader
     from pipeline.sampling import make_sampler, stream_plan_windows
     from pipeline.scenes import SceneSegmenter
     from pipeline.sparse_decode import SparseDecodeUnsupported, plan_frames
 
-    path, feature_text, fps = args
+    path, feature_text, fps, nvdec = args
     t0 = time.perf_counter()
     config = _config(feature_text, fps)
     (feature,) = config.feature_list()
@@ -118,12 +121,12 @@ def front_end(args: tuple[str, str, float]) -> tuple[np.ndarray, int, int, float
     count = backbone_spec(feature.backbone, resize=feature.resize).clip_frames(
         plan.frames_per_clip)
     detect = config.detector != "none"
-    for sparse in ((False,) if detect else (True, False)):
+    for sparse in ((False,) if detect else (True,) if nvdec else (True, False)):
         reader = VideoReader(path, short_side_px=config.short_side_px, decode_threads=1)
         segmenter = SceneSegmenter(config.scene_config(), reader.info.fps) if detect else None
         sampler = make_sampler(plan, fps=reader.info.fps, duration_sec=reader.info.duration_sec,
                                counts={count})
-        frames, index = plan_frames(reader, {plan: sampler}, sparse=sparse)
+        frames, index = plan_frames(reader, {plan: sampler}, sparse=sparse, nvdec=nvdec)
         times: list[float] = []
         try:
             windows = [w for _, w in stream_plan_windows(frames, {plan: sampler}, segmenter,
@@ -195,54 +198,6 @@ def end_to_end(server, job, results) -> dict:
 
     stats = asyncio.run(run())
     return {**stats, "busy_sec": server.busy_sec - busy0}
-
-
-def nvdec_front_end(args: tuple[str, str, float]) -> tuple[np.ndarray, int, int, float]:
-    """:func:`front_end` for fixed plans, the frames decoded by the GPU's decoders (NVIDIA's
-    PyNvVideoCodec, RGB in GPU memory) instead of PyAV: the frames the plan samples (the same
-    :meth:`needed_frames` of the same packet index), scaled to the working resolution on the
-    GPU (bilinear, antialiased; the CPU path uses swscale, so pixels differ slightly), then
-    copied to the host as the worker's frames are. Raises where the decoder's frame count
-    differs from the packet index's."""
-    import PyNvVideoCodec as nvc
-    import torch
-    import torch.nn.functional as F
-
-    from pipeline.backbones import backbone_spec
-    from pipeline.decode import Frame, probe, working_size
-    from pipeline.sampling import make_sampler, stream_plan_windows
-    from pipeline.sparse_decode import frame_index
-
-    path, feature_text, fps = args
-    t0 = time.perf_counter()
-    config = _config(feature_text, fps)
-    (feature,) = config.feature_list()
-    plan = config.plan_config(feature.plan)
-    if config.detector != "none":
-        raise ValueError(f"{feature_text}: NVDEC feeds fixed plans only (no scene detection)")
-    count = backbone_spec(feature.backbone, resize=feature.resize).clip_frames(
-        plan.frames_per_clip)
-    info, index = probe(path), frame_index(path)
-    sampler = make_sampler(plan, fps=info.fps, duration_sec=info.duration_sec, counts={count})
-    needed = sorted(sampler.needed_frames(index.time_sec))
-    decoder = nvc.SimpleDecoder(path, gpu_id=0, use_device_memory=True,
-                                output_color_type=nvc.OutputColorType.RGB)
-    if len(decoder) != len(index):
-        raise RuntimeError(f"{path}: PyNvVideoCodec counts {len(decoder)} frames, the packet "
-                           f"index {len(index)}")
-    width, height = working_size(info.width_px, info.height_px, config.short_side_px)
-    frames = []
-    for lo in range(0, len(needed), 64):
-        chunk = needed[lo:lo + 64]
-        rgb = torch.stack([torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(chunk)])
-        small = F.interpolate(rgb.permute(0, 3, 1, 2).float(), size=(height, width),
-                              mode="bilinear", antialias=True, align_corners=False)
-        bgr = small.round().clamp(0, 255).byte().flip(1).permute(0, 2, 3, 1).cpu().numpy()
-        frames += [Frame(i, float(index.time_sec[i]), np.ascontiguousarray(b))
-                   for i, b in zip(chunk, bgr)]
-    windows = [w for _, w in stream_plan_windows(iter(frames), {plan: sampler})]
-    batch = np.stack([w.frames[1][0] if count == 1 else w.frames[count] for w in windows])
-    return batch, len(index), len(needed), time.perf_counter() - t0
 
 
 def _job(feature: str, fps: float, *, precision: str):
@@ -329,10 +284,10 @@ def _feature_lines(pool, paths, feature, args, precision, server_cls, ceiling_fn
     feeds = {"CPU decoding": lambda ps: pool.imap_unordered(front_end, ps)}
     if args.nvdec and plan != "scene":
         threads = ThreadPoolExecutor(args.nvdec_threads)
-        feeds["NVDEC"] = lambda ps: threads.map(nvdec_front_end, ps)
+        feeds["NVDEC"] = lambda ps: threads.map(front_end, ps)
     for name, feed in feeds.items():
-        def results(some, feed=feed):
-            return lambda: feed([(p, feature, args.fps) for p in some])
+        def results(some, feed=feed, nvdec=name == "NVDEC"):
+            return lambda: feed([(p, feature, args.fps, nvdec) for p in some])
         try:
             end_to_end(server, job, results(paths[:2]))  # warm-up: kernels, allocator, decoders
             run = end_to_end(server, job, results(paths))

@@ -154,11 +154,12 @@ def extract(
     server_batch_size: int = typer.Option(256, help="gpu-server: most frames per forward on a backbone server."),
     video_timeout_sec: float = typer.Option(3600.0, help="Longest a video may take, seconds; past it its worker is killed and the video recorded as failed (0: no limit)."),
     compact: bool = typer.Option(True, help="At the end, pack the one-video parts written into large parts (see `pipeline compact`)."),
-    decode: str = typer.Option("sparse", help="sparse: with --detector none, fixed plans decode only the frames they sample (identical tokens); full: decode every frame."),
+    decode: str = typer.Option("sparse", help="sparse: with --detector none, fixed plans decode only the frames they sample (identical tokens); full: decode every frame; nvdec: those frames from the GPU's decoders (PyNvVideoCodec; workers with --gpus-per-worker; slightly other pixels, so its own feature set)."),
 ) -> None:
     """Extract features of every video in the catalog that the store does not hold yet."""
     from catalogs import default_root
     from pipeline.extract import ExtractConfig, WorkerStartError, run_extract
+    from pipeline.nvdec import NvdecUnavailable
     from pipeline.weights import WeightsError
 
     try:
@@ -181,7 +182,7 @@ def extract(
         )
         summary = run_extract(config)
     except (ValueError, KeyError, WeightsError, FileNotFoundError, FileExistsError,
-            WorkerStartError) as err:
+            WorkerStartError, NvdecUnavailable) as err:
         _fail(str(err).strip("'\""))
         return
     typer.echo(

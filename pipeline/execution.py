@@ -106,7 +106,7 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
                     # node): every video would fail the same way, so stop and say why.
                     raise WorkerStartError(
                         f"an extractor failed to start on a Ray worker; the videos stored so "
-                        f"far are kept. Cause: {err}"
+                        f"far are kept. Cause: {_cause(err)}"
                     ) from err
                 # The worker process died (OOM kill, decoder segfault, lost node). Whatever it
                 # left is unpublished or unindexed, so the video is simply done again, on a
@@ -135,6 +135,13 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _cause(err: Exception) -> str:
+    """The exception an actor's constructor raised, as its last line says it (``module.Error:
+    message``), without the traceback Ray wraps it in (the worker's log has that)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(err)
 
 
 def _start_ray(ray, address: str | None) -> None:

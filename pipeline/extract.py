@@ -64,6 +64,8 @@ def feature_set_spec(
         "token_shape": list(spec_.token_shape(feature.tokens)),
         "dtype": config.dtype,
     }
+    if config.decode == "nvdec":  # NVDEC's pixels are not swscale's: its own feature set
+        spec["decoder"] = "nvdec (PyNvVideoCodec RGB, bilinear antialiased scaling on the GPU)"
     from pipeline.sources import catalog_source
 
     source = catalog_source(catalog)

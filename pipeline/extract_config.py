@@ -17,7 +17,7 @@ from pipeline.sampling import PLANS, PlanConfig
 from pipeline.scenes import SceneDetectConfig
 
 DTYPES = ("float16", "float32")
-DECODE_MODES = ("sparse", "full")
+DECODE_MODES = ("sparse", "full", "nvdec")
 TOPOLOGIES = ("per-worker", "gpu-server")
 
 
@@ -108,6 +108,7 @@ class ExtractConfig:
     # sparse: runs whose plans are all fixed and use no scene detector (--detector none)
     # decode only the frames the plans sample (pipeline.sparse_decode: identical tokens, far
     # fewer frames decoded); full: every frame, always. Not fingerprinted: tokens are the same.
+    # nvdec: those frames from the GPU's decoders (pipeline.nvdec; other pixels: fingerprinted).
     decode: str = "sparse"
     # Decoded frames are scaled so their short side is at most this (backbones resize anyway).
     short_side_px: int = 256
@@ -175,6 +176,8 @@ class ExtractConfig:
             raise ValueError(
                 f"--decode {self.decode!r}: valid values are {', '.join(DECODE_MODES)}"
             )
+        if self.decode == "nvdec":
+            self._check_nvdec()
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: valid values are {', '.join(DTYPES)}")
         if not self.backbones:
@@ -204,6 +207,18 @@ class ExtractConfig:
                 f"--gpus-per-worker {self.gpus_per_worker}: needs Ray workers (not --num-workers 0) "
                 "and a value >= 0"
             )
+
+    def _check_nvdec(self) -> None:
+        """``--decode nvdec`` feeds fixed plans without scene detection, on workers that hold
+        a GPU (not gpu-server's)."""
+        plans = sorted({f.plan for f in self.feature_list()})
+        if self.detector != "none" or "scene" in plans:
+            raise ValueError(f"--decode nvdec: the GPU's decoders feed fixed plans (fps, uniform, "
+                             f"full, clips) with --detector none; this run has --detector "
+                             f"{self.detector} and plans {', '.join(plans)}")
+        if self.topology == "gpu-server":
+            raise ValueError("--decode nvdec: gpu-server's workers hold no GPU to decode on; use "
+                             "--topology per-worker with --gpus-per-worker")
 
     def scene_config(self) -> SceneDetectConfig:
         """The scene detector with this run's settings."""

@@ -114,19 +114,32 @@ def frame_index(path: str) -> FrameIndex | None:
     )
 
 
-def plan_frames(reader: VideoReader, samplers, *, sparse: bool
+def plan_frames(reader: VideoReader, samplers, *, sparse: bool, nvdec: bool = False
                 ) -> tuple[Iterator[Frame] | VideoReader, FrameIndex | None]:
     """The frames to push into ``samplers`` (fixed-plan samplers when ``sparse``): with
     ``sparse`` and an index of the file's packets, only the frames they take
-    (:func:`sparse_frames`); else every frame, from ``reader`` itself.
+    (:func:`sparse_frames`, or with ``nvdec`` the GPU's decoders:
+    :func:`pipeline.nvdec.nvdec_frames`); else every frame, from ``reader`` itself.
 
     Returns:
         ``(frames, index)``; ``index`` is ``None`` when every frame is decoded.
+
+    Raises:
+        VideoError: ``nvdec`` and the packets cannot be indexed (NVDEC frames are chosen by
+            the index; the video is not decoded on the CPU instead).
     """
-    index = frame_index(reader.path) if sparse else None
+    index = frame_index(reader.path) if sparse or nvdec else None
+    if index is None and nvdec:
+        raise VideoError(f"{reader.path}: its packets cannot be indexed (no or duplicate PTS), "
+                         "which --decode nvdec needs; extract it with --decode sparse, into its "
+                         "own feature set")
     if index is None:
         return reader, None
     needed = set().union(*(s.needed_frames(index.time_sec) for s in samplers.values()))
+    if nvdec:
+        from pipeline.nvdec import nvdec_frames
+
+        return nvdec_frames(reader, index, needed), index
     return sparse_frames(reader, index, needed), index
 
 

@@ -131,7 +131,8 @@ class VideoExtractor:
         device: Torch device for the backbones.
         decode: ``sparse``: videos whose plans are all fixed and need no scene detection
             decode only the frames they sample (:mod:`pipeline.sparse_decode`; identical
-            tokens); ``full``: every frame, always.
+            tokens); ``full``: every frame, always; ``nvdec``: as ``sparse``, the frames
+            decoded by the GPU's decoders (:mod:`pipeline.nvdec`; its own fingerprint).
         env: Environment variables to set in this process first (the driver forwards its
             ``LONGVID_*`` ones, e.g. :mod:`pipeline.faults`, to workers it does not share a
             process environment with).
@@ -189,6 +190,10 @@ class VideoExtractor:
         self.short_side_px = short_side_px
         self.decode_threads = decode_threads
         self.decode = decode
+        if decode == "nvdec":
+            from pipeline.nvdec import check_available
+
+            check_available()  # a worker without it fails to start: the run stops, says why
         self.batch_size = batch_size
         self.run_started_at = run_started_at
         self.ready_at = time.time()
@@ -239,7 +244,7 @@ class VideoExtractor:
         for name in feature_sets:
             groups.setdefault(self.plans[name], []).append(name)
         # Without scene detection, fixed plans need only the frames they sample.
-        sparse = (self.decode == "sparse" and not detect
+        sparse = (self.decode in ("sparse", "nvdec") and not detect
                   and all(plan.name != "scene" for plan in groups))
         try:
             run = self._embed(path, groups, detect=detect, sparse=sparse)
@@ -297,10 +302,12 @@ class VideoExtractor:
                                counts={self.counts[name] for name in names})
             for plan, names in groups.items()
         }
-        frames, index = plan_frames(reader, samplers, sparse=sparse)
+        frames, index = plan_frames(reader, samplers, sparse=sparse,
+                                    nvdec=self.decode == "nvdec")
         # Every frame's presentation time, seconds: from the index, or filled while decoding.
         times: list[float] = [] if index is None else index.time_sec.tolist()
-        run = _Embedded(info=info, times=times, tokens={n: [] for ns in groups.values() for n in ns},
+        run = _Embedded(info=info, times=times,
+                        tokens={n: [] for ns in groups.values() for n in ns},
                         spans={plan: [] for plan in groups})
         pending: dict[PlanConfig, list[Window]] = {plan: [] for plan in groups}
         # Only window metadata outlives a batch, never the sampled pixels: memory stays bounded

@@ -1,0 +1,100 @@
+"""Decoding on the GPU's video decoders (NVDEC) through NVIDIA's PyNvVideoCodec
+(``--decode nvdec``; issue 19 item 3).
+
+On a GPU node the CPUs bind extraction: a 16-core node decodes 720p H.264 at about 7,000
+frames/s, while one GPU runs a ViT several times faster. With ``--decode nvdec`` the fixed plans
+(``fps``, ``uniform``, ``full``, ``clips``, with ``--detector none``) ask the GPU's decoders for
+exactly the frames :mod:`pipeline.sparse_decode` would decode and sample: the same packet index
+(:func:`~pipeline.sparse_decode.frame_index`, a demux pass on the CPU), the same
+:meth:`~pipeline.sampling.FixedSampler.needed_frames`. Each frame is decoded to RGB in GPU
+memory, scaled there to the working resolution (bilinear, antialiased) and copied to the host as
+BGR, as the CPU reader's frames are; the samplers, backbones and store then run unchanged.
+
+The pixels are not the CPU path's: NVDEC's colour conversion and torch's scaling differ from
+FFmpeg's swscale by a few levels, so the tokens differ slightly and ``--decode nvdec`` is part
+of the feature set's fingerprint (its own feature set, never mixed with CPU-decoded videos). A
+video NVDEC cannot decode as indexed fails with a clear error; it is never decoded on the CPU
+into the same feature set.
+
+Needs PyNvVideoCodec (``pip install pynvvideocodec``; ``docker build --build-arg NVDEC=1``),
+torch and an NVIDIA GPU with the driver's video decoder, visible to the worker
+(``--gpus-per-worker``). Checked by ``bench/gpu_check.sh``; not verified on a GPU yet.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.decode import Frame, VideoError
+
+# Frames asked of the decoder at once (they are full-resolution RGB in GPU memory).
+NVDEC_BATCH = 64
+
+
+class NvdecUnavailable(RuntimeError):
+    """``--decode nvdec`` cannot run here: PyNvVideoCodec, torch's CUDA or a GPU is missing."""
+
+
+def check_available() -> None:
+    """Raises :class:`NvdecUnavailable`, naming what is missing and the fix, unless
+    PyNvVideoCodec imports and torch sees a GPU."""
+    try:
+        import PyNvVideoCodec  # noqa: F401
+        import torch
+    except Exception as err:  # ImportError, or its driver check (RuntimeError)
+        raise NvdecUnavailable(
+            f"--decode nvdec needs NVIDIA's PyNvVideoCodec ({type(err).__name__}: {err}); "
+            "install it (pip install pynvvideocodec, or docker build --build-arg NVDEC=1) or "
+            "decode on the CPU (--decode sparse)") from err
+    if not torch.cuda.is_available():
+        raise NvdecUnavailable("--decode nvdec: torch sees no GPU in this worker; give the "
+                               "workers GPUs (--gpus-per-worker) or decode on the CPU")
+
+
+def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterator[Frame]:
+    """``frames`` (presentation indices into ``index``) of ``reader``'s video, decoded by
+    NVDEC, in presentation order, at ``reader``'s working resolution (``frame_idx`` and
+    ``time_sec`` from ``index``, as :func:`~pipeline.sparse_decode.sparse_frames` gives them).
+    ``reader.num_decoded`` counts the frames asked of the decoder (it decodes each one's GOP
+    from its keyframe on its own).
+
+    Raises:
+        VideoError: the decoder counts another number of frames than the packet index (its
+            indices would name other frames), or fails on the file.
+    """
+    import PyNvVideoCodec as nvc
+    import torch
+    import torch.nn.functional as F
+
+    path = reader.path
+    reader._container.close()  # the packets were indexed; NVDEC reads the file itself
+    try:
+        decoder = nvc.SimpleDecoder(path, gpu_id=gpu_id, use_device_memory=True,
+                                    output_color_type=nvc.OutputColorType.RGB)
+        num_frames = len(decoder)
+    except Exception as err:
+        raise VideoError(f"{path}: NVDEC cannot open it ({type(err).__name__}: {err}); "
+                         "extract it with --decode sparse, into its own feature set") from err
+    if num_frames != len(index):
+        raise VideoError(f"{path}: NVDEC counts {num_frames} frames, the packet index "
+                         f"{len(index)}; extract it with --decode sparse, into its own feature "
+                         "set")
+    width, height = reader.width_px, reader.height_px  # the CPU reader's working size
+    wanted = sorted(frames)
+    for lo in range(0, len(wanted), NVDEC_BATCH):
+        chunk = wanted[lo:lo + NVDEC_BATCH]
+        try:
+            decoded = decoder.get_batch_frames_by_index(chunk)
+        except Exception as err:
+            raise VideoError(f"{path}: NVDEC failed on frames {chunk[0]}-{chunk[-1]} "
+                             f"({type(err).__name__}: {err})") from err
+        rgb = torch.stack([torch.from_dlpack(f) for f in decoded])  # (B, H, W, 3) uint8
+        small = F.interpolate(rgb.permute(0, 3, 1, 2).float(), size=(height, width),
+                              mode="bilinear", antialias=True, align_corners=False)
+        # RGB -> BGR (the reader's frames), (B, h, w, 3) uint8 on the host
+        bgr = small.round().clamp(0, 255).byte().flip(1).permute(0, 2, 3, 1).cpu().numpy()
+        reader.num_decoded += len(chunk)
+        for frame_idx, pixels in zip(chunk, bgr):
+            yield Frame(frame_idx, float(index.time_sec[frame_idx]), np.ascontiguousarray(pixels))
