@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.decode import Frame, VideoError
+from pipeline.decode import _MIN_DECODED_SHARE, Frame, VideoError
 
 # Frames asked of the decoder at once: full-resolution RGB in GPU memory, scaled as float32
 # (4K: 16 x 25 MB x 4 bytes/level = 1.6 GB at the peak).
@@ -62,8 +62,9 @@ def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterato
     from its keyframe on its own).
 
     Raises:
-        VideoError: the decoder counts another number of frames than the packet index (its
-            indices would name other frames), or fails on the file.
+        VideoError: the index lists under 90 % of the frames the header announces (truncated
+            file), the decoder counts another number of frames than the index (its indices
+            would name other frames), or it fails on the file.
     """
     import PyNvVideoCodec as nvc
     import torch
@@ -71,6 +72,10 @@ def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterato
 
     path = reader.path
     reader._container.close()  # the packets were indexed; NVDEC reads the file itself
+    announced = reader.info.num_frames
+    if announced and len(index) < _MIN_DECODED_SHARE * announced:  # as sparse_frames checks
+        raise VideoError(f"{path}: truncated or corrupt: {len(index)} of {announced} frames "
+                         "announced by the container are in the file")
     try:
         decoder = nvc.SimpleDecoder(path, gpu_id=gpu_id, use_device_memory=True,
                                     output_color_type=nvc.OutputColorType.RGB)

@@ -130,9 +130,10 @@ def plan_frames(reader: VideoReader, samplers, *, sparse: bool, nvdec: bool = Fa
     """
     index = frame_index(reader.path) if sparse or nvdec else None
     if index is None and nvdec:
-        raise VideoError(f"{reader.path}: its packets cannot be indexed (no or duplicate PTS), "
-                         "which --decode nvdec needs; extract it with --decode sparse, into its "
-                         "own feature set")
+        raise VideoError(f"{reader.path}: its packets cannot be indexed (no or duplicate PTS, "
+                         "or the file is truncated or corrupt), which --decode nvdec needs; "
+                         "check the file, or extract it with --decode sparse, into its own "
+                         "feature set")
     if index is None:
         return reader, None
     needed = set().union(*(s.needed_frames(index.time_sec) for s in samplers.values()))

@@ -139,3 +139,13 @@ def test_ray_workers_without_pynvvideocodec_stop_the_run_with_the_fix(catalog, r
     assert message.startswith("an extractor failed to start on a Ray worker")
     assert message.endswith("or decode on the CPU (--decode sparse)"), message
     assert "Traceback" not in message and "File " not in message  # the cause, not Ray's dump
+
+
+def test_a_truncated_video_fails_alone(bad_videos, fake_nvdec, tmp_path):
+    videos = pl.DataFrame({"video_id": ["cut", "good"],
+                           "path": [str(bad_videos["truncated"]), str(bad_videos["good"])],
+                           "split": ["train", "train"]})
+    catalog = Catalog(name="nvdec", root=tmp_path, videos=videos)
+    _, summary = _extract(catalog, tmp_path / "store", "nvdec")
+    assert summary.num_ok == 1 and list(summary.failed) == ["cut"]
+    assert "truncated or corrupt" in summary.failed["cut"], summary.failed
