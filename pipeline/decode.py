@@ -245,6 +245,16 @@ def working_size(width_px: int, height_px: int, short_side_px: int) -> tuple[int
     return 2 * round(width_px * scale / 2), 2 * round(height_px * scale / 2)
 
 
+def check_complete(reader: "VideoReader", num_indexed: int) -> None:
+    """Raises VideoError (truncated or corrupt) when the ``num_indexed`` frames a packet index
+    lists are under 90 % of those ``reader``'s container announces: a decode that reads only
+    some frames (sparse, NVDEC) checks the file here, as a full decode checks what it decoded."""
+    announced = reader.info.num_frames
+    if announced and num_indexed < _MIN_DECODED_SHARE * announced:
+        raise VideoError(f"{reader.path}: truncated or corrupt: {num_indexed} of {announced} "
+                         "frames announced by the container are in the file")
+
+
 class VideoReader:
     """Streams a video's frames once, at a working resolution.
 

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.decode import _MIN_DECODED_SHARE, Frame, VideoError
+from pipeline.decode import Frame, VideoError, check_complete
 
 # Frames asked of the decoder at once: full-resolution RGB in GPU memory, scaled as float32
 # (4K: 16 x 25 MB x 4 bytes/level = 1.6 GB at the peak).
@@ -72,10 +72,7 @@ def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterato
 
     path = reader.path
     reader._container.close()  # the packets were indexed; NVDEC reads the file itself
-    announced = reader.info.num_frames
-    if announced and len(index) < _MIN_DECODED_SHARE * announced:  # as sparse_frames checks
-        raise VideoError(f"{path}: truncated or corrupt: {len(index)} of {announced} frames "
-                         "announced by the container are in the file")
+    check_complete(reader, len(index))  # as sparse decoding does
     try:
         decoder = nvc.SimpleDecoder(path, gpu_id=gpu_id, use_device_memory=True,
                                     output_color_type=nvc.OutputColorType.RGB)

@@ -33,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.decode import _MIN_DECODED_SHARE, Frame, VideoError, VideoReader, _open
+from pipeline.decode import Frame, VideoError, VideoReader, _open, check_complete
 
 # Codecs whose decoders drop non-reference pictures on request without touching any other.
 NONREF_SKIP_CODECS = frozenset({"h264", "hevc"})
@@ -184,10 +184,7 @@ def sparse_frames(reader: VideoReader, index: FrameIndex, frames: set[int]) -> I
     """
     import av
 
-    announced = reader.info.num_frames
-    if announced and len(index) < _MIN_DECODED_SHARE * announced:
-        raise VideoError(f"{reader.path}: truncated or corrupt: {len(index)} of {announced} "
-                         "frames announced by the container are in the file")
+    check_complete(reader, len(index))
     wanted = set(frames) | {0}  # the first frame checks the time origin
     runs = decode_intervals(index, wanted)
     by_pts = {int(p): i for i, p in enumerate(index.pts)}
