@@ -109,7 +109,7 @@ def front_end(args: tuple[str, str, float, bool]) -> tuple[np.ndarray, int, int,
     for), and the seconds taken."""
     from pipeline.backbones import backbone_spec
     from pipeline.decode import VideoReader
-    from pipeline.sampling import make_sampler, stream_plan_windows
+    from pipeline.sampling import make_sampler, stream_plan_windows, window_batch
     from pipeline.scenes import SceneSegmenter
     from pipeline.sparse_decode import SparseDecodeUnsupported, plan_frames
 
@@ -134,7 +134,7 @@ def front_end(args: tuple[str, str, float, bool]) -> tuple[np.ndarray, int, int,
             break
         except SparseDecodeUnsupported:
             continue  # as the worker does: this video in full
-    batch = np.stack([w.frames[1][0] if count == 1 else w.frames[count] for w in windows])
+    batch = window_batch(windows, count)
     num_frames = len(index) if index is not None else len(times)
     return batch, num_frames, reader.num_decoded, time.perf_counter() - t0
 

@@ -123,6 +123,14 @@ class Window:
     frame_idx: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+def window_batch(windows: list[Window], count: int) -> np.ndarray:
+    """The backbone input of ``windows``: (S, H, W, 3) centre frames for ``count == 1`` (frame
+    backbones), else (S, F, H, W, 3) clips of ``count`` frames; uint8 RGB."""
+    if count == 1:
+        return np.stack([w.frames[1][0] for w in windows])
+    return np.stack([w.frames[count] for w in windows])
+
+
 def sample_instants(start_sec: float, end_sec: float, count: int,
                     rng: np.random.Generator | None = None,
                     offset: float | None = None) -> np.ndarray:

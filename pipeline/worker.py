@@ -27,6 +27,7 @@ from pipeline.sampling import (
     make_sampler,
     stream_plan_windows,
     video_end_sec,
+    window_batch,
 )
 from pipeline.scenes import SceneDetectConfig, SceneSegmenter
 from pipeline.sources import source_identity
@@ -362,10 +363,7 @@ class VideoExtractor:
         for name in feature_sets:
             count = self.counts[name]
             dtype = np.dtype(self.feature_sets[name].attrs["dtype"])
-            if count == 1:
-                batch = np.stack([w.frames[1][0] for w in windows])  # (S, H, W, 3)
-            else:
-                batch = np.stack([w.frames[count] for w in windows])  # (S, F, H, W, 3)
+            batch = window_batch(windows, count)  # (S, H, W, 3) or (S, F, H, W, 3)
             step = max(1, self.batch_size // count)
             for lo in range(0, len(batch), step):
                 if self.server is not None:
