@@ -3,6 +3,7 @@
     .venv/bin/python bench/extract_decode.py             # both parts, ~10 min on 2 CPU cores
     .venv/bin/python bench/extract_decode.py --quick     # smoke run
     .venv/bin/python bench/extract_decode.py --part 5    # sparse decoding only
+    .venv/bin/python bench/extract_decode.py --part 6 --videos 48 --repeats 3  # median of 3
 
 Continues the tables of ``bench/extract.py``:
 
@@ -89,7 +90,16 @@ def _same_tokens(store_a, store_b, ids: list[str]) -> bool:
     return True
 
 
-def combined_table(paths: list[str], work: Path, *, device: str = "cpu") -> None:
+def _median_range(ratios: list[float]) -> str:
+    """``1.04x`` for one ratio; ``median 1.04x (0.99-1.10, 3 runs)`` for several."""
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}x"
+    return (f"median {float(np.median(ratios)):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, "
+            f"{len(ratios)} runs)")
+
+
+def combined_table(paths: list[str], work: Path, *, device: str = "cpu",
+                   repeats: int = 1) -> None:
     import ray
 
     cuda = device == "cuda"
@@ -100,23 +110,31 @@ def combined_table(paths: list[str], work: Path, *, device: str = "cpu") -> None
     # On a GPU: every worker a share of it, bf16 (bench/gpu_check.sh).
     extra = ({"gpus_per_worker": int(1e4 / (os.cpu_count() or 1)) / 1e4, "precision": "bf16"}
              if cuda else {})
-    t0 = time.perf_counter()
-    first, _ = _run(paths, work / "separate", features=DEMO_FEATURES[:2], **knobs, **extra)
-    second, separate = _run(paths, work / "separate", features=DEMO_FEATURES[2:], **knobs,
-                            **extra)
-    sec_separate = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    summary, combined = _run(paths, work / "combined", features=DEMO_FEATURES, **knobs, **extra)
-    sec_combined = time.perf_counter() - t0
+    ratios, same = [], True
+    for rep in range(repeats):  # the order alternates, so neither side always runs first
+        seconds = {}
+        for side in ("separate", "combined") if rep % 2 == 0 else ("combined", "separate"):
+            t0 = time.perf_counter()
+            if side == "separate":
+                first, _ = _run(paths, work / f"separate{rep}", features=DEMO_FEATURES[:2],
+                                **knobs, **extra)
+                second, separate = _run(paths, work / f"separate{rep}",
+                                        features=DEMO_FEATURES[2:], **knobs, **extra)
+            else:
+                summary, combined = _run(paths, work / f"combined{rep}", features=DEMO_FEATURES,
+                                         **knobs, **extra)
+            seconds[side] = time.perf_counter() - t0
+        same = same and _same_tokens(separate, combined, [Path(p).stem for p in paths])
+        ratios.append(seconds["combined"] / seconds["separate"])
+        print(f"   two runs (scene features, then fps patch tokens)  {seconds['separate']:7.1f} s")
+        print(f"   one run, three --feature s                        {seconds['combined']:7.1f} s"
+              f"  ({summary.num_frames} frames decoded once): {ratios[-1]:.2f}x")
     ray.shutdown()
-    same = _same_tokens(separate, combined, [Path(p).stem for p in paths])
-    print(f"   two runs (scene features, then fps patch tokens)  {sec_separate:7.1f} s")
-    print(f"   one run, three --feature s                        {sec_combined:7.1f} s  "
-          f"({summary.num_frames} frames decoded once)")
-    print(f"   ratio combined / separate: {sec_combined / sec_separate:.2f}x (target <= 0.8); "
+    print(f"   ratio combined / separate: {_median_range(ratios)} (target <= 0.8); "
           f"tokens identical: {same}")
     # Amdahl: a combined run saves one decode + scene detection per video (and one start-up),
-    # never the backbones' time; the workers' own clocks say how much that can be.
+    # never the backbones' time; the workers' own clocks (of the last repetition) say how much
+    # that can be.
     backbone = [s.backbone_sec for s in (first, second, summary)]
     rest = [s.decode_sec for s in (first, second, summary)]
     busy_separate = sum(backbone[:2]) + sum(rest[:2])
@@ -236,7 +254,8 @@ def _server_ceiling(name: str, token_kind: str, batch: int, device: str,
     return num / (time.perf_counter() - t0)
 
 
-def topology_table(paths: list[str], work: Path, *, features: list[str], device: str) -> None:
+def topology_table(paths: list[str], work: Path, *, features: list[str], device: str,
+                   repeats: int = 1) -> None:
     import ray
 
     cuda = device == "cuda"
@@ -249,26 +268,30 @@ def topology_table(paths: list[str], work: Path, *, features: list[str], device:
         backbone, plan, *rest = feature.split(":")
         knobs = dict(features=(feature,), precision="bf16" if cuda else "fp32",
                      detector="content" if plan == "scene" else "none")
-        runs = {}
-        for topology in ("per-worker", "gpu-server"):
-            store = work / f"topo-{feature.replace(':', '_')}-{topology}"
-            t0 = time.perf_counter()
-            summary, fs = _run(paths, store, topology=topology,
-                               gpus_per_worker=share if cuda and topology == "per-worker" else 0.0,
-                               **knobs)
-            runs[topology] = (summary, fs, time.perf_counter() - t0)
-        (a, store_a, sec_a), (b, store_b, sec_b) = runs["per-worker"], runs["gpu-server"]
-        diff = _max_token_diff(store_a, store_b, [Path(p).stem for p in paths])
-        print(f"   {feature:20s} per-worker {a.num_frames / sec_a:6.0f} frames/s ({sec_a:5.1f} s)"
-              f"   gpu-server {b.num_frames / sec_b:6.0f} frames/s ({sec_b:5.1f} s)   ratio "
-              f"gpu-server / per-worker time {sec_b / sec_a:.2f}x (target <= 1.0); "
-              f"largest token difference {diff:.1e}")
-        steady_sec = max(1e-9, b.wall_sec - b.startup_sec)
-        steady_a = max(1e-9, a.wall_sec - a.startup_sec)
-        print(f"      once workers are ready: per-worker {a.num_frames / steady_a:6.0f} frames/s, "
-              f"gpu-server {b.num_frames / steady_sec:6.0f} frames/s: ratio "
-              f"{steady_sec / steady_a:.2f}x; start-up {a.startup_sec:.1f} s and "
-              f"{b.startup_sec:.1f} s")
+        ratios, steady_ratios = [], []
+        for rep in range(repeats):  # the order alternates, so neither side always runs first
+            runs = {}
+            for topology in ("per-worker", "gpu-server")[:: 1 if rep % 2 == 0 else -1]:
+                store = work / f"topo-{feature.replace(':', '_')}-{topology}{rep}"
+                t0 = time.perf_counter()
+                gpus = share if cuda and topology == "per-worker" else 0.0
+                summary, fs = _run(paths, store, topology=topology, gpus_per_worker=gpus,
+                                   **knobs)
+                runs[topology] = (summary, fs, time.perf_counter() - t0)
+            (a, store_a, sec_a), (b, store_b, sec_b) = runs["per-worker"], runs["gpu-server"]
+            steady_sec = max(1e-9, b.wall_sec - b.startup_sec)
+            steady_a = max(1e-9, a.wall_sec - a.startup_sec)
+            ratios.append(sec_b / sec_a)
+            steady_ratios.append(steady_sec / steady_a)
+            diff = _max_token_diff(store_a, store_b, [Path(p).stem for p in paths])
+            print(f"   {feature:20s} per-worker {a.num_frames / sec_a:6.0f} frames/s "
+                  f"({sec_a:5.1f} s)   gpu-server {b.num_frames / sec_b:6.0f} frames/s "
+                  f"({sec_b:5.1f} s)   ratio gpu-server / per-worker time {ratios[-1]:.2f}x; "
+                  f"largest token difference {diff:.1e}")
+            print(f"      once workers are ready: per-worker {a.num_frames / steady_a:6.0f} "
+                  f"frames/s, gpu-server {b.num_frames / steady_sec:6.0f} frames/s: ratio "
+                  f"{steady_ratios[-1]:.2f}x; start-up {a.startup_sec:.1f} s and "
+                  f"{b.startup_sec:.1f} s")
         busy = sum(b.server_busy_sec) / max(1, len(b.server_busy_sec))
         batch = b.server_num_samples / max(1, b.server_num_forwards)
         line = (f"      server: {b.server_num_forwards} forwards, mean batch {batch:.0f}; busy "
@@ -280,6 +303,8 @@ def topology_table(paths: list[str], work: Path, *, features: list[str], device:
             line += (f"; backbone-only ceiling {ceiling:.0f} frames/s (batch 256, bf16); the "
                      f"run fed it {fed:.0f} frames/s steady = {fed / ceiling:.0%}")
         print(line)
+        print(f"   {feature}: gpu-server / per-worker time {_median_range(ratios)} end to end "
+              f"(target <= 1.0), {_median_range(steady_ratios)} once workers are ready")
     ray.shutdown()
     print()
 
@@ -352,6 +377,9 @@ def main() -> None:
                         help="run only these tables (repeatable); default 4 and 5")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="tables 4, 6 and 7: on the CPU, or with the GPU")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="tables 4 and 6: run each side this often, in alternating order, "
+                             "and print the median ratio and its range")
     parser.add_argument("--topology-features", default=None,
                         help="table 6's features, comma-separated (default resnet18:scene; "
                              "on cuda resnet18:scene,vit_l16:fps:patch)")
@@ -361,7 +389,7 @@ def main() -> None:
     parts = set(args.part or (4, 5))
     if 4 in parts:
         combined_table(_demo_paths(args.data_root, 2 if args.quick else args.videos), work,
-                       device=args.device)
+                       device=args.device, repeats=args.repeats)
     if 5 in parts:
         sparse_table(work, quick=args.quick)
     if 6 in parts:
@@ -371,7 +399,8 @@ def main() -> None:
         paths = (hd_footage(work, num_videos=2 if args.quick else 16, duration_sec=20 if
                             args.quick else 60) if cuda else
                  _demo_paths(args.data_root, 2 if args.quick else args.videos))
-        topology_table(paths, work, features=features.split(","), device=args.device)
+        topology_table(paths, work, features=features.split(","), device=args.device,
+                       repeats=args.repeats)
     if 7 in parts:
         nvdec_table(hd_footage(work, num_videos=2 if args.quick else 8, duration_sec=20))
 

@@ -194,6 +194,9 @@ def _start_servers(ray, config: ExtractConfig, jobs, num_workers: int) -> tuple:
                                                                           **kwargs)
                    for node in placement.server_nodes]
     else:
+        log.warning("the Ray cluster has no GPU: --topology gpu-server runs one backbone server "
+                    "on the CPU, which is slower there than the default --topology per-worker "
+                    "(bench/extract_decode.py --part 6); use per-worker on CPU-only machines")
         # Its OpenMP threads share the cores with the decoding workers: idle ones sleep at
         # once instead of spinning (OMP_WAIT_POLICY=ACTIVE made the run 1.5x slower).
         cls = ray.remote(num_cpus=0, max_concurrency=1000, **retries)(BackboneServer).options(

@@ -98,10 +98,14 @@ def test_gpu_server_run_gives_the_per_worker_tokens_and_resumes(ray_local, tiny_
 
 
 def test_a_bad_video_is_recorded_as_failed_and_the_others_are_stored(ray_local, tiny_catalog,
-                                                                     bad_videos, tmp_path):
+                                                                     bad_videos, tmp_path,
+                                                                     caplog):
     catalog = _subset(tiny_catalog, ["v4"], {"broken": str(bad_videos["text"])})
     config = ExtractConfig(store=str(tmp_path), topology="gpu-server", **OPTIONS)
-    summary = run_extract(config, catalog=catalog, progress=False)
+    with caplog.at_level("WARNING", logger="pipeline.execution"):
+        summary = run_extract(config, catalog=catalog, progress=False)
+    # Without a GPU the user is told the topology is slower there, and what to use.
+    assert any("no GPU" in r.message and "per-worker" in r.message for r in caplog.records)
     assert summary.num_ok == 1 and summary.num_failed == 1 and "broken" in summary.failed
     (fs,) = FeatureStore(tmp_path).feature_sets()
     index = fs.index()
