@@ -126,7 +126,8 @@ class VideoExtractor:
         batch_size: Frames per backbone forward pass (clip backbones take ``batch_size //
             frames_per_clip`` clips, at least 1); also the number of windows sampled before
             the backbones run, which bounds the frames held in memory.
-        num_threads: Torch intra-op threads (1 per worker avoids oversubscribing cores).
+        num_threads: Torch intra-op threads (1 per worker avoids oversubscribing cores);
+            unused with a ``server`` (such a worker never imports torch).
         decode_threads: Decoder threads per video (see :class:`~pipeline.decode.VideoReader`):
             1 for a worker that holds one core, 0 for FFmpeg's frame threading on every core.
         device: Torch device for the backbones.
@@ -161,13 +162,13 @@ class VideoExtractor:
         run_started_at: float | None = None,
         server=None,
     ):
-        import torch
-
         os.environ.update(env or {})
 
         from pipeline.backbones import backbone_spec
 
-        if num_threads:
+        if server is None and num_threads:  # with a server, no torch here (1.6 s of start-up)
+            import torch
+
             torch.set_num_threads(num_threads)
         self.store = FeatureStore(store_root)
         self.jobs = {job.feature_set: job for job in jobs}

@@ -151,3 +151,32 @@ def test_more_workers_than_free_cpus_wrap_around_the_nodes():
     assert placement.worker_nodes == ["b", "b", "b", "b"]  # a's one CPU is its server's
     placement = plan_placement([_node("a", 1, gpus=1)], num_workers=2)
     assert placement.worker_nodes == ["a", "a"]  # no free CPU anywhere: the server's node
+
+
+def test_a_worker_with_a_server_never_imports_torch(tiny_catalog, tmp_path):
+    """Its backbones run in the server: importing torch (1.6 s of CPU on 2 cores) would only
+    slow every gpu-server worker's start-up."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pipeline import execution
+
+    store = tmp_path / "store"
+    config = ExtractConfig(store=str(store), num_workers=0, **OPTIONS)
+    run_extract(config, catalog=_subset(tiny_catalog, ["v0"]), progress=False)
+    (fs,) = FeatureStore(store).feature_sets()
+    job = FeatureSetJob(fs.name, "resnet18", "none", 0, "fp32", "pooled")
+    args = tmp_path / "args.pkl"  # as Ray hands them to the actor: pickled
+    args.write_bytes(pickle.dumps(([str(store), [job]], {
+        **execution._extractor_kwargs(config), "device": "cpu", "num_threads": 1})))
+    script = f"""
+import pickle, sys
+from pipeline.worker import VideoExtractor
+args, kwargs = pickle.loads(open({str(args)!r}, "rb").read())
+VideoExtractor(*args, server=object(), **kwargs)
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                         text=True)
+    assert out.stdout.split() == ["False"], out.stderr
