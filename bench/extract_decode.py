@@ -384,6 +384,8 @@ def main() -> None:
                         help="table 6's features, comma-separated (default resnet18:scene; "
                              "on cuda resnet18:scene,vit_l16:fps:patch)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 or more")
     work = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     print(f"{os.cpu_count()} cores, scratch {work}\n")
     parts = set(args.part or (4, 5))
