@@ -282,8 +282,8 @@ def _feature_lines(pool, paths, feature, args, precision, server_cls, ceiling_fn
     ceiling = ceiling_fn(backbone, rest[0] if rest else "pooled", args.batch_size, args.device,
                          seconds=2.0 if args.quick else 10.0)
     feeds = {"CPU decoding": lambda ps: pool.imap_unordered(front_end, ps)}
+    threads = ThreadPoolExecutor(args.nvdec_threads)  # shut down below
     if args.nvdec and plan != "scene":
-        threads = ThreadPoolExecutor(args.nvdec_threads)
         feeds["NVDEC"] = lambda ps: threads.map(front_end, ps)
     for name, feed in feeds.items():
         def results(some, feed=feed, nvdec=name == "NVDEC"):
@@ -298,6 +298,7 @@ def _feature_lines(pool, paths, feature, args, precision, server_cls, ceiling_fn
                   f"{' '.join(str(err).split())[:100]})")
             continue
         _print_run(feature, name, run, bound, ceiling)
+    threads.shutdown()
 
 
 def _print_run(feature: str, name: str, run: dict, bound: float, ceiling: float) -> None:
