@@ -53,7 +53,7 @@ def measure(preset: str, cfg: dict, device: str) -> dict:
     from heads.finetune.config import FinetuneConfig, resolve_config
     from heads.finetune.recipe import param_groups
     from heads.loop import Trainer
-    from heads.optim import autocast_and_scaler
+    from heads.runtime import autocast_and_scaler
 
     config = resolve_config(FinetuneConfig(
         task="bench", preset=preset, device=device, frame_size_px=cfg["size_px"],

@@ -82,9 +82,11 @@ def train(
                      "error. Default: the dataset's protocol (lvu: 5), else one run."),
     ] = None,
     device: shared.Device = None,
-    amp: Annotated[
-        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (default on).")
-    ] = None,
+    precision: shared.Precision = None,
+    data_parallel: shared.DataParallel = None,
+    cpus_per_worker: shared.CpusPerWorker = None,
+    max_failures: shared.MaxFailures = None,
+    address: shared.Address = None,
     head_kwarg: shared.HeadKwarg = None,
     data_loading: Annotated[
         str | None,
@@ -116,10 +118,11 @@ def train(
     frames. Off a terminal (a log file, a job), one line per epoch instead of a progress bar.
     """
     flags = dict(locals())  # the parameters, exactly (taken before any other local exists)
+    from heads.parallel import DataParallelError
     from pipeline.weights import WeightsError  # --end-to-end builds backbones
 
-    with user_errors(WeightsError):
-        check_device(flags["device"])  # before any data is loaded
+    with user_errors(WeightsError, DataParallelError):
+        check_device(flags["device"], data_parallel=flags["data_parallel"])  # before any data
         check_store(flags["store"])
         _train_command(flags)
 
@@ -132,28 +135,31 @@ def _train_command(flags: dict) -> None:
         catalog_options["variant"] = flags["variant"]
     shared = {key: flags[key] for key in (  # the fields of both modes (heads.config.RunConfig)
         "task", "dataset", "data_root", "head", "plan", "runs_dir", "epochs", "batch_size", "lr",
-        "weight_decay", "schedule", "warmup_epochs", "grad_clip", "patience", "seed", "device")}
+        "weight_decay", "schedule", "warmup_epochs", "grad_clip", "patience", "seed", "device",
+        "precision", "data_parallel", "cpus_per_worker", "max_failures")}
     shared["catalog_options"] = catalog_options or None
     shared["head_kwargs"] = parse_key_values(flags["head_kwarg"], "--head-kwarg") or None
     cached = {key: flags[key] for key in (
-        "window_sec", "eval_stride_sec", "store", "amp", "data_loading")}
+        "window_sec", "eval_stride_sec", "store", "data_loading")}
     cached["features"] = tuple(flags["features"]) if flags["features"] else None
     if flags["resume"] is not None:
-        _resume_cached(flags["resume"], {**shared, **cached}, not_with={
-            "--config": flags["config"], "--seeds": flags["seeds"],
-            "--end-to-end": flags["end_to_end"], "--preset": flags["preset"]})
+        _resume_cached(flags["resume"], {**shared, **cached}, address=flags["address"],
+                       not_with={"--config": flags["config"], "--seeds": flags["seeds"],
+                                 "--end-to-end": flags["end_to_end"], "--preset": flags["preset"]})
     elif flags["end_to_end"]:
         cached_only = {"--config": flags["config"], "--seeds": flags["seeds"], **{
             f"--{k.replace('_', '-')}": v for k, v in cached.items()}}
-        _train_end_to_end(preset=flags["preset"], given=shared, cached_only=[
+        _train_end_to_end(preset=flags["preset"], given=shared, address=flags["address"],
+                          cached_only=[
             flag for flag, value in cached_only.items() if value is not None])
     elif flags["preset"] is not None:
         raise ValueError("--preset is an --end-to-end option")
     else:
-        _train_cached({**shared, **cached}, config_file=flags["config"], seeds=flags["seeds"])
+        _train_cached({**shared, **cached}, config_file=flags["config"], seeds=flags["seeds"],
+                      address=flags["address"])
 
 
-def _resume_cached(run_dir: str, given: dict, *, not_with: dict) -> None:
+def _resume_cached(run_dir: str, given: dict, *, not_with: dict, address: str | None) -> None:
     """`heads train --resume RUN_DIR`: the run's stored config, the flags checked against it
     (:func:`heads.train.resume_config`), training continued in ``run_dir``."""
     from heads.train import resume_config
@@ -163,10 +169,11 @@ def _resume_cached(run_dir: str, given: dict, *, not_with: dict) -> None:
     if dropped:
         raise ValueError(f"--resume continues the run in {run_dir} with its config.json; drop "
                          f"{', '.join(dropped)}")
-    run_training(resume_config(run_dir, given), resume=run_dir, log=typer.echo)
+    run_training(resume_config(run_dir, given), resume=run_dir, log=typer.echo, address=address)
 
 
-def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) -> None:
+def _train_cached(given: dict, *, config_file: str | None, seeds: int | None,
+                  address: str | None) -> None:
     """`heads train` on cached features: the flags given, over the files (one run, or
     ``seeds`` runs summarised)."""
     from heads.config_files import build_config
@@ -183,10 +190,11 @@ def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) ->
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     if seeds == 1:
-        run_training(train_config, log=typer.echo)
+        run_training(train_config, log=typer.echo, address=address)
         return
     first = train_config.seed
-    summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo)
+    summary = train_seeds(train_config, range(first, first + seeds), log=typer.echo,
+                          address=address)
     typer.echo(format_seed_summary(summary))
 
 
@@ -194,7 +202,8 @@ def _train_cached(given: dict, *, config_file: str | None, seeds: int | None) ->
 _END_TO_END_PRESETS = {"stan": "stan_small", "longformer": "vtn", "stat": "stat"}
 
 
-def _train_end_to_end(*, preset, given: dict, cached_only: list[str]) -> None:
+def _train_end_to_end(*, preset, given: dict, cached_only: list[str],
+                      address: str | None) -> None:
     """`heads train --end-to-end`: the flags both modes share, handed to `heads finetune`'s
     recipe (heads/finetune/recipe.py); flags that only mean something for cached features are an
     error rather than silently ignored."""
@@ -214,7 +223,7 @@ def _train_end_to_end(*, preset, given: dict, cached_only: list[str]) -> None:
                              "(stan_small, stan_large, vtn, stat) or --head "
                              f"{' | '.join(_END_TO_END_PRESETS)}")
         preset = _END_TO_END_PRESETS[head]  # with the preset's own head
-    run_finetune(FinetuneConfig(preset=preset, **kwargs), log=typer.echo)
+    run_finetune(FinetuneConfig(preset=preset, **kwargs), log=typer.echo, address=address)
 
 
 @app.command("eval")

@@ -42,7 +42,27 @@ WarmupEpochs = Annotated[int | None, typer.Option(help="Linear warm-up epochs.")
 GradClip = Annotated[float | None, typer.Option(help="Max global gradient norm.")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs; 0 = off.")]
 Seed = Annotated[int | None, typer.Option(help="Seed for init, dropout/augmentation, shuffling.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
+Device = Annotated[str | None, typer.Option(
+    help="auto (a CUDA GPU when torch sees one, else the CPU; the default), cpu, cuda or "
+         "cuda:N. Data-parallel workers take the GPUs Ray gives them.")]
+Precision = Annotated[str | None, typer.Option(
+    help="Autocast: auto (bf16 on a CUDA GPU that has it, else fp32; the default), fp32, bf16, "
+         "fp16 (with loss scaling).")]
+DataParallel = Annotated[int | None, typer.Option(
+    help="Data-parallel workers (Ray Train, DDP: nccl on GPUs, gloo on CPUs), on this machine "
+         "or the Ray cluster of --address / RAY_ADDRESS; --batch-size is per worker, the "
+         "global batch is batch size x workers. Default 1: train in this process.")]
+CpusPerWorker = Annotated[float | None, typer.Option(
+    help="CPUs Ray reserves per data-parallel worker (its torch threads follow; default 1).")]
+MaxFailures = Annotated[int | None, typer.Option(
+    help="Data-parallel: restarts of the workers after one fails, each resuming from the last "
+         "checkpoint (default 0: the run fails naming the worker).")]
+SyncBatchnorm = Annotated[bool | None, typer.Option(
+    "--sync-batchnorm/--no-sync-batchnorm",
+    help="Data-parallel: BatchNorm statistics over the global batch (SyncBatchNorm) in "
+         "backbones that train their BatchNorm (default off).")]
+Address = Annotated[str | None, typer.Option(
+    help="Ray cluster address for --data-parallel (default: RAY_ADDRESS, else a local Ray).")]
 HeadKwarg = Annotated[
     list[str] | None,
     typer.Option(metavar="KEY=VALUE",
@@ -80,18 +100,17 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-_NO_CUDA = ("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-            "use --device cpu, or --device auto to take a GPU only where there is one")
+def check_device(device: str | None, *, data_parallel: int | None = None) -> None:
+    """Raise ``ValueError`` when ``--device`` is not a device name, or names a GPU torch
+    cannot see here (checked before any data is loaded; a data-parallel run's workers get
+    their GPUs from the Ray cluster instead, checked when it starts)."""
+    if device is None:
+        return
+    from heads.runtime import check_device_name, resolve_device
 
-
-def check_device(device: str | None) -> None:
-    """Raise ``ValueError`` when ``--device cuda`` asks for a GPU torch cannot see (checked
-    before any data is loaded)."""
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(_NO_CUDA)
+    check_device_name(device)
+    if device != "auto" and (data_parallel or 1) == 1:
+        resolve_device(device)
 
 
 def check_store(store: str | None) -> None:

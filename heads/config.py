@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEVICES = ("cpu", "cuda", "auto")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -63,10 +62,27 @@ class RunConfig:
     grad_clip: float = 1.0  # max global gradient norm
     patience: int = 10  # stop after this many epochs without val improvement; 0 = never
     seed: int = 0  # seeds init, dropout and shuffling: same seed, same run
-    device: str = "cpu"  # `cpu`, `cuda` or `auto`; light heads train fine on CPU
+    # `auto` (a CUDA GPU when torch sees one, else the CPU: heads.runtime), `cpu`, `cuda`,
+    # `cuda:N`. Under --data-parallel each worker takes the GPU Ray Train gives it.
+    device: str = "auto"
+    # Autocast: `auto` (bf16 on a CUDA GPU with bf16, else fp32), `fp32`, `bf16`, `fp16` (with
+    # a loss scaler). Weights and optimiser states stay fp32 (heads.runtime).
+    precision: str = "auto"
+    # Workers of a data-parallel run (Ray Train's TorchTrainer, DDP: heads.parallel); 1 runs
+    # in this process. batch_size is per worker: the global batch is batch_size x workers.
+    data_parallel: int = 1
+    # CPUs Ray reserves for each data-parallel worker; its torch threads follow.
+    cpus_per_worker: float = 1.0
+    # Data-parallel runs: times Ray Train starts the workers again after one fails (they
+    # resume from the run's last checkpoint); 0 fails the run with the worker's error.
+    max_failures: int = 0
+    # Backbones with BatchNorm under --data-parallel: batch statistics over the global batch
+    # (torch.nn.SyncBatchNorm) instead of each worker's own.
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         from heads.optim import SCHEDULES
+        from heads.runtime import check_device_name, check_precision_name
 
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         checks = {
@@ -80,6 +96,8 @@ class RunConfig:
                                 "non-negative", self.warmup_epochs),
             "--grad-clip": (self.grad_clip > 0, "positive", self.grad_clip),
             "--patience": (self.patience >= 0, "non-negative", self.patience),
+            "--cpus-per-worker": (self.cpus_per_worker > 0, "positive", self.cpus_per_worker),
+            "--max-failures": (self.max_failures >= 0, "non-negative", self.max_failures),
             "--optimizer": (self.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS),
                             self.optimizer),
             "momentum": (0 <= self.momentum < 1, "in [0, 1)", self.momentum),
@@ -94,8 +112,11 @@ class RunConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
                              f"{self.schedule!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+        check_device_name(self.device)
+        check_precision_name(self.precision)
+        if not isinstance(self.data_parallel, int) or self.data_parallel < 1:
+            raise ValueError(f"--data-parallel must be a number of workers >= 1, got "
+                             f"{self.data_parallel!r}")
         reserved = {"in_dim", "num_outputs"} & set(self.head_kwargs)
         if reserved:
             raise ValueError(
@@ -145,7 +166,6 @@ class TrainConfig(RunConfig):
     train_clip_sec: float = 0.0
     train_clip_frames: int = 16
     store: str = "store"  # feature store root written by `pipeline extract`
-    amp: bool = True  # mixed precision (bf16, else fp16 + loss scaling) on CUDA; no effect on CPU
     # Where tokens live while training: `preload` (RAM), `stream` (read from the store part by
     # part every epoch; patch tokens of LVU-sized datasets), `auto` (stream when preloading
     # would take over a quarter of the RAM). See heads.data.load_task_data.

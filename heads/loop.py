@@ -34,11 +34,16 @@ from torch import nn
 from catalogs.base import SPLITS
 from heads.config import RunConfig
 from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
-from heads.optim import build_optimizer, build_schedule, rng_state, set_rng_state
+from heads.optim import build_optimizer, build_schedule
+from heads.parallel import SINGLE, Parallel
+from heads.runtime import rng_state, set_rng_state
 from heads.runs import TrainingLog, read_checkpoint, save_checkpoint
 
-# A batch as the loop sees it: the model's positional inputs (on its device) and the targets.
-Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
+# A batch as the loop sees it: the model's positional inputs (on its device) and the targets,
+# and optionally how many of its videos count (0: a data-parallel worker's stand-in batch,
+# run at loss weight 0; heads.parallel). Inputs None: this worker has no batch for the step.
+Batch = tuple[Sequence[torch.Tensor], torch.Tensor] | tuple[Sequence[torch.Tensor] | None,
+                                                            torch.Tensor | None, int]
 
 
 def task_loss(kind: str) -> nn.Module:
@@ -162,13 +167,19 @@ class Trainer:
             resumed); None = all. A frozen backbone is rebuilt from its weights instead.
         generators: Name → ``torch.Generator`` / ``numpy.random.Generator`` the batches draw
             from (shuffling, random windows): checkpointed so a resumed run draws the same.
+        parallel: This worker's place in a data-parallel run (:mod:`heads.parallel`): the
+            model is wrapped in DDP, each step's loss weighted so that the gradient is the
+            global batch's mean, and only worker 0 writes checkpoints, curves and log lines.
     """
 
     def __init__(self, model: nn.Module, *, config: RunConfig, groups: list[dict],
                  steps_per_epoch: int, kind: str, run_dir: Path,
                  checkpoint_fields: Callable[[], dict], autocast=None, scaler=None,
-                 state_keys: Sequence[str] | None = None, generators: dict | None = None):
+                 state_keys: Sequence[str] | None = None, generators: dict | None = None,
+                 parallel: Parallel = SINGLE):
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        self.parallel = parallel
+        self.forward_model = parallel.wrap(model)  # DDP for several workers, else the model
         self.optimizer = build_optimizer(config.optimizer, groups, lr=config.lr,
                                          momentum=config.momentum, nesterov=config.nesterov)
         self.scheduler = build_schedule(
@@ -189,17 +200,20 @@ class Trainer:
         self.epoch, self.history, self.since_best = 0, [], 0
         self.best_score, self.best_epoch, self.best_state = None, 0, None
 
-    def step(self, inputs: Sequence[torch.Tensor], targets: torch.Tensor) -> float:
-        """One optimisation step: task loss + the head's ``aux_loss``, backward (scaled for
-        fp16), clipping of the true gradients, optimiser and schedule step. Returns the loss."""
+    def step(self, inputs: Sequence[torch.Tensor], targets: torch.Tensor, *,
+             weight: float = 1.0) -> float:
+        """One optimisation step: task loss + the head's ``aux_loss``, backward of the loss
+        times ``weight`` (scaled for fp16; a data-parallel worker's share of the global batch,
+        :mod:`heads.parallel`), clipping of the true gradients, optimiser and schedule step.
+        Returns the (unweighted) loss."""
         with self.autocast():
-            outputs = self.model(*inputs)
+            outputs = self.forward_model(*inputs)
             loss = self.loss_fn(outputs.float(), targets)
             aux_loss = getattr(self.model, "aux_loss", None)  # set by the head in this forward
             if isinstance(aux_loss, torch.Tensor):
                 loss = loss + aux_loss.float()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.scaler.step(self.optimizer)
@@ -230,9 +244,11 @@ class Trainer:
 
         select_on_val = evaluate.selects_on_val()
         resumed = self.epoch > 0
+        main = self.parallel.is_main  # one worker writes the curves and the lines
         curves = TrainingLog(self.run_dir / "tensorboard", purge_step=(
-            self.epoch * self.steps_per_epoch + 1 if resumed else None))
-        progress = tqdm(range(self.epoch + 1, self.config.epochs + 1), desc=desc, disable=None)
+            self.epoch * self.steps_per_epoch + 1 if resumed else None)) if main else None
+        progress = tqdm(range(self.epoch + 1, self.config.epochs + 1), desc=desc,
+                        disable=None if main else True)
         self._curves = curves
         try:
             for epoch in progress:
@@ -252,33 +268,52 @@ class Trainer:
                 score = tuple(-math.inf if math.isnan(s) else s for s in score)
                 self.epoch = epoch
                 self.history.append(record)
-                curves.add(record)
+                if curves is not None:
+                    curves.add(record)
                 progress.set_postfix({k: round(v, 4) for k, v in record.items()
                                       if k != "epoch" and v is not None})
                 self._keep_best_and_save(score)
-                if epoch_log is not None:
+                if epoch_log is not None and main:
                     epoch_log(epoch_line(record, self.config.epochs,
                                          best=self.best_epoch == epoch))
             selection = f"val_{self.metric}" if select_on_val else "train_loss"
-            curves.add_hparams(asdict(self.config), {
-                f"hparams/best_{selection}": self.history[self.best_epoch - 1].get(selection),
-                "hparams/best_epoch": self.best_epoch})
+            if curves is not None:
+                curves.add_hparams(asdict(self.config), {
+                    f"hparams/best_{selection}": self.history[self.best_epoch - 1].get(selection),
+                    "hparams/best_epoch": self.best_epoch})
         finally:
             self._curves = None
-            curves.close()
+            if curves is not None:
+                curves.close()
         self.model.load_state_dict(self.best_state, strict=self.state_keys is None)
         return self.history
 
     def _train_epoch(self, batches: Iterable[Batch]) -> float:
-        """One pass over ``batches``; the mean training loss per video."""
+        """One pass over ``batches``; the mean training loss per video (over every worker's
+        videos in a data-parallel run)."""
         self.model.train()
         total_loss, seen = 0.0, 0
-        for i, (inputs, targets) in enumerate(batches):
-            loss = self.step(inputs, targets)
+        parallel = self.parallel
+        for i, batch in enumerate(batches):
+            inputs, targets, real = batch if len(batch) == 3 else (*batch, None)
+            real = 0 if inputs is None else len(targets) if real is None else real
+            weight = 1.0
+            if parallel.enabled:  # every worker steps together, or none does
+                counts = parallel.all_gather(real if inputs is not None else -1)
+                if min(counts) < 0 or not sum(counts):
+                    continue  # a worker has no batch at all: nobody steps
+                weight = real * parallel.world_size / sum(counts)
+            elif not real:
+                continue
+            loss = self.step(inputs, targets, weight=weight)
+            step_sum = parallel.all_sum([loss * real])[0] if parallel.enabled else loss * real
+            step_loss = step_sum / (sum(counts) if parallel.enabled else real)
             if self._curves is not None:  # global step: epochs done × steps per epoch + i + 1
-                self._curves.add_step(self.epoch * self.steps_per_epoch + i + 1, loss)
-            total_loss += loss * len(targets)
-            seen += len(targets)
+                self._curves.add_step(self.epoch * self.steps_per_epoch + i + 1, step_loss)
+            total_loss += loss * real
+            seen += real
+        if parallel.enabled:
+            total_loss, seen = parallel.all_sum([total_loss, seen])
         if not seen:
             raise ValueError(f"epoch {self.epoch + 1} had no training batch")
         return total_loss / seen
@@ -292,9 +327,12 @@ class Trainer:
             self.best_state = {k: v.detach().clone() for k, v in self._state().items()}
         else:
             self.since_best += 1
+        checkpoint = self.checkpoint()  # every worker: it gathers their RNG states
+        if not self.parallel.is_main:
+            return
         last = self.run_dir / "checkpoint_last.pt"
         # Written under a temporary name and renamed: a kill mid-save keeps the previous file.
-        save_checkpoint(self.checkpoint(), last)
+        save_checkpoint(checkpoint, last)
         if improved:  # the same file: a second name, swapped in atomically
             tmp = self.run_dir / ".checkpoint.pt.tmp"
             tmp.unlink(missing_ok=True)
@@ -306,7 +344,11 @@ class Trainer:
         return state if self.state_keys is None else {k: state[k] for k in self.state_keys}
 
     def checkpoint(self) -> dict:
-        """The recipe's fields, ``epoch``, and under ``resume`` what :meth:`restore` needs."""
+        """The recipe's fields, ``epoch``, and under ``resume`` what :meth:`restore` needs
+        (in a data-parallel run: the number of workers and each worker's RNG states; every
+        worker must call it, since it gathers them)."""
+        rng = rng_state(self.generators)
+        ranks = self.parallel.all_gather_object(rng) if self.parallel.enabled else None
         return {
             **self.checkpoint_fields(),
             "epoch": self.epoch,
@@ -315,7 +357,9 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(self.generators),
+                "rng": rng,
+                "world_size": self.parallel.world_size,
+                **({"rng_ranks": ranks} if ranks is not None else {}),
                 "history": self.history,
                 "best_score": list(self.best_score),
                 "best_epoch": self.best_epoch,
@@ -333,16 +377,24 @@ class Trainer:
 
         Raises:
             ValueError: a file is empty, truncated or not a checkpoint of a training run
-                (:func:`heads.runs.read_checkpoint`); one line naming it.
+                (:func:`heads.runs.read_checkpoint`), or it was written by a data-parallel run
+                of another number of workers; one line naming it.
         """
         last, best = (read_checkpoint(c, required=("epoch", "resume"))
                       if isinstance(c, (str, Path)) else c for c in (last, best))
         resume = last["resume"]
+        world_size = resume.get("world_size", 1)
+        if world_size != self.parallel.world_size:
+            raise ValueError(f"the checkpoint was written by a run of {world_size} data-parallel "
+                             f"worker(s), this one has {self.parallel.world_size}: resume it with "
+                             f"--data-parallel {world_size} (each worker's RNG states and slice "
+                             "of the batches are the run's)")
         self.model.load_state_dict(resume["model"], strict=self.state_keys is None)
         self.optimizer.load_state_dict(resume["optimizer"])
         self.scheduler.load_state_dict(resume["scheduler"])
         self.scaler.load_state_dict(resume["scaler"])
-        set_rng_state(resume["rng"], self.generators)
+        set_rng_state(resume["rng_ranks"][self.parallel.rank] if self.parallel.enabled
+                      else resume["rng"], self.generators)
         self.epoch, self.history = last["epoch"], list(resume["history"])
         self.best_score, self.best_epoch = tuple(resume["best_score"]), resume["best_epoch"]
         self.since_best = resume["since_best"]

@@ -1,17 +1,13 @@
 """Optimisation pieces of the training loop (:mod:`heads.loop`): AdamW parameter groups, the
-learning-rate schedules by name, seeding and the RNG states a checkpoint resumes from, and mixed
-precision on CUDA."""
+learning-rate schedules by name and the optimisers (devices, precision and seeding:
+:mod:`heads.runtime`)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 from collections.abc import Callable
 from functools import partial
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -130,82 +126,3 @@ def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: adamw, sgd")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA) and ask torch for deterministic kernels
-    (warning, not failing, where an op has none); same seed, same run on the same machine."""
-    # cuBLAS needs this workspace setting to be deterministic; read when CUDA initialises.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def rng_state(generators: dict | None = None) -> dict:
-    """The random-number states a resumed run needs to draw what the uninterrupted run would:
-    Python's, numpy's global, torch's CPU and CUDA generators, and ``generators`` (name →
-    ``torch.Generator`` or ``numpy.random.Generator``, e.g. a loader's shuffling and the
-    LVU protocol's window draws). Loadable with ``torch.load(weights_only=True)``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": {"state": list(random.getstate()[1]), "gauss_next": random.getstate()[2]},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "generators": {},
-    }
-    for name, gen in (generators or {}).items():
-        if isinstance(gen, torch.Generator):
-            state["generators"][name] = gen.get_state()
-        else:  # numpy: the bit generator's state as text (its 128-bit ints do not fit a tensor)
-            state["generators"][name] = json.dumps(gen.bit_generator.state)
-    return state
-
-
-def set_rng_state(state: dict, generators: dict | None = None) -> None:
-    """Restore what :func:`rng_state` captured, into the global generators and ``generators``
-    (the same names, the same kinds).
-
-    Raises:
-        KeyError: a generator of ``generators`` is not in ``state``.
-    """
-    version = random.getstate()[0]
-    random.setstate((version, tuple(state["python"]["state"]), state["python"]["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for name, gen in (generators or {}).items():
-        saved = state["generators"][name]
-        if isinstance(gen, torch.Generator):
-            gen.set_state(saved)
-        else:
-            gen.bit_generator.state = json.loads(saved)
-
-
-def autocast_and_scaler(device: torch.device, dtype: torch.dtype | None):
-    """``(autocast, scaler)`` for autocast in ``dtype`` on ``device``; ``dtype=None`` is off.
-
-    Returns:
-        ``autocast``: a zero-argument context-manager factory (None when off), ``scaler``: a
-        ``torch.amp.GradScaler``, enabled for fp16 only (bf16 needs no loss scaling).
-    """
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if dtype is None:
-        return None, scaler
-    return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
-
-
-def mixed_precision(device: torch.device, enabled: bool):
-    """``heads train --amp``: bf16 autocast on CUDA GPUs that have it, else fp16 autocast with
-    a loss scaler; on CPU (or ``enabled=False``) no autocast and a no-op scaler (see
-    :func:`autocast_and_scaler`)."""
-    if not enabled or device.type != "cuda":
-        return autocast_and_scaler(device, None)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return autocast_and_scaler(device, dtype)

@@ -52,7 +52,10 @@ from heads.data import (
 from heads.loop import Evaluator, TargetNorm, Trainer, report
 from heads.metrics import PRIMARY_METRIC
 from heads.models import create_head, num_streams_for
-from heads.optim import mixed_precision, param_groups, seed_everything
+from heads.optim import param_groups
+from heads.parallel import SINGLE, Parallel, Subset, current, global_batches, launch, \
+    worker_threads
+from heads.runtime import legacy_precision, mixed_precision, resolve_device, seed_everything
 from heads.runs import (
     CHECKPOINTS,
     HEAD_FIELDS,
@@ -95,7 +98,8 @@ class CachedRun:
 
 def train(
     config: TrainConfig, *, catalog: Catalog | None = None, log=print, cache: dict | None = None,
-    resume: str | Path | None = None,
+    resume: str | Path | None = None, address: str | None = None,
+    parallel: Parallel | None = None, run_dir: str | Path | None = None,
 ) -> dict:
     """Train ``config.head`` on ``config.task`` and evaluate it on every split.
 
@@ -108,6 +112,12 @@ def train(
         resume: The directory of a stopped run of ``config``: training goes on there from its
             ``checkpoint_last.pt`` (:meth:`heads.loop.Trainer.restore`) and ends where the run
             never stopped would have, to the same numbers on a deterministic device.
+        address: With ``config.data_parallel > 1``: the Ray cluster the workers run on (None:
+            ``RAY_ADDRESS``, else a local Ray; :func:`heads.parallel.launch`).
+        parallel: Set by a data-parallel worker (:func:`heads.parallel.current`); None: this
+            call starts ``config.data_parallel`` workers if that is above 1, else trains here.
+        run_dir: A fresh run's directory made beforehand (a data-parallel run's driver makes
+            it, so restarted workers find it); None: a new one under ``config.runs_dir``.
 
     Returns:
         The content of ``metrics.json`` plus ``run_dir`` (str).
@@ -116,11 +126,17 @@ def train(
         KeyError: unknown dataset, task or head (the message lists the valid names).
         ValueError: feature sets missing or ambiguous, the head's stream count does not match
             ``--features``, bad ``--head-kwarg``, or no usable train video.
+        heads.parallel.DataParallelError: a data-parallel worker raised or died.
     """
+    if parallel is None and config.data_parallel > 1:
+        return _train_data_parallel(config, catalog=catalog, log=log, resume=resume,
+                                    address=address)
+    parallel = parallel or SINGLE
     config, catalog, data = build(config, catalog=catalog, log=log, cache=cache)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        run = setup(config, catalog, data, log=log, resume=resume)
+        run = setup(config, catalog, data, log=log, resume=resume, parallel=parallel,
+                    run_dir=run_dir)
         log_.info("training %s on %s/%s for up to %d epoch(s) (seed %d, device %s) in %s",
                   config.head, catalog.name, data.task.name, config.epochs, config.seed,
                   config.device, run.run_dir)
@@ -133,7 +149,47 @@ def train(
                                 num_dropped=data.num_dropped)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+    if not parallel.is_main:
+        return {**results, "run_dir": str(run.run_dir)}
     return cleanup(run, results, evals, data, log=log)
+
+
+def _train_data_parallel(config: TrainConfig, *, catalog: Catalog | None, log, resume,
+                         address: str | None) -> dict:
+    """``train`` on ``config.data_parallel`` Ray Train workers (:func:`heads.parallel.launch`):
+    the run directory is made here (so workers restarted after a failure resume from its
+    last checkpoint), worker 0's lines reach this process through Ray, and the result is read
+    back from the run's ``metrics.json``."""
+    config = resolve_config(config)
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = new_run_dir(Path(config.runs_dir), config.head, config.task)
+    launch(_train_worker, {"config": asdict(config), "catalog": catalog,
+                           "run_dir": str(run_dir.resolve()),
+                           "resume": str(Path(resume).resolve()) if resume else None},
+           num_workers=config.data_parallel, device=config.device,
+           cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
+           address=address, storage_path=run_dir / "ray_train", name=run_dir.name, log=log)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    log(format_table(results))
+    log(f"run written to {run_dir}")
+    return {**results, "run_dir": str(run_dir)}
+
+
+def _train_worker(payload: dict) -> None:
+    """One data-parallel worker of :func:`_train_data_parallel`: the recipe with this worker's
+    :class:`heads.parallel.Parallel`; after a restart (``--max-failures``) it resumes from the
+    run directory's last checkpoint."""
+    worker_threads(payload)
+    parallel = current()
+    run_dir = Path(payload["run_dir"])
+    resume = payload["resume"]
+    if resume is None and (run_dir / CHECKPOINTS["last"]).is_file():
+        resume = run_dir  # Ray Train started the workers again: go on from the last epoch
+    lines = print if parallel.is_main else (lambda _: None)
+    train(TrainConfig(**payload["config"]), catalog=payload["catalog"], log=lines,
+          resume=resume, parallel=parallel, run_dir=run_dir)
 
 
 def build(config: TrainConfig, *, catalog: Catalog | None, log, cache: dict | None):
@@ -169,15 +225,14 @@ def build(config: TrainConfig, *, catalog: Catalog | None, log, cache: dict | No
 
 
 def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
-          resume: str | Path | None = None) -> CachedRun:
+          resume: str | Path | None = None, parallel: Parallel = SINGLE,
+          run_dir: str | Path | None = None) -> CachedRun:
     """Seeded standardisation, batches, head, evaluator, run directory and trainer (restored
-    from ``resume``'s last checkpoint when given)."""
+    from ``resume``'s last checkpoint when given); ``parallel``: this worker's share of a
+    data-parallel run (:mod:`heads.parallel`)."""
     seed_everything(config.seed)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
-        else config.device
-    )
-    autocast, scaler = mixed_precision(device, config.amp)
+    device = parallel.device if parallel.enabled else resolve_device(config.device, log=log)
+    autocast, scaler = mixed_precision(device, config.precision)
     kind = data.task.kind
     streaming = isinstance(data.tokens["train"], StoredVideos)
     dims = [int(fs.attrs["dim"]) for fs in data.feature_sets]
@@ -198,20 +253,24 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
         raise ValueError(
             f"head {config.head!r} rejected its arguments ({err}); check --head-kwarg"
         ) from err
+    if parallel.rank:  # worker r > 0 draws its own dropout (DDP copies worker 0's weights)
+        torch.manual_seed(parallel.seed(config.seed))
     times = data.times
     if getattr(model, "uses_token_times", False):  # one more stream: the token times
         pairs = {s: with_token_times(tokens[s], times[s]) for s in SPLITS}
         tokens, times = {s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()}
     loader, generators = _train_loader(config, tokens["train"], times["train"], train_targets,
-                                       streaming)
+                                       streaming, parallel)
 
     def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
+        # A data-parallel worker scores its share of the split; every worker gets them all.
+        mine = parallel.eval_positions(len(tokens[split]), config.batch_size)
         outputs = predict_videos(
-            model, tokens[split], times[split], task_kind=kind,
+            model, Subset(tokens[split], mine), Subset(times[split], mine), task_kind=kind,
             window_sec=config.window_sec, stride_sec=config.eval_stride_sec,
             batch_size=config.batch_size, device=device, autocast=autocast,
         )
-        return outputs, np.arange(len(outputs))
+        return parallel.gather_outputs(outputs, mine)
 
     evaluate = Evaluator(kind, data.targets, predict, target_norm)
     if not evaluate.selects_on_val():
@@ -228,8 +287,10 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
     ]
     task_info = {"name": data.task.name, "kind": kind, "classes": list(data.task.classes)}
     config_dict = asdict(config)
-    run_dir = open_run_dir(config, {"config": config_dict, "catalog": catalog.name,
-                                    "task": task_info, "feature_sets": feature_info}, resume)
+    record = {"config": config_dict, "catalog": catalog.name, "task": task_info,
+              "feature_sets": feature_info}
+    run_dir = open_run_dir(config, record, resume, run_dir) if parallel.is_main else None
+    run_dir = parallel.broadcast_object(run_dir)  # worker 0 made it
 
     def checkpoint_fields() -> dict:
         """Everything :func:`heads.runs.load_head` needs to rebuild the model."""
@@ -249,29 +310,38 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
         groups=param_groups(model, lr=config.lr, weight_decay=config.weight_decay),
         steps_per_epoch=len(loader), kind=kind, run_dir=run_dir,
         checkpoint_fields=checkpoint_fields, autocast=autocast, scaler=scaler,
-        generators=generators,
+        generators=generators, parallel=parallel,
     )
     if resume is not None:
         trainer.restore(run_dir / CHECKPOINTS["last"], run_dir / CHECKPOINTS["best"])
-        record_resume(run_dir, after_epoch=trainer.epoch, store=config.store)
+        if parallel.is_main:
+            record_resume(run_dir, after_epoch=trainer.epoch, store=config.store)
 
     def batches(epoch: int):
         for inputs, targets in loader:
-            yield [t.to(device) for t in inputs], targets.to(device)
+            inputs, targets = [t.to(device) for t in inputs], targets.to(device)
+            if parallel.enabled:  # a worker without videos in this step runs one at weight 0
+                yield inputs, targets, 0 if loader.batch_sampler.take() else len(targets)
+            else:
+                yield inputs, targets
 
     return CachedRun(trainer, evaluate, batches, run_dir, task_info)
 
 
-def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, streaming: bool):
+def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, streaming: bool,
+                  parallel: Parallel = SINGLE):
     """The train videos' loader (whole videos, a fresh random window of each every epoch under
-    the LVU protocol, or a random clip under VTN's) and the generators its draws come from."""
+    the LVU protocol, or a random clip under VTN's) and the generators its draws come from; a
+    data-parallel worker's loader gives its slice of each global batch (:mod:`heads.parallel`)
+    and draws windows from its own seed."""
     if config.train_clip_sec > 0:
         train_set = RandomClipDataset(tokens, times, targets, clip_sec=config.train_clip_sec,
-                                      num_frames=config.train_clip_frames, seed=config.seed)
+                                      num_frames=config.train_clip_frames,
+                                      seed=parallel.seed(config.seed))
         generators = {"windows": train_set.rng}
     elif config.window_sec > 0:
         train_set = RandomWindowDataset(tokens, times, targets, window_sec=config.window_sec,
-                                        seed=config.seed)
+                                        seed=parallel.seed(config.seed))
         generators = {"windows": train_set.rng}
     else:
         train_set, generators = FeatureDataset(tokens, targets), {}
@@ -282,8 +352,13 @@ def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, strea
     else:
         generator = torch.Generator().manual_seed(config.seed)
         order, generators["order"] = {"shuffle": True, "generator": generator}, generator
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size,
-                                         collate_fn=collate, **order)
+    if parallel.enabled:  # every worker draws the same order and takes its slice of it
+        sampler = order.get("sampler") or torch.utils.data.RandomSampler(
+            train_set, generator=order["generator"])
+        order = {"batch_sampler": global_batches(sampler, config.batch_size, parallel)}
+    else:
+        order["batch_size"] = config.batch_size
+    loader = torch.utils.data.DataLoader(train_set, collate_fn=collate, **order)
     return loader, generators
 
 
@@ -304,15 +379,18 @@ def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log) 
     return {**results, "run_dir": str(run.run_dir)}
 
 
-def open_run_dir(config: TrainConfig, record: dict, resume: str | Path | None) -> Path:
-    """A fresh run directory with ``config.json`` (``record`` and the command line, ``argv``)
-    and ``environment.json``; or, resuming, ``resume`` once its feature sets are checked.
+def open_run_dir(config: TrainConfig, record: dict, resume: str | Path | None,
+                 fresh: str | Path | None = None) -> Path:
+    """A fresh run directory (``fresh``, made beforehand, else a new one) with ``config.json``
+    (``record`` and the command line, ``argv``) and ``environment.json``; or, resuming,
+    ``resume`` once its feature sets are checked.
 
     Raises:
         ValueError: resuming on feature sets other than the run's (another fingerprint).
     """
     if resume is None:
-        run_dir = new_run_dir(Path(config.runs_dir), config.head, record["task"]["name"])
+        run_dir = Path(fresh) if fresh is not None else new_run_dir(
+            Path(config.runs_dir), config.head, record["task"]["name"])
         write_json(run_dir / "config.json", {**record, "argv": sys.argv})
         write_json(run_dir / "environment.json", environment())
         return run_dir
@@ -372,7 +450,7 @@ def resume_config(run_dir: str | Path, given: dict | None = None) -> TrainConfig
             raise ValueError(f"--resume {run_dir}: {name} holds weights only (written before "
                              "runs could resume); start the run again")
     try:
-        config = TrainConfig(**saved["config"])
+        config = TrainConfig(**legacy_precision(saved["config"]))
     except TypeError as err:
         raise ValueError(f"--resume {run_dir}: its config.json does not fit this version's "
                          f"TrainConfig ({err})") from None

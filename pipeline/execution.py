@@ -49,9 +49,9 @@ def run_on_ray(config: ExtractConfig, jobs, todo, summary: ExtractSummary, store
     from pipeline.backbone_server import BackboneServerLost
     from pipeline.worker import VideoResult
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        _start_ray(ray, config.address)
+    from pipeline.cluster import start_ray
+
+    started_here = start_ray(config.address)
     try:
         num_workers = _num_workers(config, ray.cluster_resources(), len(todo))
         placement, servers = _start_servers(ray, config, jobs, num_workers)
@@ -142,22 +142,6 @@ def _cause(err: Exception) -> str:
     message``), without the traceback Ray wraps it in (the worker's log has that)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else repr(err)
-
-
-def _start_ray(ray, address: str | None) -> None:
-    """Joins the cluster at ``address`` (else ``RAY_ADDRESS``), or starts a fresh local Ray."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
-    # log_to_driver: the workers' stderr (their log records, warnings, tracebacks) is streamed
-    # to ours, each line prefixed with the actor and its pid (pipeline.logs).
-    if address:
-        log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
-    else:
-        log.info("starting a local Ray (no --address, no RAY_ADDRESS)")
-        # "local": a fresh Ray of our own. Without it ray.init joins whatever cluster
-        # /tmp/ray/ray_current_cluster names, even a dead one left by `ray start`.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def _finish(ray, first: list, live: list, servers: list, summary: ExtractSummary) -> None:

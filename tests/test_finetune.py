@@ -17,7 +17,7 @@ from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resol
 from heads.finetune.models import BackboneEncoder, Conv3dStem
 from heads.finetune.recipe import finetune, load_finetuned, param_groups, predict_clips
 from heads.loop import Trainer
-from heads.optim import autocast_and_scaler
+from heads.runtime import autocast_and_scaler
 from pipeline.sampling import PlanConfig
 from pipeline.scenes import SceneDetectConfig
 from tests.conftest import write_video
@@ -427,7 +427,7 @@ def test_heads_train_end_to_end_hands_shared_flags_to_the_finetune_recipe(monkey
     import heads.finetune.recipe
 
     seen = []
-    monkeypatch.setattr(heads.finetune.recipe, "finetune", lambda config, log: seen.append(config))
+    monkeypatch.setattr(heads.finetune.recipe, "finetune", lambda config, log, address: seen.append(config))
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--end-to-end", "--head", "longformer", "--task", "t",
                                  "--variant", "small", "--epochs", "3", "--lr", "0.001",

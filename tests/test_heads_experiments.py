@@ -375,9 +375,9 @@ def test_heads_train_defaults_to_the_datasets_seed_protocol(monkeypatch, flags, 
     protocol = Catalog(name="p", root=Path("."), videos=videos,
                        tasks={}, meta={"protocol_seeds": 5})
     monkeypatch.setattr(TrainConfig, "open_catalog", lambda self: protocol)
-    monkeypatch.setattr(heads.train, "train", lambda config, log: calls.append(config.seed))
+    monkeypatch.setattr(heads.train, "train", lambda config, log, address: calls.append(config.seed))
     monkeypatch.setattr(heads.experiments, "train_seeds",
-                        lambda config, seeds, log: calls.append(list(seeds)) or {})
+                        lambda config, seeds, log, address: calls.append(list(seeds)) or {})
     monkeypatch.setattr(heads.experiments, "format_seed_summary", lambda summary: "")
     result = CliRunner().invoke(app, ["train", "--head", "mean", "--task", "t", *flags])
     assert result.exit_code == 0, result.output
@@ -531,14 +531,14 @@ def test_parse_sets_rejects_unknown_head():
 
 
 def test_mixed_precision_is_off_on_cpu(toy):
-    from heads.optim import mixed_precision
+    from heads.runtime import mixed_precision
     from heads.train import train
     from test_heads_train import toy_catalog
 
-    autocast, scaler = mixed_precision(torch.device("cpu"), True)
+    autocast, scaler = mixed_precision(torch.device("cpu"), "auto")
     assert autocast is None and not scaler.is_enabled()
-    on = train(toy_config(toy, epochs=2, amp=True), catalog=toy_catalog(), log=lambda _: None)
-    off = train(toy_config(toy, epochs=2, amp=False), catalog=toy_catalog(), log=lambda _: None)
+    on = train(toy_config(toy, epochs=2, precision="auto"), catalog=toy_catalog(), log=lambda _: None)
+    off = train(toy_config(toy, epochs=2, precision="fp32"), catalog=toy_catalog(), log=lambda _: None)
     assert on["history"] == off["history"]
 
 

@@ -160,6 +160,7 @@ _RAY_SCRIPT = textwrap.dedent("""
     import logging, sys, time
     import ray
     from pipeline import execution
+    from pipeline.cluster import start_ray
     from pipeline.logs import configure_logging
 
     class FakeExtractor:
@@ -174,7 +175,7 @@ _RAY_SCRIPT = textwrap.dedent("""
             return True
 
     configure_logging(sys.argv[1])
-    execution._start_ray(ray, None)
+    start_ray(None)
     actor = ray.remote(num_cpus=0)(execution.logging_extractor(FakeExtractor)).remote(
         env=execution._forwarded_env())
     assert ray.get(actor.work.remote())

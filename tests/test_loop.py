@@ -60,7 +60,8 @@ def test_both_recipes_train_through_the_one_loop(toy_store, demo_small, tmp_path
         assert last["epoch"] == result["selection"]["num_epochs_run"]
         assert last["config"]["epochs"] == result["history"][-1]["epoch"]
     assert layouts[0] == layouts[1] == {"model", "optimizer", "scheduler", "scaler", "rng",
-                                        "history", "best_score", "best_epoch", "since_best"}
+                                        "history", "best_score", "best_epoch", "since_best",
+                                        "world_size"}
 
 
 def test_a_resumed_run_is_the_run_never_stopped(toy_store, tmp_path, monkeypatch):

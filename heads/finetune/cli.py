@@ -34,8 +34,6 @@ TestViews = Annotated[str | None, typer.Option(
     help="Val/test views TEMPORALxSPATIAL, averaged (e.g. 5x1, 3x3): temporal views sample each "
     "segment at (k + 0.5)/K of it, spatial ones crop along the long side; each view costs one "
     "view's encoding. Default: the preset's (stat: 5x1, 3x3 from 64 frames; else 1x1).")]
-Precision = Annotated[str, typer.Option(
-    help="auto (bf16 on CUDA where supported, else fp32), fp32, bf16, fp16.")]
 GradCheckpoint = Annotated[bool | None, typer.Option(
     "--grad-checkpoint/--no-grad-checkpoint",
     help="Recompute encoder activations in backward (default: on for CUDA).")]
@@ -91,8 +89,13 @@ def finetune(
     grad_clip: shared.GradClip = 1.0,
     patience: shared.Patience = 5,
     seed: shared.Seed = 0,
-    device: shared.Device = "cpu",
-    precision: Precision = "auto",
+    device: shared.Device = "auto",
+    precision: shared.Precision = "auto",
+    data_parallel: shared.DataParallel = 1,
+    cpus_per_worker: shared.CpusPerWorker = 1.0,
+    max_failures: shared.MaxFailures = 0,
+    sync_batchnorm: shared.SyncBatchnorm = False,
+    address: shared.Address = None,
     grad_checkpoint: GradCheckpoint = None,
     chunk_windows: Annotated[int, typer.Option(help="Windows per encoder forward.")] = 64,
     train_batchnorm: Annotated[
@@ -111,7 +114,10 @@ def finetune(
     from heads.finetune.recipe import finetune as run_finetune
     from pipeline.weights import WeightsError
 
-    with user_errors(WeightsError):
+    from heads.parallel import DataParallelError
+
+    with user_errors(WeightsError, DataParallelError):
+        shared.check_device(device, data_parallel=data_parallel)
         catalog_options = parse_key_values(catalog_option, "--catalog-option")
         if variant is not None:
             catalog_options["variant"] = variant
@@ -127,11 +133,13 @@ def finetune(
             lr=lr, backbone_lr_scale=backbone_lr_scale, weight_decay=weight_decay,
             schedule=schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
             grad_clip=grad_clip, patience=patience, seed=seed,
-            device=device, precision=precision, grad_checkpoint=grad_checkpoint,
+            device=device, precision=precision, data_parallel=data_parallel,
+            cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+            sync_batchnorm=sync_batchnorm, grad_checkpoint=grad_checkpoint,
             chunk_windows=chunk_windows, train_batchnorm=train_batchnorm, num_workers=num_workers,
             cache_decoded=cache_decoded, init_from=init_from, runs_dir=runs_dir,
             head_kwargs=parse_key_values(head_kwarg, "--head-kwarg"),
-        ), log=typer.echo)
+        ), log=typer.echo, address=address)
 
 
 def parse_views(text: str | None) -> tuple[int, int] | None:

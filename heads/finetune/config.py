@@ -71,7 +71,6 @@ PRESETS: dict[str, Preset] = {
         lr=5e-4, lr_batch_size=512, weight_decay=0.05, warmup_epochs=5, label_smoothing=0.1,
     ),
 }
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # `heads finetune`'s optimiser settings where neither the flags nor the preset set them.
 FINETUNE_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.01, "warmup_epochs": 1,
                      "label_smoothing": 0.0}
@@ -123,7 +122,6 @@ class FinetuneConfig(RunConfig):
     label_smoothing: float | None = None  # classification loss only (DeiT: 0.1)
     patience: int = 5  # epochs without val improvement before stopping; 0 = never
     backbone_lr_scale: float = 0.1  # pretrained backbones train at lr × this: keeps their features
-    precision: str = "auto"  # autocast: auto = bf16 on CUDA where supported, else fp32
     grad_checkpoint: bool | None = None  # recompute encoder activations; None = on for CUDA
     chunk_windows: int = 64  # windows per encoder forward (and per checkpointed segment)
     train_batchnorm: bool = False  # update BN statistics of trainable backbones
@@ -145,9 +143,6 @@ class FinetuneConfig(RunConfig):
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: valid presets are {', '.join(PRESETS)}")
         super().__post_init__()  # lr, weight_decay, warmup_epochs may be None: the preset's
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
-                             f"{self.precision!r}")
         if self.cache_decoded and self.num_workers:
             raise ValueError(
                 "--cache-decoded keeps decoded windows in the main process; a worker's cache "
@@ -247,18 +242,15 @@ def preset_optimiser(preset: Preset, batch_size: int) -> dict:
     return {k: FINETUNE_DEFAULTS[k] if v is None else v for k, v in own.items()}
 
 
-def resolve_device(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None, bool]:
-    """``(device, autocast dtype or None, gradient checkpointing)`` for ``config``."""
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    precision = config.precision
-    if precision == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16 else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def resolve_device(config: FinetuneConfig, *, log=None, device: torch.device | None = None,
+                   ) -> tuple[torch.device, torch.dtype | None, bool]:
+    """``(device, autocast dtype or None, gradient checkpointing)`` for ``config``
+    (:mod:`heads.runtime`; ``device``, when given, is the one a data-parallel worker got)."""
+    from heads.runtime import autocast_dtype
+    from heads.runtime import resolve_device as runtime_device
+
+    device = device or runtime_device(config.device, log=log)
     checkpointing = config.grad_checkpoint
     if checkpointing is None:
         checkpointing = device.type == "cuda"
-    return device, dtype, checkpointing
+    return device, autocast_dtype(config.precision, device), checkpointing

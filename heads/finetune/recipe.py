@@ -51,8 +51,9 @@ from heads.finetune.clips import VideoClipDataset, collate
 from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resolve_device
 from heads.finetune.models import BackboneEncoder, PixelModel
 from heads.loop import Evaluator, TargetNorm, Trainer, report
-from heads.optim import autocast_and_scaler
 from heads.optim import param_groups as head_groups
+from heads.parallel import SINGLE, Parallel, current, global_batches, launch, worker_threads
+from heads.runtime import autocast_and_scaler
 
 
 @dataclass
@@ -80,13 +81,20 @@ class PixelRun:
     failed: dict[str, str]  # video id -> why it could not be decoded
 
 
-def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=print) -> dict:
+def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=print,
+             address: str | None = None, parallel: Parallel | None = None,
+             run_dir: str | Path | None = None) -> dict:
     """Train ``config``'s encoders and head from decoded frames and evaluate every split.
 
     Args:
         config: The run's configuration.
         catalog: The dataset; built from ``config.dataset`` / ``data_root`` when not given.
         log: Where progress lines and the final table go.
+        address: With ``config.data_parallel > 1``: the Ray cluster of the workers (None:
+            ``RAY_ADDRESS``, else a local Ray).
+        parallel: Set by a data-parallel worker; None: start ``config.data_parallel`` workers
+            if that is above 1 (:mod:`heads.parallel`), else train here.
+        run_dir: A fresh run directory made beforehand (a data-parallel run's driver's).
 
     Returns:
         The content of ``metrics.json`` plus ``run_dir`` (str).
@@ -96,17 +104,55 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
         ValueError: bad flags, an ``--init-from`` run that does not fit, no labelled or
             decodable train video.
         pipeline.weights.WeightsError: backbone weights cannot be found.
+        heads.parallel.DataParallelError: a data-parallel worker raised or died.
     """
+    if parallel is None and config.data_parallel > 1:
+        return _finetune_data_parallel(config, catalog=catalog, log=log, address=address)
+    parallel = parallel or SINGLE
     built = build(config, catalog=catalog, log=log)
     config = built.config
-    run = setup(built, log=log)
+    run = setup(built, log=log, parallel=parallel, run_dir=run_dir)
     run.trainer.fit(run.batches, run.evaluate, desc=f"{config.preset}/{config.task}",
                     epoch_log=log)
     video_ids = {s: built.videos[s][0] for s in SPLITS}
     results, evals = report(run.evaluate, run.trainer, task=built.catalog.task(config.task),
                             video_ids=video_ids, head=config.head, preset=config.preset,
                             seed=config.seed, parameters=built.model.parameter_counts())
+    for failed in parallel.all_gather_object(dict(run.failed)):  # each worker's train failures
+        run.failed.update(failed)
+    if not parallel.is_main:
+        return {**results, "run_dir": str(run.run_dir)}
     return cleanup(run, results, evals, video_ids, log=log)
+
+
+def _finetune_data_parallel(config: FinetuneConfig, *, catalog: Catalog | None, log,
+                            address: str | None) -> dict:
+    """``finetune`` on ``config.data_parallel`` Ray Train workers (:func:`heads.parallel.launch`),
+    as :func:`heads.train.train` does for cached features; the result is read back from the
+    run's ``metrics.json``."""
+    import json
+
+    from heads.runs import format_table, new_run_dir
+
+    run_dir = new_run_dir(Path(config.runs_dir), config.preset, config.task)
+    launch(_finetune_worker, {"config": asdict(config), "catalog": catalog,
+                              "run_dir": str(run_dir.resolve())},
+           num_workers=config.data_parallel, device=config.device,
+           cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
+           address=address, storage_path=run_dir / "ray_train", name=run_dir.name, log=log)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    log(format_table(results))
+    log(f"run written to {run_dir}")
+    return {**results, "run_dir": str(run_dir)}
+
+
+def _finetune_worker(payload: dict) -> None:
+    """One data-parallel worker of :func:`_finetune_data_parallel`."""
+    worker_threads(payload)
+    parallel = current()
+    lines = print if parallel.is_main else (lambda _: None)
+    finetune(FinetuneConfig(**payload["config"]), catalog=payload["catalog"], log=lines,
+             parallel=parallel, run_dir=payload["run_dir"])
 
 
 def build(config: FinetuneConfig, *, catalog: Catalog | None, log) -> PixelModelBuild:
@@ -135,16 +181,24 @@ def build(config: FinetuneConfig, *, catalog: Catalog | None, log) -> PixelModel
     return PixelModelBuild(config, catalog, videos, model, streams, head_args, have_standardizer)
 
 
-def setup(built: PixelModelBuild, *, log) -> PixelRun:
-    """Loaders, standardiser, evaluator, run directory and trainer."""
+def setup(built: PixelModelBuild, *, log, parallel: Parallel = SINGLE,
+          run_dir: str | Path | None = None) -> PixelRun:
+    """Loaders, standardiser, evaluator, run directory and trainer; ``parallel``: this worker's
+    share of a data-parallel run (:mod:`heads.parallel`)."""
     config, catalog, videos, model = built.config, built.catalog, built.videos, built.model
-    device, amp_dtype, _ = resolve_device(config)
+    device, amp_dtype, _ = resolve_device(config, log=log,
+                                          device=parallel.device if parallel.enabled else None)
+    if parallel.enabled and config.sync_batchnorm:  # before the optimiser sees the parameters
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if parallel.rank:  # worker r > 0 draws its own dropout (DDP copies worker 0's weights)
+        torch.manual_seed(parallel.seed(config.seed))
     autocast, scaler = autocast_and_scaler(device, amp_dtype)
     task = catalog.task(config.task)
     targets = {s: videos[s][2] for s in SPLITS}
     target_norm = TargetNorm.fit(task.kind, targets["train"])
-    train_set, loaders = _loaders(config, videos, built.streams, target_norm, device)
+    train_set, train_generator, loaders = _loaders(config, videos, built.streams, target_norm,
+                                                   device, parallel)
     if not built.have_standardizer and any(getattr(e, "standardize", True)
                                            for e in model.encoders):
         model.set_standardizer(fit_standardizer(model, loaders["train"], device, autocast,
@@ -152,10 +206,12 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
     failed: dict[str, str] = {}
 
     def predict(split: str) -> tuple[np.ndarray, np.ndarray]:
-        outputs, positions, errors = predict_clips(model, loaders[split], device, autocast,
-                                                   task_kind=task.kind)
-        failed.update({videos[split][0][i]: message for i, message in errors})
-        return outputs, positions
+        # A data-parallel worker scores its share of the split; every worker gets them all.
+        outputs, positions, errors = predict_clips(model, loaders[f"eval_{split}"], device,
+                                                   autocast, task_kind=task.kind)
+        for errors in parallel.all_gather_object(errors):
+            failed.update({videos[split][0][i]: message for i, message in errors})
+        return parallel.gather_outputs(outputs, positions)
 
     evaluate = Evaluator(task.kind, targets, predict, target_norm)
     encoders = [{"name": e.name, "dim": e.dim, "trainable": e.trainable} for e in model.encoders]
@@ -163,13 +219,16 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
     config_dict = asdict(config)
     from heads.runs import environment, new_run_dir, write_json
 
-    run_dir = new_run_dir(Path(config.runs_dir), config.preset, task.name)
-    write_json(run_dir / "config.json", {
-        "config": config_dict, "catalog": catalog.name, "task": task_info, "encoders": encoders,
-        "streams": [asdict(s) for s in built.streams], "parameters": model.parameter_counts(),
-        "argv": sys.argv,
-    })
-    write_json(run_dir / "environment.json", environment())
+    if parallel.is_main:
+        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(
+            Path(config.runs_dir), config.preset, task.name)
+        write_json(run_dir / "config.json", {
+            "config": config_dict, "catalog": catalog.name, "task": task_info,
+            "encoders": encoders, "streams": [asdict(s) for s in built.streams],
+            "parameters": model.parameter_counts(), "argv": sys.argv,
+        })
+        write_json(run_dir / "environment.json", environment())
+    run_dir = parallel.broadcast_object(run_dir)  # worker 0 made it
 
     def checkpoint_fields() -> dict:
         """Everything :func:`load_finetuned` needs to rebuild the model."""
@@ -194,7 +253,7 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
         steps_per_epoch=max(1, len(loaders["shuffled"])), kind=task.kind, run_dir=run_dir,
         checkpoint_fields=checkpoint_fields, autocast=autocast, scaler=scaler,
         state_keys=model.trainable_state_keys(),
-        generators={"order": loaders["shuffled"].generator},
+        generators={"order": train_generator}, parallel=parallel,
     )
     if task.kind == "classification" and config.label_smoothing:
         # The training loss only (DeiT's recipe); val/test losses stay plain cross-entropy.
@@ -202,23 +261,31 @@ def setup(built: PixelModelBuild, *, log) -> PixelRun:
 
     def batches(epoch: int):
         train_set.set_epoch(epoch)
-        seen = 0
-        for batch in _progress(loaders["shuffled"], f"{config.preset} epoch {epoch}"):
+        seen, last = 0, None
+        shuffled = loaders["shuffled"]
+        for batch in _progress(shuffled, f"{config.preset} epoch {epoch}",
+                               enabled=parallel.is_main):
             failed.update({videos["train"][0][i]: message for i, message in batch.errors})
+            padding = shuffled.batch_sampler.take() if parallel.enabled else False
             if len(batch):
                 seen += len(batch)
-                batch = batch.to(device)
-                yield (batch.frames, batch.lengths), batch.targets
-        if not seen:
+                last = batch = batch.to(device)
+                yield (batch.frames, batch.lengths), batch.targets, 0 if padding else len(batch)
+            elif parallel.enabled:  # every worker steps together: a stand-in at weight 0
+                yield ((last.frames, last.lengths), last.targets, 0) if last else (None, None, 0)
+        if not seen and not parallel.enabled:
             raise ValueError(f"no train video could be decoded (failures: {failed})")
 
     return PixelRun(trainer, evaluate, batches, run_dir, task_info, failed)
 
 
-def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device):
-    """The augmented train set, and loaders: ``shuffled`` (training) and one per split in
-    order, without augmentation (evaluation, standardisation); val and test with
-    ``config.test_views`` (the train split's evaluation and the standardiser: one view)."""
+def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device,
+             parallel: Parallel = SINGLE):
+    """The augmented train set, and loaders: ``shuffled`` (training: a data-parallel worker's
+    slice of each global batch), one per split in order, without augmentation (the
+    standardiser), and ``eval_<split>``, this worker's share of each split (evaluation); val
+    and test with ``config.test_views`` (the train split's evaluation and the standardiser:
+    one view)."""
     from pipeline.sampling import PlanConfig
     from pipeline.scenes import SceneDetectConfig
 
@@ -244,11 +311,24 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device)
                    "num_workers": config.num_workers, "pin_memory": device.type == "cuda",
                    "worker_init_fn": _worker_init}
     train_set = dataset("train", True)
-    loaders = {"shuffled": torch.utils.data.DataLoader(
-        train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
-        **loader_args)}
+    generator = torch.Generator().manual_seed(config.seed)
+    if parallel.enabled:  # every worker draws the same order and takes its slice of it
+        sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
+        shuffled = torch.utils.data.DataLoader(
+            train_set, batch_sampler=global_batches(sampler, config.batch_size, parallel),
+            generator=generator,  # the loader's worker seeds: drawn as a one-worker run does
+            **{k: v for k, v in loader_args.items() if k != "batch_size"})
+    else:
+        shuffled = torch.utils.data.DataLoader(train_set, shuffle=True, generator=generator,
+                                               **loader_args)
+    loaders = {"shuffled": shuffled}
     loaders |= {s: torch.utils.data.DataLoader(dataset(s, False), **loader_args) for s in SPLITS}
-    return train_set, loaders
+    for split in SPLITS:
+        mine = parallel.eval_positions(len(videos[split][0]), config.batch_size)
+        loaders[f"eval_{split}"] = loaders[split] if not parallel.enabled else \
+            torch.utils.data.DataLoader(torch.utils.data.Subset(loaders[split].dataset, mine),
+                                        **loader_args)
+    return train_set, generator, loaders
 
 
 def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) -> dict:
@@ -353,10 +433,10 @@ def param_groups(model: PixelModel, config: FinetuneConfig) -> list[dict]:
     return groups
 
 
-def _progress(loader, desc: str):
+def _progress(loader, desc: str, *, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, disable=None, leave=False)
+    return tqdm(loader, desc=desc, disable=None if enabled else True, leave=False)
 
 
 def optimiser_line(given: FinetuneConfig, config: FinetuneConfig) -> str:
