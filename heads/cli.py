@@ -333,7 +333,16 @@ def sweep(
         str | None, typer.Option(help="Ray cluster address; omit to start Ray locally.")
     ] = None,
     num_workers: Annotated[
-        int | None, typer.Option(help="Parallel runs (default: one per CPU).")
+        int | None, typer.Option(help="Parallel runs (default: as many as the cluster's CPUs "
+                                      "and GPUs hold at --cpus-per-run / --gpus-per-run).")
+    ] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(
+        help="CPUs per run (its torch threads follow; default 1).")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(
+        help="GPU share per run: 0.25 packs four runs on one GPU, 1 gives each its own "
+             "(default 0: the CPUs). Runs land on the cluster's GPU nodes through Ray.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="auto (cuda when --gpus-per-run is set, else cpu; the default), cpu or cuda.")
     ] = None,
     resume: Annotated[str | None, typer.Option(
         help="A sweep directory: rerun only its runs missing or failed in its sweep.json, with "
@@ -346,12 +355,14 @@ def sweep(
     worker may have died); `--resume SWEEP_DIR` then reruns only what did not finish.
     """
     from catalogs import default_root, get_catalog
-    from heads.experiments import (failed_cells, parse_sets, protocol_seeds, resume_sweep,
-                                   run_sweep)
+    from heads.experiments import (RunResources, failed_cells, parse_sets, protocol_seeds,
+                                   resume_sweep, run_sweep)
     from heads.runs import new_run_dir
 
     with user_errors():
         check_store(store)
+        given_resources = {k: v for k, v in (("cpus", cpus_per_run), ("gpus", gpus_per_run),
+                                             ("device", device)) if v is not None}
         if resume:
             given = [f for f, v in (("--heads", heads_), ("--tasks", tasks), ("--seeds", seeds),
                                     ("--set", set_), ("--config", config)) if v]
@@ -359,8 +370,10 @@ def sweep(
                 raise ValueError(f"--resume reruns the sweep recorded in {resume}/sweep.json; "
                                  f"drop {', '.join(given)}")
             table = resume_sweep(Path(resume), address=address, num_workers=num_workers,
-                                 log=typer.echo)
+                                 resources=RunResources(**given_resources)
+                                 if given_resources else None, log=typer.echo)
         else:
+            resources = RunResources(**given_resources)  # bad values fail before any work
             if not heads_:
                 raise ValueError("pass --heads (e.g. --heads mean,stan), or --resume SWEEP_DIR")
             head_names = [h.strip() for h in heads_.split(",") if h.strip()]
@@ -378,7 +391,8 @@ def sweep(
             seeds = protocol_seeds(catalog, 3) if seeds is None else seeds
             table = run_sweep(catalog, heads=head_names, tasks=task_names, seeds=range(seeds),
                               overrides=overrides, out_dir=out_dir, config_file=config,
-                              address=address, num_workers=num_workers, log=typer.echo)
+                              address=address, num_workers=num_workers, log=typer.echo,
+                              resources=resources)
     if failed_cells(table):
         raise typer.Exit(code=1)
 

@@ -3,7 +3,11 @@ compute the standard error averaged over five runs as proposed in the original p
 Metrics), and sweeps over heads × tasks × seeds on Ray.
 
 A sweep runs each cell (head, task, seed) as one :func:`heads.train.train` call in a pool of
-Ray actors, one per worker CPU. Each actor builds the catalog once and keeps every feature
+Ray actors, each holding ``cpus_per_run`` CPUs (its torch threads) and ``gpus_per_run`` of a GPU
+(a fraction packs several cells on one GPU: 0.25 trains four ViS4mer cells side by side), so
+cells land on the cluster's GPU nodes through Ray's resources; Ray is started or joined as
+``pipeline extract`` does it (:func:`pipeline.cluster.start_ray`: ``--address``, else
+``RAY_ADDRESS``, else a local Ray), with the workers' log lines forwarded. Each actor builds the catalog once and keeps every feature
 set's videos it has read (``heads.data.load_task_data``'s ``cache``), so a feature set is
 read from the store at most once per worker, whatever the number of cells the worker runs.
 
@@ -26,11 +30,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,14 +172,15 @@ class SweepWorker:
 
     Args:
         catalog: The dataset.
-        num_threads: torch intra-op threads of this worker.
+        num_threads: torch intra-op threads of this worker (the CPUs Ray gave it).
+        device: The device of every cell it runs (``cuda``: the GPU share Ray gave it).
     """
 
-    def __init__(self, catalog, num_threads: int = 1):
+    def __init__(self, catalog, num_threads: int = 1, device: str = "cpu"):
         import torch
 
         torch.set_num_threads(num_threads)
-        self.catalog = catalog
+        self.catalog, self.device = catalog, device
         self.cache: dict = {}
 
     def run(self, cell: dict) -> dict:
@@ -186,8 +190,8 @@ class SweepWorker:
 
         row = {k: cell[k] for k in ("head", "task", "seed")}
         try:
-            result = train(TrainConfig(**cell["config"]), catalog=self.catalog,
-                           log=lambda _: None, cache=self.cache)
+            config = TrainConfig(**{**cell["config"], "device": self.device})
+            result = train(config, catalog=self.catalog, log=lambda _: None, cache=self.cache)
         except Exception as err:  # a failing cell is reported; the sweep goes on
             return {**row, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         return {**row, "status": "ok", "kind": result["kind"], "metrics": result["metrics"],
@@ -319,6 +323,7 @@ def run_sweep(
     num_workers: int | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
+    resources: RunResources | None = None,
 ) -> pl.DataFrame:
     """Run every (head, task, seed) cell on Ray and write the summary.
 
@@ -333,10 +338,15 @@ def run_sweep(
             ``sweep.json`` (the arguments and every cell's outcome, rewritten after each cell).
         config_file: Optional TOML file applied to every cell.
         address: Ray cluster address; None starts Ray locally.
-        num_workers: Actors; default one per CPU of the cluster.
+        num_workers: Actors; default as many as the cluster's CPUs (and GPUs) hold.
         log: Progress lines and the summary.
         resume: Keep the ``ok`` outcomes of ``out_dir/sweep.json`` and run only the other
             cells (missing, failed or not run).
+        resources: CPUs and GPU share per cell and the cells' device (:class:`RunResources`);
+            None: one CPU, no GPU.
+
+    Raises:
+        ValueError: the cluster lacks the GPUs or CPUs one cell asks for (before any cell).
 
     Returns:
         The summary table (also written as CSV and markdown), written also when a cell fails,
@@ -358,8 +368,10 @@ def run_sweep(
     todo = [c for c in cells if cell_key(c) not in kept]
     if resume:
         log(f"resuming {out_dir}: {len(kept)} runs done, {len(todo)} to run")
+    resources = resources or RunResources()
     record = {"heads": list(heads), "tasks": list(tasks), "seeds": list(seeds),
               "overrides": overrides, "config_file": config_file,
+              "resources": asdict(resources),
               "cells": [list(cell_key(c)) for c in cells], "outcomes": outcomes,
               "skipped": skipped}
 
@@ -374,7 +386,7 @@ def run_sweep(
     try:
         if todo:
             _run_cells(catalog, todo, finished, address=address, num_workers=num_workers,
-                       log=log)
+                       log=log, resources=resources)
     finally:  # however the sweep ends, its summary is written
         table = _write_summary(out_dir, cells, outcomes, skipped)
         write_json(out_dir / "sweep.json", record)
@@ -387,7 +399,7 @@ def run_sweep(
 
 
 def resume_sweep(sweep_dir: str | Path, *, catalog=None, address: str | None = None,
-                 num_workers: int | None = None,
+                 num_workers: int | None = None, resources: RunResources | None = None,
                  log: Callable[[str], None] = print) -> pl.DataFrame:
     """Rerun the cells of a sweep directory that are missing or not ``ok`` in its
     ``sweep.json``, with the heads, tasks, seeds, overrides and config file recorded there.
@@ -396,6 +408,7 @@ def resume_sweep(sweep_dir: str | Path, *, catalog=None, address: str | None = N
         sweep_dir: A directory written by :func:`run_sweep` (``heads sweep``).
         catalog: The dataset; default: opened from the recorded overrides (``dataset``,
             ``data_root``, ``catalog_options``).
+        resources: Per-cell resources; None: the ones ``sweep.json`` recorded.
 
     Raises:
         FileNotFoundError: no ``sweep.json`` in ``sweep_dir``.
@@ -419,9 +432,11 @@ def resume_sweep(sweep_dir: str | Path, *, catalog=None, address: str | None = N
         first = overrides[heads[0]]
         catalog = get_catalog(first["dataset"], root=first.get("data_root"),
                               **first.get("catalog_options", {}))
+    if resources is None:
+        resources = RunResources(**saved.get("resources", {}))
     return run_sweep(catalog, heads=heads, tasks=tasks, seeds=seeds, overrides=overrides,
                      out_dir=sweep_dir, config_file=saved.get("config_file"), address=address,
-                     num_workers=num_workers, log=log, resume=True)
+                     num_workers=num_workers, log=log, resume=True, resources=resources)
 
 
 def _saved_outcomes(out_dir: Path) -> list[dict]:
@@ -448,29 +463,94 @@ def _write_summary(out_dir: Path, cells: list[dict], outcomes: list[dict],
 WAIT_SEC = 1.0
 
 
+@dataclass(frozen=True)
+class RunResources:
+    """What one sweep cell holds on the cluster (``heads sweep --cpus-per-run
+    --gpus-per-run --device``).
+
+    Attributes:
+        cpus: CPUs per cell (Ray's ``num_cpus``); its torch threads follow.
+        gpus: GPU share per cell (Ray's ``num_gpus``; 0.25 packs four cells on a GPU).
+        device: The cells' device: ``auto`` is ``cuda`` when ``gpus`` > 0, else ``cpu``.
+    """
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from heads.runtime import check_device_name
+
+        if self.cpus <= 0:
+            raise ValueError(f"--cpus-per-run must be positive, got {self.cpus:g}")
+        if self.gpus < 0 or (self.gpus > 1 and self.gpus != int(self.gpus)):
+            raise ValueError(f"--gpus-per-run must be a fraction of one GPU (e.g. 0.25) or a "
+                             f"whole number of GPUs, got {self.gpus:g}")
+        check_device_name(self.device)
+        if self.device.startswith("cuda") and not self.gpus:
+            raise ValueError(f"--device {self.device}: give each run a GPU share with "
+                             "--gpus-per-run (e.g. 0.25), so that Ray places it on a GPU")
+        if self.device == "cpu" and self.gpus:
+            raise ValueError(f"--device cpu with --gpus-per-run {self.gpus:g}: drop one of them")
+
+    @property
+    def cell_device(self) -> str:
+        """The device every cell trains on (one GPU share is the actor's ``cuda``)."""
+        if self.device == "auto":
+            return "cuda" if self.gpus else "cpu"
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def check(self, cluster: dict[str, float]) -> int:
+        """How many cells the cluster's ``cluster`` resources (``ray.cluster_resources()``)
+        run at once.
+
+        Raises:
+            ValueError: it runs none (too few GPUs or CPUs), naming the fix.
+        """
+        num_gpus, num_cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+        if self.gpus and num_gpus < self.gpus:
+            raise ValueError(f"--gpus-per-run {self.gpus:g}: the Ray cluster has "
+                             f"{num_gpus:g} GPU(s); drop --gpus-per-run to train on the CPUs, "
+                             "or join a cluster with GPUs (--address / RAY_ADDRESS)")
+        if num_cpus < self.cpus:
+            raise ValueError(f"--cpus-per-run {self.cpus:g}: the Ray cluster has "
+                             f"{num_cpus:g} CPU(s); ask for fewer per run")
+        fits = int(num_cpus // self.cpus)
+        if self.gpus:
+            fits = min(fits, int(round(num_gpus / self.gpus, 6)))
+        return max(1, fits)
+
+
 def _run_cells(catalog, cells: list[dict], finished: Callable[[dict], None], *,
                address: str | None, num_workers: int | None,
-               log: Callable[[str], None]) -> None:
+               log: Callable[[str], None], resources: RunResources | None = None) -> None:
     """Run ``cells`` on a pool of :class:`SweepWorker` actors, one cell per actor at a time,
     calling ``finished(outcome)`` for each. A worker that dies fails its cell (``failed``, with
-    the reason) and is replaced by a fresh actor while cells remain."""
+    the reason) and is replaced by a fresh actor while cells remain.
+
+    Raises:
+        ValueError: the cluster cannot hold one cell (:meth:`RunResources.check`), before any.
+    """
     import ray
     from ray.exceptions import RayError
     from tqdm.auto import tqdm
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token
-        # "local" starts a fresh instance instead of joining whatever Ray runs on the host.
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
-    worker = ray.remote(num_cpus=1, max_restarts=0)(SweepWorker)
+    from pipeline.cluster import start_ray
+
+    resources = resources or RunResources()
+    started_here = start_ray(address)
+    worker = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus,
+                        max_restarts=0)(SweepWorker)
+    threads, device = max(1, int(resources.cpus)), resources.cell_device
     actors: list = []  # every actor started here, ended here whatever happens
     try:
-        num_cpus = int(ray.available_resources().get("CPU", 1)) or 1
-        num_workers = max(1, min(num_workers or num_cpus, len(cells)))
-        actors += [worker.remote(catalog, 1) for _ in range(num_workers)]
+        fits = resources.check(ray.cluster_resources())
+        num_workers = max(1, min(num_workers or fits, len(cells)))
+        actors += [worker.remote(catalog, threads, device) for _ in range(num_workers)]
         idle, todo, running = list(actors), list(reversed(cells)), {}
-        log(f"sweep: {len(cells)} runs on {num_workers} Ray workers")
+        share = f", {resources.gpus:g} GPU each" if resources.gpus else ""
+        log(f"sweep: {len(cells)} runs on {num_workers} Ray workers ({resources.cpus:g} CPU"
+            f"{share}; device {device})")
         progress = tqdm(total=len(cells), desc="sweep", disable=None)
         while todo or running:
             while todo and idle:
@@ -488,7 +568,7 @@ def _run_cells(catalog, cells: list[dict], finished: Callable[[dict], None], *,
                     with suppress(RayError):
                         ray.kill(actor, no_restart=True)
                     if todo:  # a fresh actor takes the dead one's place
-                        actors.append(worker.remote(catalog, 1))
+                        actors.append(worker.remote(catalog, threads, device))
                         idle.append(actors[-1])
                 progress.update()
                 finished(outcome)

@@ -37,6 +37,7 @@ from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_bas
 from heads.optim import build_optimizer, build_schedule
 from heads.parallel import SINGLE, Parallel
 from heads.runtime import rng_state, set_rng_state
+from pipeline.faults import maybe_crash
 from heads.runs import TrainingLog, read_checkpoint, save_checkpoint
 
 # A batch as the loop sees it: the model's positional inputs (on its device) and the targets,
@@ -305,6 +306,7 @@ class Trainer:
                 weight = real * parallel.world_size / sum(counts)
             elif not real:
                 continue
+            maybe_crash("train_step", f"rank{parallel.rank}-epoch{self.epoch + 1}-step{i}")
             loss = self.step(inputs, targets, weight=weight)
             step_sum = parallel.all_sum([loss * real])[0] if parallel.enabled else loss * real
             step_loss = step_sum / (sum(counts) if parallel.enabled else real)

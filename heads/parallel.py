@@ -291,7 +291,9 @@ def launch(worker: Callable[[dict], None], payload: dict, *, num_workers: int, d
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cpus_per_worker}),
             run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
-                                 failure_config=FailureConfig(max_failures=max_failures)),
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 # Ray Train's print patch would echo every line twice.
+                                 worker_runtime_env={"env_vars": _worker_env()}),
         )
         try:
             trainer.fit()
@@ -305,8 +307,26 @@ def launch(worker: Callable[[dict], None], payload: dict, *, num_workers: int, d
             ray.shutdown()
 
 
-def worker_threads(payload: dict) -> None:
-    """In a worker: torch's intra-op threads follow the CPUs Ray reserved for it."""
+def _worker_env() -> dict[str, str]:
+    """The workers' environment variables: the driver's ``LONGVID_*`` (log level, fault
+    points), as extraction forwards them, and Ray Train's print patch off (it would echo every
+    line of worker 0 twice)."""
+    import os
+
+    from pipeline.logs import worker_env
+
+    return {**{k: v for k, v in os.environ.items() if k.startswith("LONGVID_")},
+            **worker_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def worker_setup(payload: dict) -> None:
+    """In a worker: torch's intra-op threads follow the CPUs Ray reserved for it, and its
+    log records go out at the driver's level (``LONGVID_LOG_LEVEL``)."""
+    import os
+
+    from pipeline.logs import LEVEL_ENV, configure_logging
+
+    configure_logging(os.environ.get(LEVEL_ENV))
     torch.set_num_threads(max(1, int(payload.get("_cpus_per_worker", 1))))
 
 

@@ -54,7 +54,7 @@ from heads.metrics import PRIMARY_METRIC
 from heads.models import create_head, num_streams_for
 from heads.optim import param_groups
 from heads.parallel import SINGLE, Parallel, Subset, current, global_batches, launch, \
-    worker_threads
+    worker_setup
 from heads.runtime import legacy_precision, mixed_precision, resolve_device, seed_everything
 from heads.runs import (
     CHECKPOINTS,
@@ -151,7 +151,7 @@ def train(
         torch.use_deterministic_algorithms(was_deterministic)
     if not parallel.is_main:
         return {**results, "run_dir": str(run.run_dir)}
-    return cleanup(run, results, evals, data, log=log)
+    return cleanup(run, results, evals, data, log=log, table=not parallel.enabled)
 
 
 def _train_data_parallel(config: TrainConfig, *, catalog: Catalog | None, log, resume,
@@ -181,7 +181,7 @@ def _train_worker(payload: dict) -> None:
     """One data-parallel worker of :func:`_train_data_parallel`: the recipe with this worker's
     :class:`heads.parallel.Parallel`; after a restart (``--max-failures``) it resumes from the
     run directory's last checkpoint."""
-    worker_threads(payload)
+    worker_setup(payload)
     parallel = current()
     run_dir = Path(payload["run_dir"])
     resume = payload["resume"]
@@ -355,15 +355,19 @@ def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, strea
     if parallel.enabled:  # every worker draws the same order and takes its slice of it
         sampler = order.get("sampler") or torch.utils.data.RandomSampler(
             train_set, generator=order["generator"])
-        order = {"batch_sampler": global_batches(sampler, config.batch_size, parallel)}
+        # The loader draws its base seed from the generator too, as a one-worker run's does.
+        order = {"batch_sampler": global_batches(sampler, config.batch_size, parallel),
+                 "generator": sampler.generator}
     else:
         order["batch_size"] = config.batch_size
     loader = torch.utils.data.DataLoader(train_set, collate_fn=collate, **order)
     return loader, generators
 
 
-def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log) -> dict:
-    """Write ``metrics.json``, ``predictions.parquet`` and ``curves.png``; print the table."""
+def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log,
+            table: bool = True) -> dict:
+    """Write ``metrics.json``, ``predictions.parquet`` and ``curves.png``; print the table
+    (unless ``table`` is False: a data-parallel run's driver prints it)."""
     write_json(run.run_dir / "metrics.json", results)
     outputs = {s: evals[s].outputs for s in SPLITS}
     write_frame(predictions_frame(run.task_info, data.video_ids, outputs, data.targets),
@@ -374,8 +378,10 @@ def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log) 
                 title=f"{results['head']} / {results['task']}", best_epoch=selection["best_epoch"],
                 baseline={metric: results["baseline"]["val"].get(metric[len("val_"):])}
                 if metric.startswith("val_") else None)
-    log(format_table(results))
-    log(f"run written to {run.run_dir}")
+    if table:
+        log(format_table(results))
+    if table:
+        log(f"run written to {run.run_dir}")
     return {**results, "run_dir": str(run.run_dir)}
 
 

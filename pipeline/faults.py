@@ -16,6 +16,13 @@ Points, in the order a video passes them:
 - ``mid_part``: the part's arrays are written under their temporary name, not yet published;
 - ``after_part``: the part is published (renamed), its index fragment not yet written.
 
+One point is in the training loop (:mod:`heads.loop`), its target
+``rank<R>-epoch<E>-step<S>`` (a data-parallel worker's rank, the 1-based epoch and the
+0-based step in it):
+
+- ``train_step``: before the step's forward; the process sends itself SIGKILL (a worker
+  killed mid-epoch, as a lost node or the OOM killer leaves it).
+
 Unset (the normal case) it costs one dictionary lookup per point.
 """
 
@@ -24,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 
-POINTS = ("hang", "start", "mid_part", "after_part")
+POINTS = ("hang", "start", "mid_part", "after_part", "train_step")
 EXIT_STATUS = 137
 
 
@@ -55,4 +62,8 @@ def maybe_crash(point: str, video_id: str) -> None:
         if where == "hang":
             while True:
                 time.sleep(3600)
+        if where == "train_step":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         os._exit(EXIT_STATUS)

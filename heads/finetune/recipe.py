@@ -52,7 +52,7 @@ from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resol
 from heads.finetune.models import BackboneEncoder, PixelModel
 from heads.loop import Evaluator, TargetNorm, Trainer, report
 from heads.optim import param_groups as head_groups
-from heads.parallel import SINGLE, Parallel, current, global_batches, launch, worker_threads
+from heads.parallel import SINGLE, Parallel, current, global_batches, launch, worker_setup
 from heads.runtime import autocast_and_scaler
 
 
@@ -106,6 +106,10 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
         pipeline.weights.WeightsError: backbone weights cannot be found.
         heads.parallel.DataParallelError: a data-parallel worker raised or died.
     """
+    if config.sync_batchnorm and config.data_parallel > 1 and config.device == "cpu":
+        raise ValueError("--sync-batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU "
+                         "kernel): drop it on CPU workers, where each worker's BatchNorm "
+                         "keeps its own batch statistics")
     if parallel is None and config.data_parallel > 1:
         return _finetune_data_parallel(config, catalog=catalog, log=log, address=address)
     parallel = parallel or SINGLE
@@ -122,7 +126,7 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
         run.failed.update(failed)
     if not parallel.is_main:
         return {**results, "run_dir": str(run.run_dir)}
-    return cleanup(run, results, evals, video_ids, log=log)
+    return cleanup(run, results, evals, video_ids, log=log, table=not parallel.enabled)
 
 
 def _finetune_data_parallel(config: FinetuneConfig, *, catalog: Catalog | None, log,
@@ -148,7 +152,7 @@ def _finetune_data_parallel(config: FinetuneConfig, *, catalog: Catalog | None, 
 
 def _finetune_worker(payload: dict) -> None:
     """One data-parallel worker of :func:`_finetune_data_parallel`."""
-    worker_threads(payload)
+    worker_setup(payload)
     parallel = current()
     lines = print if parallel.is_main else (lambda _: None)
     finetune(FinetuneConfig(**payload["config"]), catalog=payload["catalog"], log=lines,
@@ -189,6 +193,9 @@ def setup(built: PixelModelBuild, *, log, parallel: Parallel = SINGLE,
     device, amp_dtype, _ = resolve_device(config, log=log,
                                           device=parallel.device if parallel.enabled else None)
     if parallel.enabled and config.sync_batchnorm:  # before the optimiser sees the parameters
+        if device.type != "cuda":
+            raise ValueError("--sync-batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no "
+                             f"CPU kernel); this worker runs on {device}: drop it")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if parallel.rank:  # worker r > 0 draws its own dropout (DDP copies worker 0's weights)
@@ -331,9 +338,11 @@ def _loaders(config: FinetuneConfig, videos: dict, streams, target_norm, device,
     return train_set, generator, loaders
 
 
-def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) -> dict:
+def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log,
+            table: bool = True) -> dict:
     """Write ``metrics.json`` (with the videos that could not be decoded), ``predictions.parquet``
-    (the videos that could) and ``curves.png``; print the table."""
+    (the videos that could) and ``curves.png``; print the table (unless ``table`` is False: a
+    data-parallel run's driver prints it)."""
     from heads.runs import format_table, plot_curves, predictions_frame, write_frame, write_json
 
     results["failed"] = dict(run.failed)
@@ -349,11 +358,13 @@ def cleanup(run: PixelRun, results: dict, evals: dict, video_ids: dict, *, log) 
                 best_epoch=selection["best_epoch"],
                 baseline={metric: results["baseline"]["val"].get(metric[len("val_"):])}
                 if metric.startswith("val_") else None)
-    log(format_table(results))
+    if table:
+        log(format_table(results))
     if run.failed:
         log(f"{len(run.failed)} video(s) could not be decoded: "
             + "; ".join(f"{v}: {m}" for v, m in sorted(run.failed.items())))
-    log(f"run written to {run.run_dir}")
+    if table:
+        log(f"run written to {run.run_dir}")
     return {**results, "run_dir": str(run.run_dir)}
 
 
