@@ -231,14 +231,19 @@ def eval_command(
     run: Annotated[str, typer.Argument(help="Run directory of `heads train`.")],
     which: WhichCheckpoint = "best",
     store: RunStore = None,
+    device: shared.Device = "auto",
+    precision: Annotated[str | None, typer.Option(
+        help="Autocast (auto, fp32, bf16, fp16); default: the run's.")] = None,
 ) -> None:
     """Recompute a run's metrics on every split from its checkpoint."""
     from heads.evaluate import evaluate_run
     from heads.runs import format_table
 
     with user_errors():
+        check_device(device)
         check_store(store)
-        results = evaluate_run(run, which=which, store=store, log=typer.echo)
+        results = evaluate_run(run, which=which, store=store, log=typer.echo, device=device,
+                               precision=precision)
     typer.echo(format_table(results))
 
 
@@ -255,13 +260,20 @@ def predict(
     ] = None,
     which: WhichCheckpoint = "best",
     store: RunStore = None,
+    device: shared.Device = "auto",
+    precision: Annotated[str | None, typer.Option(
+        help="Autocast (auto, fp32, bf16, fp16); default: the run's.")] = None,
 ) -> None:
     """Predict stored videos (labelled or not) with a trained run's checkpoint."""
     from heads.evaluate import predict_run
 
     with user_errors():
+        check_device(device)
         check_store(store)
-        frame = predict_run(run, video_ids=video or None, which=which, store=store)
+        frame = predict_run(run, video_ids=video or None, which=which, store=store,
+                            device=device, precision=precision,
+                            log=(lambda line: typer.echo(line, err=True)) if out is None
+                            else typer.echo)
     if out is None:
         for row in frame.iter_rows(named=True):
             typer.echo(f"{row['video_id']}\t{row['predicted']}")

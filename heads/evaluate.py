@@ -32,6 +32,8 @@ class LoadedRun:
     model: nn.Module
     checkpoint: dict
     standardizer: Standardizer
+    device: torch.device = torch.device("cpu")
+    autocast: object = None  # zero-argument context-manager factory, or None (fp32)
 
     @property
     def config(self) -> dict:
@@ -81,24 +83,36 @@ class LoadedRun:
             self.model, standardised, times, task_kind=self.task["kind"],
             window_sec=float(self.config.get("window_sec") or 0),
             stride_sec=float(self.config.get("eval_stride_sec", 1.0)),
-            batch_size=int(self.config["batch_size"]),
+            batch_size=int(self.config["batch_size"]), device=self.device,
+            autocast=self.autocast,
         )
         norm = self.checkpoint.get("target_norm")
         return outputs * norm[1] + norm[0] if norm else outputs
 
 
-def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
-    """Rebuild a run's head (``which``: ``best`` or ``last``) with its standardiser.
+def load_run(run_dir: str | Path, *, which: str = "best", device: str = "auto",
+             precision: str | None = None, log: Callable[[str], None] | None = None
+             ) -> LoadedRun:
+    """Rebuild a run's head (``which``: ``best`` or ``last``) with its standardiser, on
+    ``device`` (:func:`heads.runtime.resolve_device`; ``log`` gets the line saying which) with
+    autocast in ``precision`` (None: the run's own).
 
     Raises:
         FileNotFoundError: no such run directory or checkpoint.
+        ValueError: a device torch cannot see.
     """
+    from heads.runtime import legacy_precision, mixed_precision, resolve_device
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory {run_dir}; see `heads runs`")
     model, checkpoint = load_head(run_dir, which=which)
     standardizer = Standardizer.from_state_dict(checkpoint["standardizer"])
-    return LoadedRun(run_dir, model, checkpoint, standardizer)
+    torch_device = resolve_device(device, log=log)
+    precision = precision or legacy_precision(checkpoint["config"]).get("precision", "fp32")
+    autocast, _ = mixed_precision(torch_device, precision)
+    return LoadedRun(run_dir, model.to(torch_device), checkpoint, standardizer, torch_device,
+                     autocast)
 
 
 def _catalog(run: LoadedRun):
@@ -110,15 +124,16 @@ def _catalog(run: LoadedRun):
 
 def evaluate_run(
     run_dir: str | Path, *, which: str = "best", store: str | Path | None = None, catalog=None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, device: str = "auto", precision: str | None = None,
 ) -> dict:
-    """Metrics of a trained run on every split, recomputed from its checkpoint.
+    """Metrics of a trained run on every split, recomputed from its checkpoint, on ``device``
+    with ``precision`` (see :func:`load_run`).
 
     Returns:
         ``{"task", "kind", "num_videos", "metrics", "baseline", "details"}`` (as in
         ``metrics.json``).
     """
-    run = load_run(run_dir, which=which)
+    run = load_run(run_dir, which=which, device=device, precision=precision, log=log)
     catalog = catalog or _catalog(run)
     data = load_task_data(catalog, run.task["name"], run.feature_sets(store), log=log,
                           loading=run.config.get("data_loading", "auto"),
@@ -144,7 +159,8 @@ def evaluate_run(
 
 def predict_run(
     run_dir: str | Path, *, video_ids: Sequence[str] | None = None, which: str = "best",
-    store: str | Path | None = None,
+    store: str | Path | None = None, device: str = "auto", precision: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
     """A run's predictions for stored videos, labelled or not.
 
@@ -154,6 +170,7 @@ def predict_run(
             feature sets.
         which: ``best`` or ``last`` checkpoint.
         store: Store root (default: the run's).
+        device, precision, log: see :func:`load_run`.
 
     Returns:
         ``predictions.parquet``'s columns (``target`` null, ``split`` = ``predict``).
@@ -161,7 +178,7 @@ def predict_run(
     Raises:
         KeyError: a video is not stored (ok) in one of the feature sets; names it.
     """
-    run = load_run(run_dir, which=which)
+    run = load_run(run_dir, which=which, device=device, precision=precision, log=log)
     feature_sets = run.feature_sets(store)
     if video_ids is None:
         ok = [fs.ok_ids() for fs in feature_sets]

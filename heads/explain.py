@@ -57,7 +57,7 @@ def explain_video(
     from heads.evaluate import load_run
     from pipeline.store import video_key
 
-    run = load_run(run_dir, which=which)
+    run = load_run(run_dir, which=which, device="cpu")  # one video: attention maps on the CPU
     head = run.checkpoint["head"]
     if not hasattr(run.model, "cls_attention"):
         raise ValueError(
