@@ -36,9 +36,19 @@ WeightDecay = Annotated[float | None, typer.Option(help="AdamW weight decay (mat
 Schedule = Annotated[
     str | None,
     typer.Option(help="Learning-rate schedule: warmup_cosine (linear warm-up, then cosine "
-                 "decay to 0; default)."),
+                 "decay to 0; default) or steps (the lr times --lr-gamma at each "
+                 "--lr-milestone epoch)."),
 ]
 WarmupEpochs = Annotated[int | None, typer.Option(help="Linear warm-up epochs.")]
+Optimizer = Annotated[str | None, typer.Option(
+    help="adamw (default) or sgd (VTN §4.1: SGD, momentum 0.9).")]
+Momentum = Annotated[float | None, typer.Option(help="sgd: momentum (default 0.9).")]
+Nesterov = Annotated[bool | None, typer.Option(
+    "--nesterov/--no-nesterov", help="sgd: Nesterov momentum (VTN's official config).")]
+LrMilestones = Annotated[list[int] | None, typer.Option(
+    help="steps schedule: an epoch at which the lr is multiplied by --lr-gamma, repeatable "
+         "(VTN's ViT-B: 13 and 24).")]
+LrGamma = Annotated[float | None, typer.Option(help="steps schedule: the factor (default 0.1).")]
 GradClip = Annotated[float | None, typer.Option(help="Max global gradient norm.")]
 Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs; 0 = off.")]
 Seed = Annotated[int | None, typer.Option(help="Seed for init, dropout/augmentation, shuffling.")]

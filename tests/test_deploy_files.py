@@ -106,7 +106,22 @@ def _check_command(argv: list[str], env: dict[str, str]) -> None:
         assert params["path"].startswith(env["LONGVID_RUNS"])
         return
     assert params["address"] == "auto"  # join the job's cluster, never start a second Ray
+    if name == "finetune":  # data-parallel on the cluster's GPUs, written where all nodes see
+        from heads.finetune.config import FinetuneConfig, resolve_config
+
+        assert params["dataset"] == "kinetics400" and params["device"] == "cuda"
+        assert params["data_parallel"] == 16 and params["precision"] == "bf16"
+        assert params["runs_dir"].startswith(env["LONGVID_RUNS"])
+        fields = {k: v for k, v in params.items() if k in FinetuneConfig.__dataclass_fields__}
+        fields["lr_milestones"] = tuple(params["lr_milestone"] or ())
+        resolve_config(FinetuneConfig(**{**fields, "encoders": tuple(params["encoder"] or ()),
+                                         "trainable": params["trainable"],
+                                         "weights": tuple(params["weights"] or ("default",)),
+                                         "catalog_options": {}}))
+        return
     assert params["dataset"] == "lvu" and params["store"] == env["LONGVID_STORE"]
+    if name == "sweep":  # a share of a GPU per cell: the cells land on the GPU nodes
+        assert params["gpus_per_run"] > 0 and params["cpus_per_run"] >= 1
     if name == "extract":
         from pipeline.backbones import list_backbones
         from pipeline.extract_config import Feature
@@ -177,7 +192,8 @@ def test_the_dry_run_line_submits_exactly_the_spec(path, capsys, tmp_path):
 
     expected = words(spec["entrypoint"])
     assert words(shlex.join(params["entrypoint"])) == expected
-    assert env["LONGVID_STORE"] in expected and not any("$" in w for w in expected)
+    where = env.get("LONGVID_STORE") or env["LONGVID_RUNS"]  # a store, or a runs directory
+    assert any(w.startswith(where) for w in expected) and not any("$" in w for w in expected)
 
 
 def test_a_misspelt_option_in_an_entrypoint_is_caught():

@@ -152,6 +152,10 @@ def test_test_views_flag():
 def test_stat_preset_takes_deits_optimiser_settings_unless_given():
     stat = resolve_config(FinetuneConfig(task="t", preset="stat", batch_size=4))
     assert stat.lr == pytest.approx(5e-4 * 4 / 512)  # DeiT: lr × batch size / 512
+    # Data-parallel: the global batch counts (4 videos on each of 16 workers)
+    wide = resolve_config(FinetuneConfig(task="t", preset="stat", batch_size=4,
+                                         data_parallel=16))
+    assert wide.lr == pytest.approx(5e-4 * 64 / 512)
     assert (stat.weight_decay, stat.warmup_epochs, stat.label_smoothing) == (0.05, 5, 0.1)
     given = resolve_config(FinetuneConfig(task="t", preset="stat", lr=1e-3, weight_decay=0.0,
                                           warmup_epochs=0, label_smoothing=0.0))

@@ -200,7 +200,9 @@ def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
                         else config.train_clip_sec),
         train_random_frames=(preset.train_random_frames if config.train_random_frames is None
                              else config.train_random_frames),
-        **{k: v for k, v in preset_optimiser(preset, config.batch_size).items()
+        # The global batch: batch_size videos on each of data_parallel workers.
+        **{k: v for k, v in preset_optimiser(
+            preset, config.batch_size * config.data_parallel).items()
            if getattr(config, k) is None},
     )
     if config.train_random_frames and config.plan == "scene":
@@ -232,7 +234,8 @@ def preset_test_views(preset: Preset, num_frames: int) -> tuple[int, int]:
 
 
 def preset_optimiser(preset: Preset, batch_size: int) -> dict:
-    """``preset``'s lr (scaled to ``batch_size`` when it names its own batch size), weight
+    """``preset``'s lr (scaled to the global ``batch_size``, per-worker batch × workers, when
+    it names its own batch size: DeiT's lr × batch / 512 counts every video of a step), weight
     decay, warm-up epochs and label smoothing, FINETUNE_DEFAULTS where it sets none."""
     lr = preset.lr
     if lr is not None and preset.lr_batch_size:
