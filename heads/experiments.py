@@ -7,9 +7,10 @@ Ray actors, each holding ``cpus_per_run`` CPUs (its torch threads) and ``gpus_pe
 (a fraction packs several cells on one GPU: 0.25 trains four ViS4mer cells side by side), so
 cells land on the cluster's GPU nodes through Ray's resources; Ray is started or joined as
 ``pipeline extract`` does it (:func:`pipeline.cluster.start_ray`: ``--address``, else
-``RAY_ADDRESS``, else a local Ray), with the workers' log lines forwarded. Each actor builds the catalog once and keeps every feature
-set's videos it has read (``heads.data.load_task_data``'s ``cache``), so a feature set is
-read from the store at most once per worker, whatever the number of cells the worker runs.
+``RAY_ADDRESS``, else a local Ray), with the workers' log lines forwarded. Each actor builds
+the catalog once and keeps every feature set's videos it has read
+(``heads.data.load_task_data``'s ``cache``), so a feature set is read from the store at most
+once per worker, whatever the number of cells the worker runs.
 
 A head's features are its defaults (``heads/configs/<head>.toml``, with the file's
 ``[datasets.<dataset>]`` table for the sweep's dataset) unless ``--set HEAD.features=[...]``

@@ -36,9 +36,9 @@ from heads.config import RunConfig
 from heads.metrics import PRIMARY_METRIC, compute_metrics, details, majority_baseline
 from heads.optim import build_optimizer, build_schedule
 from heads.parallel import SINGLE, Parallel
+from heads.runs import TrainingLog, read_checkpoint, save_checkpoint
 from heads.runtime import rng_state, set_rng_state
 from pipeline.faults import maybe_crash
-from heads.runs import TrainingLog, read_checkpoint, save_checkpoint
 
 # A batch as the loop sees it: the model's positional inputs (on its device) and the targets,
 # and optionally how many of its videos count (0: a data-parallel worker's stand-in batch,

@@ -223,21 +223,6 @@ def global_batches(sampler, batch_size: int, parallel: Parallel):
     return ShardedBatchSampler(batches, rank=parallel.rank, world_size=parallel.world_size)
 
 
-class Subset(Sequence):
-    """Items ``positions`` of ``items``, fetched on access (a streamed split stays lazy)."""
-
-    lazy = True
-
-    def __init__(self, items: Sequence, positions: Sequence[int]):
-        self.items, self.positions = items, list(positions)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int):
-        return self.items[self.positions[i]]
-
-
 class DataParallelError(RuntimeError):
     """A data-parallel run failed: a worker raised or died (the message names the rank)."""
 
@@ -264,7 +249,7 @@ def launch(worker: Callable[[dict], None], payload: dict, *, num_workers: int, d
         DataParallelError: a worker raised or died; one line per failed rank.
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from pipeline.cluster import start_ray
@@ -285,7 +270,8 @@ def launch(worker: Callable[[dict], None], payload: dict, *, num_workers: int, d
             raise ValueError(f"--data-parallel {num_workers}: the Ray cluster has "
                              f"{num_cpus:g} CPU(s), {num_workers * cpus_per_worker:g} are "
                              "needed; use fewer workers or join a larger cluster (--address)")
-        log(f"data-parallel: {num_workers} workers on {'GPUs (nccl)' if use_gpu else 'CPUs (gloo)'}")
+        where = "GPUs (nccl)" if use_gpu else "CPUs (gloo)"
+        log(f"data-parallel: {num_workers} workers on {where}")
         trainer = TorchTrainer(
             worker, train_loop_config={**payload, "_cpus_per_worker": cpus_per_worker},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
@@ -297,14 +283,40 @@ def launch(worker: Callable[[dict], None], payload: dict, *, num_workers: int, d
         )
         try:
             trainer.fit()
-        except Exception as err:
-            if type(err).__name__ in ("TrainingFailedError", "WorkerGroupError",
-                                      "ControllerError"):
-                raise DataParallelError(failure_line(err)) from None
-            raise
+        except TrainingFailedError as err:  # a worker raised or died; the controller failed
+            raise DataParallelError(failure_line(err)) from None
     finally:
         if started_here:
             ray.shutdown()
+
+
+def run_recipe(worker: Callable[[dict], None], config, run_dir: Path, *, catalog=None,
+               resume: Path | None = None, address: str | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """A recipe's data-parallel run: :func:`launch` ``worker`` on ``config.data_parallel``
+    workers with the run's config, catalog and ``run_dir`` (made by the caller, so workers
+    restarted after a failure find it), then the run's ``metrics.json`` read back and its table
+    printed; worker 0's own lines reach ``log``'s stream through Ray.
+
+    Returns:
+        The content of ``metrics.json`` plus ``run_dir`` (str).
+    """
+    import json
+    from dataclasses import asdict
+
+    from heads.runs import format_table
+
+    run_dir = Path(run_dir)
+    launch(worker, {"config": asdict(config), "catalog": catalog,
+                    "run_dir": str(run_dir.resolve()),
+                    "resume": str(Path(resume).resolve()) if resume else None},
+           num_workers=config.data_parallel, device=config.device,
+           cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
+           address=address, storage_path=run_dir / "ray_train", name=run_dir.name, log=log)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    log(format_table(results))
+    log(f"run written to {run_dir}")
+    return {**results, "run_dir": str(run_dir)}
 
 
 def _worker_env() -> dict[str, str]:

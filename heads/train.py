@@ -53,7 +53,7 @@ from heads.loop import Evaluator, TargetNorm, Trainer, report
 from heads.metrics import PRIMARY_METRIC
 from heads.models import create_head, num_streams_for
 from heads.optim import param_groups
-from heads.parallel import SINGLE, Parallel, Subset, current, global_batches, launch, \
+from heads.parallel import SINGLE, Parallel, current, global_batches, run_recipe, \
     worker_setup
 from heads.runtime import legacy_precision, mixed_precision, resolve_device, seed_everything
 from heads.runs import (
@@ -156,25 +156,14 @@ def train(
 
 def _train_data_parallel(config: TrainConfig, *, catalog: Catalog | None, log, resume,
                          address: str | None) -> dict:
-    """``train`` on ``config.data_parallel`` Ray Train workers (:func:`heads.parallel.launch`):
-    the run directory is made here (so workers restarted after a failure resume from its
-    last checkpoint), worker 0's lines reach this process through Ray, and the result is read
-    back from the run's ``metrics.json``."""
+    """``train`` on ``config.data_parallel`` Ray Train workers
+    (:func:`heads.parallel.run_recipe`): the run directory is made here, so workers restarted
+    after a failure resume from its last checkpoint."""
     config = resolve_config(config)
-    if resume is not None:
-        run_dir = Path(resume)
-    else:
-        run_dir = new_run_dir(Path(config.runs_dir), config.head, config.task)
-    launch(_train_worker, {"config": asdict(config), "catalog": catalog,
-                           "run_dir": str(run_dir.resolve()),
-                           "resume": str(Path(resume).resolve()) if resume else None},
-           num_workers=config.data_parallel, device=config.device,
-           cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
-           address=address, storage_path=run_dir / "ray_train", name=run_dir.name, log=log)
-    results = json.loads((run_dir / "metrics.json").read_text())
-    log(format_table(results))
-    log(f"run written to {run_dir}")
-    return {**results, "run_dir": str(run_dir)}
+    run_dir = Path(resume) if resume is not None else new_run_dir(
+        Path(config.runs_dir), config.head, config.task)
+    return run_recipe(_train_worker, config, run_dir, catalog=catalog, resume=resume,
+                      address=address, log=log)
 
 
 def _train_worker(payload: dict) -> None:
@@ -266,7 +255,8 @@ def setup(config: TrainConfig, catalog: Catalog, data: TaskData, *, log,
         # A data-parallel worker scores its share of the split; every worker gets them all.
         mine = parallel.eval_positions(len(tokens[split]), config.batch_size)
         outputs = predict_videos(
-            model, Subset(tokens[split], mine), Subset(times[split], mine), task_kind=kind,
+            model, torch.utils.data.Subset(tokens[split], mine),
+            torch.utils.data.Subset(times[split], mine), task_kind=kind,
             window_sec=config.window_sec, stride_sec=config.eval_stride_sec,
             batch_size=config.batch_size, device=device, autocast=autocast,
         )
@@ -362,9 +352,9 @@ def _train_loader(config: TrainConfig, tokens, times, targets: np.ndarray, strea
     if parallel.enabled:  # every worker draws the same order and takes its slice of it
         sampler = order.get("sampler") or torch.utils.data.RandomSampler(
             train_set, generator=order["generator"])
-        # The loader draws its base seed from the generator too, as a one-worker run's does.
+        # The loader draws its base seed from the same generator as a one-worker run's does.
         order = {"batch_sampler": global_batches(sampler, config.batch_size, parallel),
-                 "generator": sampler.generator}
+                 "generator": order.get("generator")}
     else:
         order["batch_size"] = config.batch_size
     loader = torch.utils.data.DataLoader(train_set, collate_fn=collate, **order)
@@ -387,7 +377,6 @@ def cleanup(run: CachedRun, results: dict, evals: dict, data: TaskData, *, log,
                 if metric.startswith("val_") else None)
     if table:
         log(format_table(results))
-    if table:
         log(f"run written to {run.run_dir}")
     return {**results, "run_dir": str(run.run_dir)}
 

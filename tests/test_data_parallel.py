@@ -14,6 +14,7 @@ the wrong generator moved the first epoch's loss by 6e-3).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -211,6 +212,28 @@ def test_a_killed_worker_fails_the_run_naming_it_and_resume_ends_equal(toy, two_
                     log=lambda _: None)
     assert resumed["history"] == uninterrupted["history"]
     wa, wb = final_weights(resumed["run_dir"]), final_weights(uninterrupted["run_dir"])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_with_max_failures_ray_train_restarts_the_workers_from_the_last_checkpoint(
+        toy, two_worker_stan, monkeypatch, tmp_path):
+    """--max-failures 1: worker 1 is SIGKILLed once (a marker file) at the first step of epoch
+    2; Ray Train starts both workers again, they resume after epoch 1 in the same run
+    directory and end where the uninterrupted run ended."""
+    from heads.train import train
+
+    _, uninterrupted, _ = two_worker_stan
+    monkeypatch.setenv("LONGVID_FAULT", f"train_step:rank1-epoch2-step0:{tmp_path / 'once'}")
+    config = stan_config(toy, batch_size=4, data_parallel=2, max_failures=1,
+                         runs_dir=str(tmp_path / "runs"))
+    restarted = train(config, catalog=toy_catalog(), log=lambda _: None)
+    assert (tmp_path / "once").exists()  # the fault fired
+    saved = json.loads((Path(restarted["run_dir"]) / "config.json").read_text())
+    assert [r["after_epoch"] for r in saved["resumes"]] == [1]
+    assert restarted["history"] == uninterrupted["history"]
+    wa, wb = final_weights(restarted["run_dir"]), final_weights(uninterrupted["run_dir"])
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

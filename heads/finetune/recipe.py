@@ -52,7 +52,7 @@ from heads.finetune.config import PRESETS, FinetuneConfig, resolve_config, resol
 from heads.finetune.models import BackboneEncoder, PixelModel
 from heads.loop import Evaluator, TargetNorm, Trainer, report
 from heads.optim import param_groups as head_groups
-from heads.parallel import SINGLE, Parallel, current, global_batches, launch, worker_setup
+from heads.parallel import SINGLE, Parallel, current, global_batches, run_recipe, worker_setup
 from heads.runtime import autocast_and_scaler
 
 
@@ -131,23 +131,14 @@ def finetune(config: FinetuneConfig, *, catalog: Catalog | None = None, log=prin
 
 def _finetune_data_parallel(config: FinetuneConfig, *, catalog: Catalog | None, log,
                             address: str | None) -> dict:
-    """``finetune`` on ``config.data_parallel`` Ray Train workers (:func:`heads.parallel.launch`),
-    as :func:`heads.train.train` does for cached features; the result is read back from the
-    run's ``metrics.json``."""
-    import json
-
-    from heads.runs import format_table, new_run_dir
+    """``finetune`` on ``config.data_parallel`` Ray Train workers
+    (:func:`heads.parallel.run_recipe`), as :func:`heads.train.train` does for cached
+    features."""
+    from heads.runs import new_run_dir
 
     run_dir = new_run_dir(Path(config.runs_dir), config.preset, config.task)
-    launch(_finetune_worker, {"config": asdict(config), "catalog": catalog,
-                              "run_dir": str(run_dir.resolve())},
-           num_workers=config.data_parallel, device=config.device,
-           cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
-           address=address, storage_path=run_dir / "ray_train", name=run_dir.name, log=log)
-    results = json.loads((run_dir / "metrics.json").read_text())
-    log(format_table(results))
-    log(f"run written to {run_dir}")
-    return {**results, "run_dir": str(run_dir)}
+    return run_recipe(_finetune_worker, config, run_dir, catalog=catalog, address=address,
+                      log=log)
 
 
 def _finetune_worker(payload: dict) -> None:
