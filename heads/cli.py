@@ -497,7 +497,7 @@ class _PlainHelp(typer.core.TyperCommand):
 from heads.finetune.cli import finetune as _finetune  # noqa: E402
 
 app.command("finetune", cls=_PlainHelp, context_settings={"max_content_width": 120})(_finetune)
-name_list_values(_finetune, encoder="NAME", trainable="NAME", weights="SPEC")
+name_list_values(_finetune, encoder="NAME", trainable="NAME", weights="SPEC", lr_milestone="EPOCH")
 
 
 if __name__ == "__main__":
