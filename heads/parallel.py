@@ -302,12 +302,13 @@ def run_recipe(worker: Callable[[dict], None], config, run_dir: Path, *, catalog
         The content of ``metrics.json`` plus ``run_dir`` (str).
     """
     import json
+    import os
     from dataclasses import asdict
 
     from heads.runs import format_table
 
     run_dir = Path(run_dir)
-    launch(worker, {"config": asdict(config), "catalog": catalog,
+    launch(worker, {"config": asdict(config), "catalog": catalog, "cwd": os.getcwd(),
                     "run_dir": str(run_dir.resolve()),
                     "resume": str(Path(resume).resolve()) if resume else None},
            num_workers=config.data_parallel, device=config.device,
@@ -332,12 +333,17 @@ def _worker_env() -> dict[str, str]:
 
 
 def worker_setup(payload: dict) -> None:
-    """In a worker: torch's intra-op threads follow the CPUs Ray reserved for it, and its
-    log records go out at the driver's level (``LONGVID_LOG_LEVEL``)."""
+    """In a worker: the driver's working directory (``payload["cwd"]``, where the node has
+    it: Ray Train starts workers in a directory of its own, so relative ``--store``,
+    ``--data-root`` and ``--runs-dir`` would point elsewhere), torch's intra-op threads
+    following the CPUs Ray reserved for it, and log records at the driver's level
+    (``LONGVID_LOG_LEVEL``)."""
     import os
 
     from pipeline.logs import LEVEL_ENV, configure_logging
 
+    if payload.get("cwd") and os.path.isdir(payload["cwd"]):
+        os.chdir(payload["cwd"])
     configure_logging(os.environ.get(LEVEL_ENV))
     torch.set_num_threads(max(1, int(payload.get("_cpus_per_worker", 1))))
 

@@ -138,21 +138,29 @@ def assert_same_run(one: dict, two: dict) -> None:
 def two_worker_stan(toy, ray_local):
     """The toy STAN task on 2 gloo workers (4 videos each, global batch 8; 14 train videos:
     batches of 8 and 6) and on one worker with batches of 8."""
+    import os
+
     from heads.train import train
 
     lines: list[str] = []
     one = train(stan_config(toy), catalog=toy_catalog(), log=lambda _: None)
-    two = train(stan_config(toy, batch_size=4, data_parallel=2), catalog=toy_catalog(),
-                log=lines.append)
+    here = os.getcwd()
+    os.chdir(toy)  # relative paths, as a user types them: the workers must see the same files
+    try:
+        two = train(stan_config(toy, batch_size=4, data_parallel=2, store="store",
+                                runs_dir="runs"), catalog=toy_catalog(), log=lines.append)
+    finally:
+        os.chdir(here)
+    two["run_dir"] = str(toy / two["run_dir"])
     return one, two, lines
 
 
 @pytest.mark.integration
-def test_two_workers_train_as_one_worker_with_the_same_global_batch(two_worker_stan):
+def test_two_workers_train_as_one_worker_with_the_same_global_batch(toy, two_worker_stan):
     one, two, lines = two_worker_stan
     assert_same_run(one, two)
     assert "data-parallel: 2 workers on CPUs (gloo)" in lines
-    assert lines[-1] == f"run written to {two['run_dir']}"
+    assert lines[-1] == f"run written to {Path(two['run_dir']).relative_to(toy)}"
     saved = torch.load(Path(two["run_dir"]) / "checkpoint_last.pt", weights_only=True)
     assert saved["resume"]["world_size"] == 2 and len(saved["resume"]["rng_ranks"]) == 2
     assert saved["config"]["batch_size"] == 4 and saved["config"]["data_parallel"] == 2
