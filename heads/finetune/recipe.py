@@ -207,8 +207,8 @@ def setup(built: PixelModelBuild, *, log, parallel: Parallel = SINGLE,
         # A data-parallel worker scores its share of the split; every worker gets them all.
         outputs, positions, errors = predict_clips(model, loaders[f"eval_{split}"], device,
                                                    autocast, task_kind=task.kind)
-        for errors in parallel.all_gather_object(errors):
-            failed.update({videos[split][0][i]: message for i, message in errors})
+        for worker_errors in parallel.all_gather_object(errors):  # every worker's failures
+            failed.update({videos[split][0][i]: message for i, message in worker_errors})
         return parallel.gather_outputs(outputs, positions)
 
     evaluate = Evaluator(task.kind, targets, predict, target_norm)
